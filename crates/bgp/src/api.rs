@@ -1,0 +1,509 @@
+//! The speaker as the node agent sees it: configuration types, a cloneable
+//! [`BgpHandle`] to originate/withdraw prefixes and manage peers at run time,
+//! a stream of best-path changes for the kernel, and peer status snapshots.
+
+use crate::packet::attribute::LargeCommunity;
+use crate::packet::capability::Family;
+use crate::policy::Filter;
+use crate::rib::BestPathChange;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Errors of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The instance task is gone.
+    #[error("the BGP instance has stopped")]
+    Stopped,
+    /// A peer with this address already exists.
+    #[error("peer {0} already exists")]
+    PeerExists(IpAddr),
+    /// No peer with this address.
+    #[error("peer {0} does not exist")]
+    NoSuchPeer(IpAddr),
+    /// Invalid configuration value.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Binding or configuring a socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn default_port() -> u16 {
+    179
+}
+fn default_hold() -> u16 {
+    90
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+fn default_idle_hold() -> u64 {
+    5
+}
+fn default_gr_time() -> u16 {
+    120
+}
+fn default_label() -> String {
+    "global".to_string()
+}
+
+/// Instance-wide configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Local AS.
+    pub asn: u32,
+    /// Listen address (port 0 picks a free one; `None` = do not listen).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Route reflection cluster id (default: router id).
+    #[serde(default)]
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Hold time proposed to peers, seconds (0 or >= 3).
+    #[serde(default = "default_hold")]
+    pub hold_time: u16,
+    /// Connect retry interval, seconds.
+    #[serde(default = "default_connect_retry")]
+    pub connect_retry_secs: u64,
+    /// Back-off before restarting a failed session, seconds.
+    #[serde(default = "default_idle_hold")]
+    pub idle_hold_secs: u64,
+    /// Graceful restart time we advertise, seconds (RFC 4724); 0 turns
+    /// graceful restart off, also the helper role.
+    #[serde(default = "default_gr_time")]
+    pub graceful_restart_time: u16,
+}
+
+impl InstanceConfig {
+    /// Checks values the wire cannot carry.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(ApiError::Invalid {
+                field: "holdTime".into(),
+                reason: format!("{} is neither 0 nor at least 3", self.hold_time),
+            });
+        }
+        if self.router_id.is_unspecified() {
+            return Err(ApiError::Invalid {
+                field: "routerId".into(),
+                reason: "0.0.0.0 is not a valid BGP identifier".into(),
+            });
+        }
+        if self.graceful_restart_time > 4095 {
+            return Err(ApiError::Invalid {
+                field: "gracefulRestartTime".into(),
+                reason: format!(
+                    "{} does not fit the 12-bit field (max 4095)",
+                    self.graceful_restart_time
+                ),
+            });
+        }
+        if self.asn == 0 {
+            return Err(ApiError::Invalid {
+                field: "asn".into(),
+                reason: "AS 0 is reserved".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_retry(&self) -> Duration {
+        Duration::from_secs(self.connect_retry_secs.max(1))
+    }
+
+    pub(crate) fn idle_hold(&self) -> Duration {
+        Duration::from_secs(self.idle_hold_secs)
+    }
+}
+
+/// One peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Peer address.
+    pub address: IpAddr,
+    /// Peer TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Peer AS.
+    pub remote_as: u32,
+    /// Our AS towards this peer, overriding the instance AS.
+    #[serde(default)]
+    pub local_as: Option<u32>,
+    /// Wait for the peer to connect.
+    #[serde(default)]
+    pub passive: bool,
+    /// TCP MD5 password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The peer is a route reflector client.
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    /// Always advertise ourselves as next hop.
+    #[serde(default)]
+    pub next_hop_self: bool,
+    /// Never rewrite the next hop, even on eBGP.
+    #[serde(default)]
+    pub next_hop_keep: bool,
+    /// TTL for multihop sessions.
+    #[serde(default)]
+    pub multihop: Option<u8>,
+    /// GTSM: maximum hops to the peer.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    /// How many times our AS may appear in received paths.
+    #[serde(default)]
+    pub allow_local_as: u8,
+    /// Source address of outbound connections.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    /// IPv6 next hop to advertise for next-hop-self on an IPv4 session.
+    #[serde(default)]
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// Address families; empty = the peer address's family.
+    #[serde(default)]
+    pub families: Vec<FamilyName>,
+    /// Label shown in status (Calico: "node-to-node mesh", "global", ...).
+    #[serde(default = "default_label")]
+    pub type_label: String,
+    /// BGPFilters for this peer, applied in order.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+/// Address family names in configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FamilyName {
+    /// IPv4 unicast.
+    #[serde(rename = "ipv4-unicast")]
+    Ipv4Unicast,
+    /// IPv6 unicast.
+    #[serde(rename = "ipv6-unicast")]
+    Ipv6Unicast,
+}
+
+impl PeerConfig {
+    /// A peer with defaults for everything but address and AS.
+    pub fn new(address: IpAddr, remote_as: u32) -> Self {
+        PeerConfig {
+            address,
+            port: default_port(),
+            remote_as,
+            local_as: None,
+            passive: false,
+            password: None,
+            route_reflector_client: false,
+            next_hop_self: false,
+            next_hop_keep: false,
+            multihop: None,
+            ttl_security: None,
+            allow_local_as: 0,
+            source_address: None,
+            next_hop_v6: None,
+            families: Vec::new(),
+            type_label: default_label(),
+            filters: Vec::new(),
+        }
+    }
+
+    /// Families to negotiate.
+    pub fn families(&self) -> Vec<Family> {
+        if self.families.is_empty() {
+            return vec![match self.address {
+                IpAddr::V4(_) => Family::Ipv4Unicast,
+                IpAddr::V6(_) => Family::Ipv6Unicast,
+            }];
+        }
+        let mut v: Vec<Family> = self
+            .families
+            .iter()
+            .map(|f| match f {
+                FamilyName::Ipv4Unicast => Family::Ipv4Unicast,
+                FamilyName::Ipv6Unicast => Family::Ipv6Unicast,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Checks values that cannot work.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let field = |f: &str| format!("peers[{}].{f}", self.address);
+        if self.remote_as == 0 {
+            return Err(ApiError::Invalid {
+                field: field("remoteAs"),
+                reason: "AS 0 is reserved".into(),
+            });
+        }
+        if let Some(p) = &self.password
+            && p.len() > 80
+        {
+            return Err(ApiError::Invalid {
+                field: field("password"),
+                reason: format!("{} bytes is longer than the 80 TCP MD5 allows", p.len()),
+            });
+        }
+        if self.multihop.is_some() && self.ttl_security.is_some() {
+            return Err(ApiError::Invalid {
+                field: field("ttlSecurity"),
+                reason: "cannot be combined with multihop".into(),
+            });
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            let lists = [
+                ("exportV4", &f.export_v4),
+                ("importV4", &f.import_v4),
+                ("exportV6", &f.export_v6),
+                ("importV6", &f.import_v6),
+            ];
+            for (list, rules) in lists {
+                for (j, r) in rules.iter().enumerate() {
+                    r.validate().map_err(|reason| ApiError::Invalid {
+                        field: field(&format!("filters[{i}].{list}[{j}]")),
+                        reason,
+                    })?;
+                }
+            }
+        }
+        if self.next_hop_self && self.next_hop_keep {
+            return Err(ApiError::Invalid {
+                field: field("nextHopKeep"),
+                reason: "cannot be combined with nextHopSelf".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Status of one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    /// Peer address.
+    pub address: IpAddr,
+    /// The configured type label.
+    #[serde(rename = "type")]
+    pub type_label: String,
+    /// FSM state name.
+    pub state: String,
+    /// Unix time (seconds) of the last state change.
+    pub since: u64,
+    /// Last error or extra information.
+    pub info: String,
+}
+
+/// Path attributes of originated prefixes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OriginAttrs {
+    /// COMMUNITIES.
+    pub communities: Vec<u32>,
+    /// LARGE_COMMUNITY values.
+    pub large_communities: Vec<LargeCommunity>,
+    /// MULTI_EXIT_DISC.
+    pub med: Option<u32>,
+    /// LOCAL_PREF towards iBGP peers (Calico carries the route priority
+    /// here as 2147483647 - metric).
+    pub local_pref: Option<u32>,
+}
+
+/// Requests from handles to the instance.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Originate {
+        prefixes: Vec<IpNet>,
+        attrs: OriginAttrs,
+    },
+    Withdraw(Vec<IpNet>),
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), ApiError>>),
+    UpdatePeer(Box<PeerConfig>, oneshot::Sender<Result<(), ApiError>>),
+    RemovePeer(IpAddr, oneshot::Sender<Result<(), ApiError>>),
+    Peers(oneshot::Sender<Vec<PeerStatus>>),
+    Shutdown {
+        notify: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to a running speaker; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BgpHandle {
+    pub(crate) tx: mpsc::Sender<Request>,
+    pub(crate) routes: broadcast::Sender<BestPathChange>,
+    pub(crate) peers: broadcast::Sender<PeerStatus>,
+    pub(crate) local_addr: Option<SocketAddr>,
+}
+
+impl BgpHandle {
+    async fn send(&self, r: Request) -> Result<(), ApiError> {
+        self.tx.send(r).await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Originates prefixes (replacing any previous origination of the same
+    /// prefix) with the given COMMUNITIES.
+    pub async fn originate(
+        &self,
+        prefixes: Vec<IpNet>,
+        communities: Vec<u32>,
+    ) -> Result<(), ApiError> {
+        let attrs = OriginAttrs {
+            communities,
+            ..Default::default()
+        };
+        self.originate_with(prefixes, attrs).await
+    }
+
+    /// Originates prefixes with the given attributes (replacing any previous
+    /// origination of the same prefix).
+    pub async fn originate_with(
+        &self,
+        prefixes: Vec<IpNet>,
+        attrs: OriginAttrs,
+    ) -> Result<(), ApiError> {
+        self.send(Request::Originate { prefixes, attrs }).await
+    }
+
+    /// Stops originating prefixes.
+    pub async fn withdraw(&self, prefixes: Vec<IpNet>) -> Result<(), ApiError> {
+        self.send(Request::Withdraw(prefixes)).await
+    }
+
+    /// Adds and starts a peer.
+    pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), ApiError> {
+        peer.validate()?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::AddPeer(Box::new(peer), tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    /// Replaces a peer's configuration; the session restarts only if the
+    /// configuration changed.
+    pub async fn update_peer(&self, peer: PeerConfig) -> Result<(), ApiError> {
+        peer.validate()?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::UpdatePeer(Box::new(peer), tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    /// Stops and removes a peer (sending Cease/peer de-configured).
+    pub async fn remove_peer(&self, address: IpAddr) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::RemovePeer(address, tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    /// Current status of every peer.
+    pub async fn peers(&self) -> Result<Vec<PeerStatus>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Peers(tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// Best-path changes (prefix and ECMP next hops) for the kernel.
+    pub fn subscribe_routes(&self) -> broadcast::Receiver<BestPathChange> {
+        self.routes.subscribe()
+    }
+
+    /// Peer status changes.
+    pub fn subscribe_peers(&self) -> broadcast::Receiver<PeerStatus> {
+        self.peers.subscribe()
+    }
+
+    /// Stops every session (Cease/administrative shutdown) and the instance.
+    pub async fn shutdown(&self) -> Result<(), ApiError> {
+        self.stop(true).await
+    }
+
+    /// Stops for a planned restart: connections are closed without a
+    /// NOTIFICATION, so peers that support graceful restart keep our routes
+    /// until we are back (RFC 4724).
+    pub async fn shutdown_for_restart(&self) -> Result<(), ApiError> {
+        self.stop(false).await
+    }
+
+    async fn stop(&self, notify: bool) -> Result<(), ApiError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Request::Shutdown { notify, done }).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_config_defaults_and_validation() {
+        let p: PeerConfig =
+            serde_json::from_str(r#"{"address":"198.18.0.2","remoteAs":65001}"#).unwrap();
+        assert_eq!(p.port, 179);
+        assert_eq!(p.families(), vec![Family::Ipv4Unicast]);
+        assert!(p.validate().is_ok());
+        let mut bad = p.clone();
+        bad.next_hop_keep = true;
+        bad.next_hop_self = true;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("nextHopKeep")
+        );
+        let p6: PeerConfig = serde_json::from_str(
+            r#"{"address":"2001:db8::2","remoteAs":65001,"families":["ipv4-unicast","ipv6-unicast"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p6.families(),
+            vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
+        );
+        assert!(
+            serde_json::from_str::<PeerConfig>(
+                r#"{"address":"198.18.0.2","remoteAs":1,"bogus":1}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn instance_config_validation_names_fields() {
+        let mut c = InstanceConfig {
+            router_id: Ipv4Addr::new(198, 18, 0, 1),
+            asn: 64512,
+            listen: None,
+            cluster_id: None,
+            hold_time: 2,
+            connect_retry_secs: 5,
+            idle_hold_secs: 5,
+            graceful_restart_time: 120,
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("holdTime")
+        );
+        c.hold_time = 90;
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,310 @@
+//! Every socket and timer of the speaker, each a small tokio task feeding the
+//! instance's single event loop through one channel:
+//!
+//! ```text
+//!  tcp_listener ─┐   connect ─┐   reader(peer) ─┐   timer(peer, t) ─┐
+//!                └────────────┴─────────────────┴───────────────────┴─> instance
+//!  instance ─> writer(peer) ─> TCP
+//! ```
+//! Socket options (source address, TCP MD5, TTL, GTSM) are applied here.
+
+use crate::neighbor::fsm::Timer;
+use crate::packet::error::DecodeError;
+use crate::packet::message::Message;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Inputs from the I/O tasks to the instance.
+#[derive(Debug)]
+pub enum IoEvent {
+    /// An inbound connection was accepted.
+    Accepted(TcpStream, SocketAddr),
+    /// An outbound connection attempt finished.
+    Connected {
+        /// Peer address.
+        peer: IpAddr,
+        /// Attempt id, to ignore stale results.
+        attempt: u64,
+        /// The stream, or why it failed.
+        result: io::Result<TcpStream>,
+    },
+    /// A complete message frame (header included), or a framing error.
+    Frame {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+        /// Raw message bytes or header error.
+        frame: Result<Vec<u8>, DecodeError>,
+    },
+    /// The connection was closed by the peer or failed.
+    Closed {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+    },
+    /// A peer's graceful restart (stale routes) timer fired.
+    RestartTimer {
+        /// Peer address.
+        peer: IpAddr,
+        /// Generation, to ignore timers restarted since.
+        generation: u64,
+    },
+    /// A timer fired.
+    Timer {
+        /// Peer address.
+        peer: IpAddr,
+        /// Which timer.
+        timer: Timer,
+        /// Generation, to ignore timers restarted since.
+        generation: u64,
+    },
+}
+
+/// Socket options of one peer's connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Local address to bind outbound connections to.
+    pub source: Option<IpAddr>,
+    /// TCP MD5 key.
+    pub md5_key: Option<String>,
+    /// TTL of sent packets (multihop eBGP).
+    pub ttl: Option<u8>,
+    /// GTSM: send with TTL 255 and accept only packets at most this many
+    /// hops away.
+    pub ttl_security_hops: Option<u8>,
+}
+
+fn apply_ttl<S: AsFd>(sock: &S, ipv6: bool, opts: &SocketOptions) -> io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    let ttl = if opts.ttl_security_hops.is_some() {
+        Some(255)
+    } else {
+        opts.ttl
+    };
+    if let Some(ttl) = ttl {
+        if ipv6 {
+            s.set_unicast_hops_v6(u32::from(ttl))?;
+        } else {
+            s.set_ttl_v4(u32::from(ttl))?;
+        }
+    }
+    if let Some(hops) = opts.ttl_security_hops {
+        let min = 256u16.saturating_sub(u16::from(hops.max(1))) as u8;
+        tabby_sys::tcp::set_min_ttl(sock.as_fd(), ipv6, min)?;
+    }
+    Ok(())
+}
+
+/// Binds the BGP listener.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(128)
+}
+
+/// Sets or clears (empty key) the MD5 key for connections from `peer` on
+/// the listener.
+pub fn set_listener_md5(listener: &TcpListener, peer: IpAddr, key: &str) -> io::Result<()> {
+    // A dual-stack IPv6 listener sees IPv4 peers as v4-mapped addresses and
+    // only takes keys given that way.
+    let peer = match (listener.local_addr()?.is_ipv6(), peer) {
+        (true, IpAddr::V4(a)) => IpAddr::V6(a.to_ipv6_mapped()),
+        _ => peer,
+    };
+    tabby_sys::tcp::set_tcp_md5sig(listener.as_fd(), peer, key.as_bytes())
+}
+
+/// Applies TTL/GTSM options to an accepted stream.
+pub fn configure_accepted(stream: &TcpStream, opts: &SocketOptions) -> io::Result<()> {
+    let ipv6 = stream.peer_addr()?.is_ipv6();
+    stream.set_nodelay(true)?;
+    apply_ttl(stream, ipv6, opts)
+}
+
+/// Spawns the accept loop.
+pub fn spawn_listener(
+    listener: std::sync::Arc<TcpListener>,
+    tx: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, addr)) => {
+                    if tx.send(IoEvent::Accepted(stream, addr)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Opens an outbound connection with the peer's socket options.
+pub async fn connect(remote: SocketAddr, opts: &SocketOptions) -> io::Result<TcpStream> {
+    let sock = if remote.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(src) = opts.source {
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    if let Some(key) = &opts.md5_key {
+        tabby_sys::tcp::set_tcp_md5sig(sock.as_fd(), remote.ip(), key.as_bytes())?;
+    }
+    apply_ttl(&sock, remote.is_ipv6(), opts)?;
+    let stream = sock.connect(remote).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Spawns an outbound connection attempt reporting to the instance.
+pub fn spawn_connect(
+    peer: IpAddr,
+    remote: SocketAddr,
+    opts: SocketOptions,
+    attempt: u64,
+    timeout: Duration,
+    tx: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = match tokio::time::timeout(timeout, connect(remote, &opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {remote} timed out"),
+            )),
+        };
+        let _ = tx
+            .send(IoEvent::Connected {
+                peer,
+                attempt,
+                result,
+            })
+            .await;
+    })
+}
+
+/// Reads frames from the socket until it closes or breaks framing.
+pub fn spawn_reader(
+    peer: IpAddr,
+    conn: u64,
+    mut rd: OwnedReadHalf,
+    tx: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 16384];
+        loop {
+            // Hand out every complete frame already buffered.
+            loop {
+                match Message::frame_len(&buf) {
+                    Ok(Some(len)) if buf.len() >= len => {
+                        let frame: Vec<u8> = buf.drain(..len).collect();
+                        let ev = IoEvent::Frame {
+                            peer,
+                            conn,
+                            frame: Ok(frame),
+                        };
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send(IoEvent::Frame {
+                                peer,
+                                conn,
+                                frame: Err(e),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(IoEvent::Closed { peer, conn }).await;
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// Writes queued messages; closing the queue flushes and shuts the socket.
+pub fn spawn_writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    })
+}
+
+/// Spawns a one-shot timer.
+pub fn spawn_timer(
+    peer: IpAddr,
+    timer: Timer,
+    generation: u64,
+    after: Duration,
+    tx: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = tx
+            .send(IoEvent::Timer {
+                peer,
+                timer,
+                generation,
+            })
+            .await;
+    })
+}
+
+/// Spawns the graceful restart timer of a peer.
+pub fn spawn_restart_timer(
+    peer: IpAddr,
+    generation: u64,
+    after: Duration,
+    tx: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = tx.send(IoEvent::RestartTimer { peer, generation }).await;
+    })
+}
+
+/// Sends one message on a stream we are about to drop (collision loser).
+pub fn spawn_reject(stream: TcpStream, bytes: Vec<u8>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.shutdown().await;
+    })
+}
