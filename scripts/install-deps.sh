@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  build-essential pkg-config protobuf-compiler
+  build-essential pkg-config protobuf-compiler libprotobuf-dev
   # the dataplane and the test networks
   iproute2 iputils-ping nftables iptables iperf3 procps psmisc tcpdump
   # real peers and datastores the tests run against
