@@ -3,116 +3,15 @@
 //! eBGP over IPv4 and over IPv6 (separate sessions, as Calico does), both
 //! sides active so connection collisions happen. Needs root.
 
+mod common;
+
+use common::{Tabby, WAIT};
 use ipnet::IpNet;
-use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use serde_json::json;
 use std::net::IpAddr;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tabby_testnet::bgp::{self, Afi, BgpConfig, BgpDaemon, DaemonKind, Neighbor, Originate};
-use tabby_testnet::{End, Netns, TestNet, require_root};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tabby-bgpd");
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Tabby {
-    child: Child,
-    events: mpsc::Receiver<Value>,
-    /// Every event received so far: waits look here first, so they do not
-    /// depend on the order events were printed in.
-    seen: std::cell::RefCell<Vec<Value>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Tabby {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Tabby {
-    fn start(ns: &Netns, config: &str) -> Tabby {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bgpd.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("bgpd.log")).unwrap();
-        let mut child = ns
-            .command(BIN)
-            .arg("--config")
-            .arg(&path)
-            .arg("--events")
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tabby-bgpd in the namespace");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Tabby {
-            child,
-            events: rx,
-            seen: Default::default(),
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("bgpd.log")).unwrap_or_default()
-    }
-
-    fn wait(&self, what: &str, f: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        if self.seen.borrow().iter().any(&f) {
-            return;
-        }
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    let hit = f(&v);
-                    self.seen.borrow_mut().push(v);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "timed out waiting for {what}; tabby-bgpd log tail:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-
-    /// Next hops of the last route event seen for `prefix`.
-    fn latest(&self, prefix: &str) -> Option<Value> {
-        self.seen.borrow_mut().extend(self.events.try_iter());
-        self.seen
-            .borrow()
-            .iter()
-            .rev()
-            .find(|v| v["event"] == "route" && v["prefix"] == prefix)
-            .map(|v| v["nextHops"].clone())
-    }
-
-    fn wait_route(&self, prefix: &str, next_hops: Value) {
-        self.wait(&format!("route {prefix} via {next_hops}"), |v| {
-            v["event"] == "route" && v["prefix"] == prefix && v["nextHops"] == next_hops
-        });
-    }
-}
+use tabby_testnet::{End, TestNet, require_root};
 
 fn interop(kind: DaemonKind) {
     require_root();

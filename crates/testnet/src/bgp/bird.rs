@@ -215,6 +215,9 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path) -> Result<String> {
         }
         if n.rr_client {
             s.push_str("  rr client;\n");
+            if let Some(id) = cfg.cluster_id {
+                let _ = writeln!(s, "  rr cluster id {id};");
+            }
         }
         if let Some(ttl) = n.multihop {
             let _ = writeln!(s, "  multihop {ttl};");
@@ -374,6 +377,19 @@ fn attribute(r: &mut Route, line: &str) -> Result<(), String> {
                 .collect::<Result<_, _>>()?;
         }
         "BGP.med" => r.med = Some(num(value)?),
+        "BGP.originator_id" => {
+            r.originator_id = Some(
+                value
+                    .parse()
+                    .map_err(|e| format!("originator id {value:?}: {e}"))?,
+            )
+        }
+        "BGP.cluster_list" => {
+            r.cluster_list = value
+                .split_whitespace()
+                .map(|a| a.parse().map_err(|e| format!("cluster id {a:?}: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
         "BGP.local_pref" => r.local_pref = Some(num(value)?),
         "BGP.community" => {
             for t in tuples(value) {
@@ -533,5 +549,31 @@ Table master4:
         assert_eq!(r[3].as_path, [64512, 64513]);
         assert_eq!(r[3].next_hops, ["198.18.0.3".parse::<IpAddr>().unwrap()]);
         assert_eq!(r[3].peer, Some("198.18.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn reflected_route() {
+        let out = "Table master4:\n100.64.2.0/24        unicast [n0 03:24:37.497] * (100) [i]\n\
+            \tvia 198.18.0.2 on eth0\n\tType: BGP univ\n\tBGP.origin: IGP\n\tBGP.as_path: \n\
+            \tBGP.next_hop: 198.18.0.2\n\tBGP.local_pref: 100\n\tBGP.originator_id: 198.18.0.2\n\
+            \tBGP.cluster_list: 198.18.0.100 198.18.0.101\n";
+        let r = parse_routes(out, &cfg()).unwrap();
+        assert_eq!(r[0].originator_id, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(
+            r[0].cluster_list,
+            [
+                "198.18.0.100".parse::<std::net::Ipv4Addr>().unwrap(),
+                "198.18.0.101".parse().unwrap()
+            ]
+        );
+        let t = render_config(
+            &cfg().cluster_id("198.18.0.100".parse().unwrap()),
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert!(
+            t.contains("  rr client;\n  rr cluster id 198.18.0.100;\n"),
+            "{t}"
+        );
     }
 }

@@ -284,6 +284,9 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path, hostname: &str) -> String {
     if let Some((k, h)) = cfg.timers() {
         let _ = writeln!(s, " timers bgp {} {h}", k.max(1));
     }
+    if let Some(id) = cfg.cluster_id {
+        let _ = writeln!(s, " bgp cluster-id {id}");
+    }
     for n in &cfg.neighbors {
         let a = n.address;
         let _ = writeln!(s, " neighbor {a} remote-as {}", n.remote_as);
@@ -382,6 +385,22 @@ fn path(prefix: ipnet::IpNet, p: &Value) -> Result<Route, String> {
     let mut r = Route::new(prefix);
     let u32_of = |key: &str| p.get(key).and_then(Value::as_u64).map(|x| x as u32);
     r.med = u32_of("metric");
+    r.originator_id = p
+        .get("originatorId")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok());
+    for c in p
+        .pointer("/clusterList/list")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let c = c.as_str().unwrap_or_default();
+        r.cluster_list.push(
+            c.parse()
+                .map_err(|e| format!("{prefix}: cluster id {c:?}: {e}"))?,
+        );
+    }
     r.local_pref = u32_of("locPrf");
     r.origin = p
         .get("origin")
@@ -551,6 +570,27 @@ mod tests {
             parse_routes(&serde_json::from_str("{}").unwrap())
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn reflected_route() {
+        let v: Value = serde_json::from_str(
+            r#"{"routes":{"100.64.2.0/24":[{"prefix":"100.64.2.0/24"},{"aspath":{"segments":[]},
+                "originatorId":"198.18.0.2","clusterList":{"list":["198.18.0.100"]},
+                "nexthops":[{"ip":"198.18.0.2"}],"peer":{"peerId":"198.18.0.1"},"bestpath":{"overall":true}}]}}"#,
+        )
+        .unwrap();
+        let r = parse_routes(&v).unwrap();
+        assert_eq!(r[0].originator_id, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(
+            r[0].cluster_list,
+            ["198.18.0.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        let cfg = BgpConfig::new("198.18.0.1".parse().unwrap(), 64512)
+            .cluster_id("198.18.0.100".parse().unwrap());
+        assert!(
+            render_config(&cfg, Path::new("/tmp"), "h").contains(" bgp cluster-id 198.18.0.100\n")
         );
     }
 }

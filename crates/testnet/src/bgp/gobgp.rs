@@ -257,7 +257,7 @@ pub fn render_config(cfg: &BgpConfig) -> String {
             let _ = writeln!(
                 s,
                 "  [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{}\"",
-                cfg.router_id
+                cfg.effective_cluster_id()
             );
         }
         if cfg.graceful_restart {
@@ -369,6 +369,24 @@ fn attribute(r: &mut Route, a: &Value) -> Result<(), String> {
         Some(3) => push_next_hop(r, a.get("nexthop")),
         Some(4) => r.med = num("metric"),
         Some(5) => r.local_pref = num("value"),
+        Some(9) => {
+            r.originator_id = a
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        }
+        Some(10) => {
+            for c in a
+                .get("value")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let c = c.as_str().unwrap_or_default();
+                r.cluster_list
+                    .push(c.parse().map_err(|e| format!("cluster id {c:?}: {e}"))?);
+            }
+        }
         Some(8) => {
             for c in a
                 .get("communities")
@@ -518,5 +536,20 @@ mod tests {
             .find(|r| r.prefix.to_string() == "2001:db8:1::/48")
             .unwrap();
         assert_eq!(c.next_hops.len(), 2);
+    }
+
+    #[test]
+    fn reflected_route() {
+        let v: Value = serde_json::from_str(
+            r#"{"100.64.2.0/24":[{"best":true,"attrs":[{"type":3,"nexthop":"198.18.0.2"},
+                {"type":9,"value":"198.18.0.2"},{"type":10,"value":["198.18.0.100"]}],"neighbor-ip":"198.18.0.1"}]}"#,
+        )
+        .unwrap();
+        let r = parse_routes(&v).unwrap();
+        assert_eq!(r[0].originator_id, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(
+            r[0].cluster_list,
+            ["198.18.0.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
     }
 }

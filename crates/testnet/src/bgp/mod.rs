@@ -207,6 +207,8 @@ pub struct BgpConfig {
     pub export_to_kernel: bool,
     /// Hold time in seconds (keepalive = hold / 3); daemon default when None.
     pub hold_time: Option<u16>,
+    /// Route-reflector cluster id for `rr_client` neighbors; the router id when None.
+    pub cluster_id: Option<Ipv4Addr>,
 }
 
 impl BgpConfig {
@@ -221,6 +223,7 @@ impl BgpConfig {
             graceful_restart: false,
             export_to_kernel: false,
             hold_time: None,
+            cluster_id: None,
         }
     }
     /// Adds a neighbor.
@@ -257,6 +260,16 @@ impl BgpConfig {
     pub fn hold_time(mut self, secs: u16) -> Self {
         self.hold_time = Some(secs);
         self
+    }
+
+    /// Sets the route-reflector cluster id.
+    pub fn cluster_id(mut self, id: Ipv4Addr) -> Self {
+        self.cluster_id = Some(id);
+        self
+    }
+    /// The cluster id in effect for reflected routes.
+    pub fn effective_cluster_id(&self) -> Ipv4Addr {
+        self.cluster_id.unwrap_or(self.router_id)
     }
 
     /// Checks addresses against the test ranges and values against BGP limits.
@@ -412,6 +425,10 @@ pub struct Route {
     pub best: bool,
     /// The neighbor the path came from; None for locally originated paths.
     pub peer: Option<IpAddr>,
+    /// ORIGINATOR_ID (RFC 4456), set on reflected routes.
+    pub originator_id: Option<Ipv4Addr>,
+    /// CLUSTER_LIST (RFC 4456), most recent reflector first.
+    pub cluster_list: Vec<Ipv4Addr>,
 }
 
 impl Route {
@@ -428,6 +445,8 @@ impl Route {
             origin: None,
             best: false,
             peer: None,
+            originator_id: None,
+            cluster_list: Vec::new(),
         }
     }
 }
