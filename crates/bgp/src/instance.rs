@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 struct Conn {
     id: u64,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<tasks::Bytes>,
     reader: JoinHandle<()>,
     inbound: bool,
     local: SocketAddr,
@@ -229,12 +229,24 @@ impl Instance {
                         let _ = done.send(());
                         return;
                     }
-                    Some(r) => self.handle_request(r),
+                    Some(r) => {
+                        self.track_changes();
+                        self.handle_request(r);
+                    }
                     None => return,
                 },
-                Some(ev) = io_rx.recv() => self.handle_io(ev),
+                Some(ev) = io_rx.recv() => {
+                    self.track_changes();
+                    self.handle_io(ev);
+                }
             }
         }
+    }
+
+    /// Best-path changes only matter to subscribers: without any, the RIB
+    /// need not compute them.
+    fn track_changes(&mut self) {
+        self.rib.track_changes(self.routes_tx.receiver_count() > 0);
     }
 
     fn id(&mut self) -> u64 {
@@ -422,8 +434,11 @@ impl Instance {
             && p.fsm.state() != State::Idle
         {
             let n = NotificationMsg::new(ErrorCode::Cease, why as u8);
-            let _ =
-                c.tx.send(Message::Notification(n).encode(&EncodeCxt::default()));
+            let _ = c.tx.send(
+                Message::Notification(n)
+                    .encode(&EncodeCxt::default())
+                    .into(),
+            );
             // The FSM's own Cease is then a harmless duplicate on a closing
             // socket; drop the connection first so only ours is sent.
             p.conn = None;
@@ -559,7 +574,7 @@ impl Instance {
                 if winner == Some(CollisionWinner::RemoteInitiated) && !existing_inbound {
                     if let Some(c) = p.conn.take() {
                         let n = Message::Notification(collision_notification());
-                        let _ = c.tx.send(n.encode(&EncodeCxt::default()));
+                        let _ = c.tx.send(n.encode(&EncodeCxt::default()).into());
                     }
                     tracing::info!(peer = %addr, "collision: keeping the peer's connection");
                     self.adopt(addr, stream, true);
@@ -665,7 +680,7 @@ impl Instance {
             let cxt = EncodeCxt {
                 four_octet_as: p.four_octet_as(),
             };
-            let _ = c.tx.send(msg.encode(&cxt));
+            let _ = c.tx.send(msg.encode(&cxt).into());
         }
     }
 
@@ -842,23 +857,27 @@ impl Instance {
                         }
                         // BGPFilters may change or reject single prefixes;
                         // untouched ones keep sharing the UPDATE's attributes.
-                        let mut attrs = (*shared).clone();
-                        let accepted = policy::apply_filters(
-                            &info.filters,
-                            Direction::Import,
-                            &prefix,
-                            &mut attrs,
-                            true,
-                            info.is_ebgp(),
-                        );
-                        if !accepted {
-                            changes.extend(self.rib.remove(prefix, Some(addr)));
-                            continue;
-                        }
-                        let attrs = if attrs == *shared {
+                        let attrs = if info.filters.is_empty() {
                             shared.clone()
                         } else {
-                            Arc::new(attrs)
+                            let mut attrs = (*shared).clone();
+                            let accepted = policy::apply_filters(
+                                &info.filters,
+                                Direction::Import,
+                                &prefix,
+                                &mut attrs,
+                                true,
+                                info.is_ebgp(),
+                            );
+                            if !accepted {
+                                changes.extend(self.rib.remove(prefix, Some(addr)));
+                                continue;
+                            }
+                            if attrs == *shared {
+                                shared.clone()
+                            } else {
+                                Arc::new(attrs)
+                            }
                         };
                         let route = Route {
                             source: source.clone(),
@@ -907,15 +926,16 @@ impl Instance {
         if prefixes.is_empty() {
             return;
         }
-        let targets: Vec<(IpAddr, PeerInfo)> = self
+        let targets: Vec<PeerInfo> = self
             .peers
-            .iter()
-            .filter(|(_, p)| p.fsm.state() == State::Established)
-            .filter_map(|(a, p)| p.session.clone().map(|s| (*a, s)))
+            .values()
+            .filter(|p| p.fsm.state() == State::Established)
+            .filter_map(|p| p.session.clone())
             .collect();
-        for (addr, info) in targets {
-            let out = self.rib.sync_peer(&self.local, &info, Some(prefixes));
-            self.send_out(addr, out);
+        let outs = self.rib.sync_peers(&self.local, &targets, prefixes);
+        let mut cache = EncodeCache::default();
+        for (info, out) in targets.iter().zip(outs) {
+            self.send_out(info.addr, out, &mut cache);
         }
     }
 
@@ -924,26 +944,82 @@ impl Instance {
             return;
         };
         let out = self.rib.sync_peer(&self.local, &info, None);
-        self.send_out(addr, out);
+        self.send_out(addr, out, &mut EncodeCache::default());
     }
 
-    fn send_out(&self, addr: IpAddr, out: OutUpdate) {
+    fn send_out(&self, addr: IpAddr, out: OutUpdate, cache: &mut EncodeCache) {
         if out.is_empty() {
             return;
         }
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
-        let cxt = EncodeCxt {
-            four_octet_as: p.four_octet_as(),
+        let Some(c) = &p.conn else {
+            return;
         };
-        for m in UpdateMsg::withdraw(&out.withdraw) {
-            self.send(addr, &Message::Update(m));
-        }
-        for a in out.announce {
-            for m in UpdateMsg::announce(&a.attrs, a.next_hop, &a.prefixes, &cxt) {
-                self.send(addr, &Message::Update(m));
+        let four_octet_as = p.four_octet_as();
+        let cxt = EncodeCxt { four_octet_as };
+        if !out.withdraw.is_empty() {
+            for b in cache.get(None, &out.withdraw, || {
+                UpdateMsg::withdraw(&out.withdraw)
+                    .into_iter()
+                    .map(|m| Message::Update(m).encode(&cxt).into())
+                    .collect()
+            }) {
+                let _ = c.tx.send(b.clone());
             }
         }
+        for a in &out.announce {
+            let key = Some((Arc::as_ptr(&a.attrs) as usize, a.next_hop, four_octet_as));
+            for b in cache.get(key, &a.prefixes, || {
+                UpdateMsg::announce(&a.attrs, a.next_hop, &a.prefixes, &cxt)
+                    .into_iter()
+                    .map(|m| Message::Update(m).encode(&cxt).into())
+                    .collect()
+            }) {
+                let _ = c.tx.send(b.clone());
+            }
+        }
+    }
+}
+
+/// What one batch of UPDATEs is about: the (interned) attributes, next
+/// hop and AS number size of an announcement, or `None` for withdrawals.
+type GroupKey = Option<(usize, NextHop, bool)>;
+
+/// Prefixes of one batch and their encoded UPDATEs.
+type Encoded = (Vec<IpNet>, Vec<tasks::Bytes>);
+
+/// The UPDATEs encoded during one propagation, so that peers sent the same
+/// routes with the same attributes (an update group, e.g. all the clients
+/// of a route reflector) share one encoding and one queued buffer.
+#[derive(Default)]
+struct EncodeCache {
+    entries: HashMap<(GroupKey, usize, IpNet), Vec<Encoded>>,
+}
+
+impl EncodeCache {
+    /// The encoding of `prefixes` under `key`, made by `encode` the first time.
+    fn get(
+        &mut self,
+        key: GroupKey,
+        prefixes: &[IpNet],
+        encode: impl FnOnce() -> Vec<tasks::Bytes>,
+    ) -> &[tasks::Bytes] {
+        let Some(first) = prefixes.first() else {
+            return &[];
+        };
+        let bucket = self
+            .entries
+            .entry((key, prefixes.len(), *first))
+            .or_default();
+        let i = match bucket.iter().position(|(p, _)| p.as_slice() == prefixes) {
+            Some(i) => i,
+            None => {
+                bucket.push((prefixes.to_vec(), encode()));
+                bucket.len() - 1
+            }
+        };
+        &bucket[i].1
     }
 }

@@ -122,7 +122,7 @@ pub fn next_hop_valid(next_hop: &NextHop, peer: &PeerInfo) -> bool {
 }
 
 /// Where a route in the Loc-RIB came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteSource {
     /// Originated by this speaker.
     Local,

@@ -1,6 +1,18 @@
-//! The RIBs: Adj-RIB-In per peer and the Loc-RIB (paths per destination with
-//! the RFC 4271 9.1.2 decision process and an ECMP set), plus Adj-RIB-Out per
-//! peer producing updates grouped by shared attributes. Pure data structures.
+//! The RIBs: the Loc-RIB (paths per destination with the RFC 4271 9.1.2
+//! decision process and an ECMP set) and, per peer, an Adj-RIB-Out that
+//! records what was last sent, producing updates grouped by shared
+//! attributes. Pure data structures.
+//!
+//! Memory layout, chosen for route reflectors with many clients: every
+//! destination lives in a dense slot (chunked arena, found through one
+//! B-tree index from prefix to slot: ordered, and cache friendly for the
+//! mostly ascending prefixes of a table dump), its paths inline when there is
+//! one. A peer's Adj-RIB-Out is a chunked array indexed by slot holding a 2-
+//! (or, past 65535 attribute sets, 4-) byte id of an interned (attributes,
+//! next hop) pair, 0 = nothing sent. Exports are memoised per
+//! (route attributes, source, next hop) within one sync, so the policy runs
+//! once per attribute set and peer rather than once per prefix and peer.
+//! The Adj-RIB-In index is derived from the Loc-RIB when a peer goes away.
 
 use crate::packet::attribute::{NextHop, PathAttributes};
 use crate::packet::capability::Family;
@@ -76,17 +88,94 @@ pub fn compare(a: &Route, b: &Route) -> Ordering {
         .then_with(|| a.key().cmp(&b.key()))
 }
 
+/// The paths of one destination: inline when there is a single one (the
+/// common case), a vector otherwise. The order is irrelevant: the decision
+/// process is a total order (the peer address breaks the last tie).
+#[derive(Clone, Debug, Default)]
+enum Paths {
+    #[default]
+    None,
+    One(Route),
+    Many(Vec<Route>),
+}
+
 /// All paths to one prefix, and the selection.
 #[derive(Clone, Debug, Default)]
 pub struct Destination {
-    /// Paths keyed by peer address (`None` = local).
-    pub paths: BTreeMap<Option<IpAddr>, Route>,
+    paths: Paths,
 }
 
 impl Destination {
+    /// Every path, in no particular order.
+    pub fn paths(&self) -> &[Route] {
+        match &self.paths {
+            Paths::None => &[],
+            Paths::One(r) => std::slice::from_ref(r),
+            Paths::Many(v) => v,
+        }
+    }
+
+    /// The path from `source` (`None` = local).
+    pub fn path(&self, source: Option<IpAddr>) -> Option<&Route> {
+        self.paths().iter().find(|r| r.key() == source)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.paths().is_empty()
+    }
+
+    /// Inserts or replaces the path with the same source.
+    fn insert(&mut self, route: Route) {
+        match &mut self.paths {
+            Paths::None => self.paths = Paths::One(route),
+            Paths::One(r) if r.key() == route.key() => *r = route,
+            Paths::One(_) => {
+                let Paths::One(old) = std::mem::take(&mut self.paths) else {
+                    return;
+                };
+                self.paths = Paths::Many(vec![old, route]);
+            }
+            Paths::Many(v) => match v.iter_mut().find(|r| r.key() == route.key()) {
+                Some(r) => *r = route,
+                None => v.push(route),
+            },
+        }
+    }
+
+    /// Removes the path from `source`; false if there was none.
+    fn remove(&mut self, source: Option<IpAddr>) -> bool {
+        match &mut self.paths {
+            Paths::None => false,
+            Paths::One(r) => {
+                if r.key() != source {
+                    return false;
+                }
+                self.paths = Paths::None;
+                true
+            }
+            Paths::Many(v) => {
+                let Some(i) = v.iter().position(|r| r.key() == source) else {
+                    return false;
+                };
+                v.swap_remove(i);
+                if v.len() == 1 {
+                    if let Some(r) = v.pop() {
+                        self.paths = Paths::One(r);
+                    }
+                } else if v.is_empty() {
+                    self.paths = Paths::None;
+                }
+                true
+            }
+        }
+    }
+
     /// The best path.
     pub fn best(&self) -> Option<&Route> {
-        self.paths.values().min_by(|a, b| compare(a, b))
+        match &self.paths {
+            Paths::One(r) => Some(r),
+            _ => self.paths().iter().min_by(|a, b| compare(a, b)),
+        }
     }
 
     /// The best path and every path equal to it for ECMP.
@@ -95,8 +184,8 @@ impl Destination {
             return Vec::new();
         };
         let mut v: Vec<&Route> = self
-            .paths
-            .values()
+            .paths()
+            .iter()
             .filter(|r| compare_multipath(r, best) == Ordering::Equal)
             .collect();
         v.sort_by(|a, b| compare(a, b));
@@ -142,16 +231,179 @@ impl OutUpdate {
     }
 }
 
-/// Loc-RIB plus per-peer Adj-RIB-In index and Adj-RIB-Out.
+/// Slots per arena chunk: arrays grow by whole chunks, never by copying.
+const CHUNK: usize = 4096;
+
+fn split(slot: u32) -> (usize, usize) {
+    let s = slot as usize;
+    (s / CHUNK, s % CHUNK)
+}
+
+/// One destination and how many Adj-RIB-Outs still refer to its slot (a
+/// slot is only reused once nothing was sent for it and it has no path).
+/// Its prefix is the index's key.
+#[derive(Debug)]
+struct Slot {
+    dest: Destination,
+    sent: u32,
+}
+
+/// One chunk of an Adj-RIB-Out: 2-byte ids until an id needs more.
+#[derive(Debug, Default)]
+enum IdChunk {
+    #[default]
+    Empty,
+    Narrow(Box<[u16]>),
+    Wide(Box<[u32]>),
+}
+
+impl IdChunk {
+    fn get(&self, i: usize) -> u32 {
+        match self {
+            IdChunk::Empty => 0,
+            IdChunk::Narrow(v) => u32::from(v[i]),
+            IdChunk::Wide(v) => v[i],
+        }
+    }
+
+    /// Sets entry `i`, returning the previous id.
+    fn set(&mut self, i: usize, id: u32) -> u32 {
+        if let Ok(narrow) = u16::try_from(id) {
+            if matches!(self, IdChunk::Empty) {
+                if id == 0 {
+                    return 0;
+                }
+                *self = IdChunk::Narrow(vec![0; CHUNK].into_boxed_slice());
+            }
+            match self {
+                IdChunk::Narrow(v) => return u32::from(std::mem::replace(&mut v[i], narrow)),
+                IdChunk::Wide(v) => return std::mem::replace(&mut v[i], id),
+                IdChunk::Empty => {}
+            }
+        }
+        let wide: Box<[u32]> = match self {
+            IdChunk::Wide(v) => return std::mem::replace(&mut v[i], id),
+            IdChunk::Narrow(v) => v.iter().map(|x| u32::from(*x)).collect(),
+            IdChunk::Empty => vec![0; CHUNK].into_boxed_slice(),
+        };
+        *self = IdChunk::Wide(wide);
+        self.set(i, id)
+    }
+}
+
+/// What one peer was last sent: an interned attribute id per slot.
+#[derive(Debug, Default)]
+struct AdjOut {
+    chunks: Vec<IdChunk>,
+}
+
+impl AdjOut {
+    fn get(&self, slot: u32) -> u32 {
+        let (c, i) = split(slot);
+        self.chunks.get(c).map_or(0, |v| v.get(i))
+    }
+
+    fn set(&mut self, slot: u32, id: u32) {
+        let (c, i) = split(slot);
+        if self.chunks.len() <= c {
+            self.chunks.resize_with(c + 1, IdChunk::default);
+        }
+        self.chunks[c].set(i, id);
+    }
+}
+
+/// Interned (attributes, next hop) pairs sent to peers, reference counted
+/// by Adj-RIB-Out entries. Ids start at 1.
+#[derive(Debug, Default)]
+struct OutAttrs {
+    entries: Vec<Option<(Arc<PathAttributes>, NextHop, u32)>>,
+    ids: HashMap<(Arc<PathAttributes>, NextHop), u32>,
+    free: Vec<u32>,
+    /// Ids whose count dropped to 0 (or never rose) during this sync;
+    /// freed by `collect` so that memoised ids stay valid until then.
+    unused: Vec<u32>,
+}
+
+impl OutAttrs {
+    fn intern(&mut self, attrs: PathAttributes, next_hop: NextHop) -> u32 {
+        let key = (Arc::new(attrs), next_hop);
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let entry = Some((key.0.clone(), next_hop, 0));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize - 1] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() as u32
+            }
+        };
+        self.ids.insert(key, id);
+        self.unused.push(id);
+        id
+    }
+
+    fn get(&self, id: u32) -> (&Arc<PathAttributes>, NextHop) {
+        match &self.entries[id as usize - 1] {
+            Some((a, nh, _)) => (a, *nh),
+            None => unreachable!("attribute id {id} referenced after release"),
+        }
+    }
+
+    fn acquire(&mut self, id: u32) {
+        if let Some((_, _, n)) = &mut self.entries[id as usize - 1] {
+            *n += 1;
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        if let Some((_, _, n)) = &mut self.entries[id as usize - 1] {
+            *n -= 1;
+            if *n == 0 {
+                self.unused.push(id);
+            }
+        }
+    }
+
+    /// Frees the ids nothing refers to any more.
+    fn collect(&mut self) {
+        for id in std::mem::take(&mut self.unused) {
+            let e = &mut self.entries[id as usize - 1];
+            if let Some((a, nh, 0)) = e {
+                self.ids.remove(&(a.clone(), *nh));
+                *e = None;
+                self.free.push(id);
+            }
+        }
+    }
+}
+
+/// What an export result depends on when the peer has no per-prefix
+/// filters: the route's attribute set, source and next hop, and the family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ExportKey {
+    attrs: *const PathAttributes,
+    source: RouteSource,
+    next_hop: NextHop,
+    v4: bool,
+}
+
+/// Loc-RIB plus per-peer Adj-RIB-Out.
 #[derive(Debug, Default)]
 pub struct Rib {
-    dests: BTreeMap<IpNet, Destination>,
-    /// Prefixes each peer announced (the Adj-RIB-In index).
-    adj_in: BTreeMap<IpAddr, BTreeSet<IpNet>>,
+    index: BTreeMap<IpNet, u32>,
+    slots: Vec<Vec<Slot>>,
+    free: Vec<u32>,
     /// What each peer was last sent.
-    adj_out: BTreeMap<IpAddr, BTreeMap<IpNet, (Arc<PathAttributes>, NextHop)>>,
+    adj_out: BTreeMap<IpAddr, AdjOut>,
+    out_attrs: OutAttrs,
     /// Routes kept for a restarting peer (RFC 4724) and not yet refreshed.
     stale: BTreeMap<IpAddr, BTreeSet<IpNet>>,
+    /// Skip computing best-path changes (nobody listens to them).
+    untracked: bool,
 }
 
 /// The family of a prefix.
@@ -163,6 +415,19 @@ pub fn family_of(prefix: &IpNet) -> Family {
 }
 
 fn ecmp_next_hops(d: &Destination) -> Vec<IpAddr> {
+    // The common single-path case without the sorting and allocations of
+    // the general one.
+    match &d.paths {
+        Paths::None => return Vec::new(),
+        Paths::One(r) => {
+            return match (&r.source, r.next_hop) {
+                (RouteSource::Local, _) => Vec::new(),
+                (_, NextHop::Ipv4(a)) => vec![IpAddr::V4(a)],
+                (_, NextHop::Ipv6 { global, .. }) => vec![IpAddr::V6(global)],
+            };
+        }
+        Paths::Many(_) => {}
+    }
     if matches!(d.best().map(|r| &r.source), Some(RouteSource::Local) | None) {
         return Vec::new();
     }
@@ -179,51 +444,144 @@ fn ecmp_next_hops(d: &Destination) -> Vec<IpAddr> {
     v
 }
 
+fn slot_ref(slots: &[Vec<Slot>], slot: u32) -> &Slot {
+    let (c, i) = split(slot);
+    &slots[c][i]
+}
+
+fn slot_mut(slots: &mut [Vec<Slot>], slot: u32) -> &mut Slot {
+    let (c, i) = split(slot);
+    &mut slots[c][i]
+}
+
+/// Returns the slot to the free list when it holds nothing any more.
+fn release_slot(
+    slots: &mut [Vec<Slot>],
+    index: &mut BTreeMap<IpNet, u32>,
+    free: &mut Vec<u32>,
+    slot: u32,
+    prefix: &IpNet,
+) {
+    let s = slot_mut(slots, slot);
+    if s.sent == 0 && s.dest.is_empty() {
+        index.remove(prefix);
+        free.push(slot);
+    }
+}
+
 impl Rib {
     /// An empty RIB.
     pub fn new() -> Self {
         Rib::default()
     }
 
+    fn slot(&self, slot: u32) -> &Slot {
+        slot_ref(&self.slots, slot)
+    }
+
+    /// Slots in use (with paths or still in an Adj-RIB-Out), by prefix.
+    fn live_slots(&self) -> impl Iterator<Item = (&IpNet, u32, &Slot)> {
+        self.index.iter().map(|(p, s)| (p, *s, self.slot(*s)))
+    }
+
+    fn alloc_slot(&mut self, prefix: IpNet) -> u32 {
+        let Rib {
+            index, slots, free, ..
+        } = self;
+        let entry = match index.entry(prefix) {
+            std::collections::btree_map::Entry::Occupied(e) => return *e.get(),
+            std::collections::btree_map::Entry::Vacant(e) => e,
+        };
+        let id = match free.pop() {
+            Some(id) => {
+                slot_mut(slots, id).sent = 0;
+                id
+            }
+            None => {
+                if slots.last().is_none_or(|c| c.len() == CHUNK) {
+                    slots.push(Vec::with_capacity(CHUNK));
+                }
+                let base = ((slots.len() - 1) * CHUNK) as u32;
+                let last = slots.len() - 1;
+                let chunk = &mut slots[last];
+                let id = base + chunk.len() as u32;
+                chunk.push(Slot {
+                    dest: Destination::default(),
+                    sent: 0,
+                });
+                id
+            }
+        };
+        entry.insert(id);
+        id
+    }
+
+    /// Whether `insert` and `remove` report best-path changes (the
+    /// default); without, they always return `None` and save the ECMP
+    /// computation.
+    pub fn track_changes(&mut self, on: bool) {
+        self.untracked = !on;
+    }
+
     /// The destination for a prefix.
     pub fn get(&self, prefix: &IpNet) -> Option<&Destination> {
-        self.dests.get(prefix)
+        let s = self.slot(*self.index.get(prefix)?);
+        (!s.dest.is_empty()).then_some(&s.dest)
     }
 
-    /// All prefixes with at least one path.
+    /// All prefixes with at least one path, in order.
     pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
-        self.dests.keys()
+        self.live_slots()
+            .filter(|(_, _, s)| !s.dest.is_empty())
+            .map(|(p, _, _)| p)
     }
 
-    /// Prefixes currently held from `peer` (its Adj-RIB-In after import).
+    /// Prefixes currently held from `peer` (its Adj-RIB-In after import),
+    /// in order. Walks the Loc-RIB: only needed when a peer goes away.
     pub fn adj_in(&self, peer: &IpAddr) -> Vec<IpNet> {
-        self.adj_in
-            .get(peer)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+        self.live_slots()
+            .filter(|(_, _, s)| s.dest.path(Some(*peer)).is_some())
+            .map(|(p, _, _)| *p)
+            .collect()
     }
 
-    /// What `peer` was last sent.
+    /// What `peer` was last sent (a snapshot, for inspection).
     pub fn adj_out(
         &self,
         peer: &IpAddr,
-    ) -> Option<&BTreeMap<IpNet, (Arc<PathAttributes>, NextHop)>> {
-        self.adj_out.get(peer)
+    ) -> Option<BTreeMap<IpNet, (Arc<PathAttributes>, NextHop)>> {
+        let out = self.adj_out.get(peer)?;
+        Some(
+            self.index
+                .iter()
+                .filter_map(|(p, slot)| {
+                    let id = out.get(*slot);
+                    (id != 0).then(|| {
+                        let (a, nh) = self.out_attrs.get(id);
+                        (*p, (a.clone(), nh))
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// Inserts or replaces a path; returns the best-path change if the ECMP
     /// next-hop set changed.
     pub fn insert(&mut self, prefix: IpNet, route: Route) -> Option<BestPathChange> {
-        let d = self.dests.entry(prefix).or_default();
-        let before = ecmp_next_hops(d);
+        let id = self.alloc_slot(prefix);
         if let Some(addr) = route.key() {
-            self.adj_in.entry(addr).or_default().insert(prefix);
             // Re-announced by a restarted peer: no longer stale.
             if let Some(s) = self.stale.get_mut(&addr) {
                 s.remove(&prefix);
             }
         }
-        d.paths.insert(route.key(), route);
+        let d = &mut slot_mut(&mut self.slots, id).dest;
+        if self.untracked {
+            d.insert(route);
+            return None;
+        }
+        let before = ecmp_next_hops(d);
+        d.insert(route);
         let after = ecmp_next_hops(d);
         (before != after).then_some(BestPathChange {
             prefix,
@@ -233,37 +591,65 @@ impl Rib {
 
     /// Removes the path from `source` (`None` = local).
     pub fn remove(&mut self, prefix: IpNet, source: Option<IpAddr>) -> Option<BestPathChange> {
-        let d = self.dests.get_mut(&prefix)?;
-        let before = ecmp_next_hops(d);
-        d.paths.remove(&source)?;
-        if let Some(addr) = source {
-            if let Some(s) = self.adj_in.get_mut(&addr) {
-                s.remove(&prefix);
-            }
-            if let Some(s) = self.stale.get_mut(&addr) {
-                s.remove(&prefix);
-            }
+        let id = *self.index.get(&prefix)?;
+        let d = &mut slot_mut(&mut self.slots, id).dest;
+        let track = !self.untracked;
+        let before = if track { ecmp_next_hops(d) } else { Vec::new() };
+        if !d.remove(source) {
+            return None;
         }
-        let after = ecmp_next_hops(d);
-        if d.paths.is_empty() {
-            self.dests.remove(&prefix);
+        let after = if track { ecmp_next_hops(d) } else { Vec::new() };
+        if let Some(addr) = source
+            && let Some(s) = self.stale.get_mut(&addr)
+        {
+            s.remove(&prefix);
         }
-        (before != after).then_some(BestPathChange {
+        release_slot(
+            &mut self.slots,
+            &mut self.index,
+            &mut self.free,
+            id,
+            &prefix,
+        );
+        (track && before != after).then_some(BestPathChange {
             prefix,
             next_hops: after,
         })
     }
 
+    /// Forgets the Adj-RIB-Out of `peer`.
+    fn drop_adj_out(&mut self, peer: &IpAddr) {
+        let Some(out) = self.adj_out.remove(peer) else {
+            return;
+        };
+        let sent: Vec<(IpNet, u32, u32)> = self
+            .index
+            .iter()
+            .filter_map(|(p, slot)| {
+                let id = out.get(*slot);
+                (id != 0).then_some((*p, *slot, id))
+            })
+            .collect();
+        for (prefix, slot, id) in sent {
+            self.out_attrs.release(id);
+            slot_mut(&mut self.slots, slot).sent -= 1;
+            release_slot(
+                &mut self.slots,
+                &mut self.index,
+                &mut self.free,
+                slot,
+                &prefix,
+            );
+        }
+        self.out_attrs.collect();
+    }
+
     /// Drops everything learned from `peer` and what it was sent (session
     /// down). Returns the affected prefixes and best-path changes.
     pub fn remove_peer(&mut self, peer: IpAddr) -> (Vec<IpNet>, Vec<BestPathChange>) {
-        self.adj_out.remove(&peer);
+        self.drop_adj_out(&peer);
         self.stale.remove(&peer);
-        let prefixes: Vec<IpNet> = self
-            .adj_in
-            .remove(&peer)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
+        let prefixes = self.adj_in(&peer);
         let changes = prefixes
             .iter()
             .filter_map(|p| self.remove(*p, Some(peer)))
@@ -280,67 +666,141 @@ impl Rib {
         to: &PeerInfo,
         prefixes: Option<&[IpNet]>,
     ) -> OutUpdate {
-        let all: Vec<IpNet>;
-        let list = match prefixes {
-            Some(p) => p,
+        let list: Vec<(IpNet, Option<u32>)> = match prefixes {
+            Some(p) => self.resolve(p),
             None => {
-                let mut s: BTreeSet<IpNet> = self.dests.keys().copied().collect();
-                if let Some(out) = self.adj_out.get(&to.addr) {
-                    s.extend(out.keys().copied());
-                }
-                all = s.into_iter().collect();
-                &all
+                // Every live slot: destinations with paths and prefixes
+                // still in some Adj-RIB-Out.
+                self.live_slots().map(|(p, i, _)| (*p, Some(i))).collect()
             }
         };
-        let out = self.adj_out.entry(to.addr).or_default();
+        self.sync_resolved(local, to, &list)
+    }
+
+    /// [`Rib::sync_peer`] for several peers and the same prefixes, in order.
+    pub fn sync_peers(
+        &mut self,
+        local: &LocalInfo,
+        peers: &[PeerInfo],
+        prefixes: &[IpNet],
+    ) -> Vec<OutUpdate> {
+        let list = self.resolve(prefixes);
+        peers
+            .iter()
+            .map(|to| self.sync_resolved(local, to, &list))
+            .collect()
+    }
+
+    fn resolve(&self, prefixes: &[IpNet]) -> Vec<(IpNet, Option<u32>)> {
+        prefixes
+            .iter()
+            .map(|p| (*p, self.index.get(p).copied()))
+            .collect()
+    }
+
+    fn sync_resolved(
+        &mut self,
+        local: &LocalInfo,
+        to: &PeerInfo,
+        list: &[(IpNet, Option<u32>)],
+    ) -> OutUpdate {
+        let Rib {
+            index,
+            slots,
+            free,
+            adj_out,
+            out_attrs,
+            ..
+        } = self;
+        let out = adj_out.entry(to.addr).or_default();
+        // Without filters, the export of a route does not depend on the
+        // prefix beyond its family: compute it once per attribute set.
+        let memoise = to.filters.is_empty();
+        let mut memo: HashMap<ExportKey, Option<u32>> = HashMap::new();
+        let mut last: Option<(ExportKey, Option<u32>)> = None;
         let mut groups: Vec<Announcement> = Vec::new();
-        let mut interned: HashMap<PathAttributes, Arc<PathAttributes>> = HashMap::new();
-        let mut group_of: HashMap<(*const PathAttributes, NextHop), usize> = HashMap::new();
+        let mut group_of: HashMap<u32, usize> = HashMap::new();
+        let mut last_group: Option<(u32, usize)> = None;
         let mut withdraw = Vec::new();
-        for prefix in list {
-            let want =
-                self.dests.get(prefix).and_then(|d| d.best()).and_then(|r| {
-                    policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop)
-                });
-            match want {
-                Some((attrs, nh)) => {
-                    if out
-                        .get(prefix)
-                        .is_some_and(|(a, n)| **a == attrs && *n == nh)
-                    {
-                        continue;
+        for (prefix, slot) in list {
+            // A slot freed earlier in this loop (a prefix listed twice) is
+            // empty and nobody's: nothing happens below. Slots are only
+            // reused by `insert`, never during a sync.
+            let Some(slot) = *slot else {
+                continue;
+            };
+            let s = slot_ref(slots, slot);
+            let had = out.get(slot);
+            let want = match s.dest.best() {
+                None => None,
+                Some(r) if memoise => {
+                    let key = ExportKey {
+                        attrs: Arc::as_ptr(&r.attrs),
+                        source: r.source.clone(),
+                        next_hop: r.next_hop,
+                        v4: matches!(prefix, IpNet::V4(_)),
+                    };
+                    match &last {
+                        Some((k, v)) if *k == key => *v,
+                        _ => {
+                            let v = match memo.get(&key) {
+                                Some(v) => *v,
+                                None => {
+                                    let v = policy::export(
+                                        local, to, prefix, &r.source, &r.attrs, r.next_hop,
+                                    )
+                                    .map(|(a, nh)| out_attrs.intern(a, nh));
+                                    memo.insert(key.clone(), v);
+                                    v
+                                }
+                            };
+                            last = Some((key, v));
+                            v
+                        }
                     }
-                    // Hash lookups keep packing linear in the number of
-                    // prefixes however many attribute sets there are.
-                    let attrs = match interned.get(&attrs) {
-                        Some(a) => a.clone(),
-                        None => {
-                            let a = Arc::new(attrs);
-                            interned.insert((*a).clone(), a.clone());
-                            a
+                }
+                Some(r) => policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop)
+                    .map(|(a, nh)| out_attrs.intern(a, nh)),
+            };
+            match want {
+                Some(id) if id == had => {}
+                Some(id) => {
+                    out.set(slot, id);
+                    out_attrs.acquire(id);
+                    if had != 0 {
+                        out_attrs.release(had);
+                    } else {
+                        slot_mut(slots, slot).sent += 1;
+                    }
+                    let g = match last_group {
+                        Some((gid, g)) if gid == id => g,
+                        _ => {
+                            let g = *group_of.entry(id).or_insert_with(|| {
+                                let (attrs, next_hop) = out_attrs.get(id);
+                                groups.push(Announcement {
+                                    attrs: attrs.clone(),
+                                    next_hop,
+                                    prefixes: Vec::new(),
+                                });
+                                groups.len() - 1
+                            });
+                            last_group = Some((id, g));
+                            g
                         }
                     };
-                    out.insert(*prefix, (attrs.clone(), nh));
-                    let key = (Arc::as_ptr(&attrs), nh);
-                    match group_of.get(&key) {
-                        Some(i) => groups[*i].prefixes.push(*prefix),
-                        None => {
-                            group_of.insert(key, groups.len());
-                            groups.push(Announcement {
-                                attrs,
-                                next_hop: nh,
-                                prefixes: vec![*prefix],
-                            });
-                        }
-                    }
+                    groups[g].prefixes.push(*prefix);
                 }
-                None => {
-                    if out.remove(prefix).is_some() {
-                        withdraw.push(*prefix);
-                    }
+                None if had != 0 => {
+                    out.set(slot, 0);
+                    out_attrs.release(had);
+                    slot_mut(slots, slot).sent -= 1;
+                    release_slot(slots, index, free, slot, prefix);
+                    withdraw.push(*prefix);
                 }
+                None => {}
             }
         }
+        out_attrs.collect();
         OutUpdate {
             announce: groups,
             withdraw,
@@ -349,7 +809,7 @@ impl Rib {
 
     /// Forgets what `peer` was sent (before a fresh full sync).
     pub fn reset_adj_out(&mut self, peer: &IpAddr) {
-        self.adj_out.remove(peer);
+        self.drop_adj_out(peer);
     }
 
     /// Graceful restart helper (RFC 4724 4.2): the session with `peer` went
@@ -361,7 +821,7 @@ impl Rib {
         peer: IpAddr,
         keep: &[Family],
     ) -> (Vec<IpNet>, Vec<BestPathChange>) {
-        self.adj_out.remove(&peer);
+        self.drop_adj_out(&peer);
         let held = self.adj_in(&peer);
         let (kept, gone): (Vec<IpNet>, Vec<IpNet>) =
             held.into_iter().partition(|p| keep.contains(&family_of(p)));
@@ -651,5 +1111,72 @@ mod tests {
         rib.insert(ps[1], r);
         let u = rib.sync_peer(&local(), &peer, Some(&ps[1..2]));
         assert_eq!(u.withdraw, vec![ps[1]]);
+    }
+
+    fn local_info() -> LocalInfo {
+        local()
+    }
+
+    #[test]
+    fn adj_rib_out_ids_widen_past_two_bytes() {
+        let mut c = IdChunk::default();
+        assert_eq!(c.set(3, 0), 0);
+        assert!(matches!(c, IdChunk::Empty), "clearing allocates nothing");
+        assert_eq!(c.set(3, 7), 0);
+        assert!(matches!(c, IdChunk::Narrow(_)));
+        assert_eq!(c.set(5, 70_000), 0);
+        assert!(matches!(c, IdChunk::Wide(_)));
+        assert_eq!((c.get(3), c.get(5), c.get(4)), (7, 70_000, 0));
+        assert_eq!(c.set(5, 1), 70_000);
+    }
+
+    #[test]
+    fn slots_are_reused_only_once_nothing_refers_to_them() {
+        let mut rib = Rib::new();
+        let peer = to_peer(2, 65001);
+        let a: IpNet = "100.64.0.0/32".parse().unwrap();
+        let b: IpNet = "100.64.0.1/32".parse().unwrap();
+        let local = |rib: &mut Rib, p| {
+            rib.insert(
+                p,
+                Route {
+                    source: RouteSource::Local,
+                    attrs: Arc::new(PathAttributes::default()),
+                    next_hop: NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+                },
+            )
+        };
+        local(&mut rib, a);
+        assert_eq!(rib.sync_peer(&local_info(), &peer, None).announce.len(), 1);
+        // Gone from the Loc-RIB but still in the peer's Adj-RIB-Out: a new
+        // prefix must not take over its slot.
+        rib.remove(a, None);
+        local(&mut rib, b);
+        let u = rib.sync_peer(&local_info(), &peer, None);
+        assert_eq!(u.withdraw, vec![a]);
+        assert_eq!(u.announce[0].prefixes, vec![b]);
+        assert_eq!(
+            rib.adj_out(&peer.addr).unwrap().keys().collect::<Vec<_>>(),
+            vec![&b]
+        );
+        // Withdrawn everywhere: the slot is free and reused.
+        local(&mut rib, a);
+        assert_eq!(rib.slots.iter().map(Vec::len).sum::<usize>(), 2);
+        assert_eq!(
+            rib.sync_peer(&local_info(), &peer, None).announce[0].prefixes,
+            vec![a]
+        );
+        assert!(rib.sync_peer(&local_info(), &peer, None).is_empty());
+        assert_eq!(
+            rib.out_attrs.entries.iter().flatten().count(),
+            1,
+            "one set in use"
+        );
+        rib.reset_adj_out(&peer.addr);
+        assert!(
+            rib.out_attrs.entries.iter().all(Option::is_none),
+            "released"
+        );
+        assert_eq!(rib.prefixes().collect::<Vec<_>>(), vec![&a, &b]);
     }
 }

@@ -252,15 +252,46 @@ pub fn spawn_reader(
     })
 }
 
-/// Writes queued messages; closing the queue flushes and shuts the socket.
+/// Encoded messages queued for a writer; shared between the peers that get
+/// the same UPDATE.
+pub type Bytes = std::sync::Arc<[u8]>;
+
+/// How much queued output one write gathers.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Writes queued messages, several per system call when they are queued
+/// together; closing the queue flushes and shuts the socket.
 pub fn spawn_writer(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
         while let Some(bytes) = rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                return;
+            match rx.try_recv() {
+                // The common case of a lone message: no copy.
+                Err(_) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(next) => {
+                    buf.clear();
+                    buf.extend_from_slice(&bytes);
+                    buf.extend_from_slice(&next);
+                    while buf.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => buf.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if wr.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    if buf.capacity() > 2 * WRITE_BATCH {
+                        buf = Vec::new();
+                    }
+                }
             }
         }
         let _ = wr.shutdown().await;

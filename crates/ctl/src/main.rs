@@ -6,6 +6,7 @@
 mod commands;
 mod config;
 mod connect;
+mod ipam;
 mod output;
 
 use std::io::Write;
@@ -58,6 +59,8 @@ enum Command {
     Patch(commands::PatchArgs),
     /// Show or change cluster-wide BGP settings (the `default` BGPConfiguration).
     Config(config::ConfigArgs),
+    /// IP address management: show usage, check for leaks, release, configure.
+    Ipam(ipam::IpamArgs),
     /// Print the client version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -68,7 +71,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
+    let opts = match Opts::try_parse() {
+        Ok(opts) => opts,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version succeed; every usage error exits 1, like any error.
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -115,6 +129,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Get(args) => commands::get(&conn, &args, out).await,
         Command::Patch(args) => commands::patch(&conn, &args, out).await,
         Command::Config(args) => config::run(&conn, &args, out).await,
+        Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Version => {
             writeln!(out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "API Version:       {}", tabby_api::API_VERSION)?;

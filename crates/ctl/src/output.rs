@@ -51,6 +51,104 @@ pub fn write_table(
     writeln!(out)
 }
 
+/// Whether olekukonko/tablewriter (calicoctl's `ipam` tables) right-aligns a cell:
+/// plain decimals such as `65536` or `1,024.5`, and percentages.
+fn is_numeric_cell(cell: &str) -> bool {
+    let s = cell.trim();
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let s = s.strip_suffix('%').unwrap_or(s);
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let int_ok = !int.is_empty() && int.chars().all(|c| c.is_ascii_digit() || c == ',');
+    let frac_ok = frac.is_none_or(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()));
+    int_ok && frac_ok && int.chars().next().is_some_and(|c| c.is_ascii_digit())
+}
+
+/// Lays rows out in a bordered table as calicoctl's `ipam show` does
+/// (olekukonko/tablewriter defaults): `+---+` rules, one space of padding, centred
+/// headers, numbers right-aligned and other cells left-aligned.
+pub fn write_box_table(
+    out: &mut dyn Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
+    writeln!(out, "{rule}")?;
+    let mut line = String::new();
+    for (h, w) in header.iter().zip(&widths) {
+        let gap = w - h.chars().count();
+        let left = gap / 2;
+        line.push_str(&format!(
+            "| {}{h}{} ",
+            " ".repeat(left),
+            " ".repeat(gap - left)
+        ));
+    }
+    writeln!(out, "{line}|")?;
+    writeln!(out, "{rule}")?;
+    for row in rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let pad = " ".repeat(w - cell.chars().count());
+            if is_numeric_cell(cell) {
+                line.push_str(&format!("| {pad}{cell} "));
+            } else {
+                line.push_str(&format!("| {cell}{pad} "));
+            }
+        }
+        writeln!(out, "{line}|")?;
+    }
+    writeln!(out, "{rule}")
+}
+
+/// A number as Go's `fmt.Sprintf("%.5g", x)` prints it: five significant digits,
+/// trailing zeros dropped, exponent form (`1.2089e+24`) below 1e-4 or from 1e5 up.
+pub fn go_g5(x: f64) -> String {
+    const PRECISION: i32 = 5;
+    if x == 0.0 {
+        return "0".to_string();
+    }
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "NaN".to_string()
+        } else if x > 0.0 {
+            "+Inf".to_string()
+        } else {
+            "-Inf".to_string()
+        };
+    }
+    // Rounding to five digits first decides the exponent (99999.5 becomes 1e+05).
+    let sci = format!("{:.*e}", (PRECISION - 1) as usize, x);
+    let (mantissa, exp) = sci.split_once('e').expect("exponent form has an e");
+    let exp: i32 = exp.parse().expect("exponent is an integer");
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..PRECISION).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        let decimals = (PRECISION - 1 - exp).max(0) as usize;
+        trim(&format!("{x:.decimals$}"))
+    }
+}
+
 /// Context a table needs beyond the resources themselves.
 #[derive(Clone, Debug)]
 pub struct TableContext {
@@ -330,6 +428,62 @@ mod tests {
         let want = "NAME    ASN       IPV4           IPV6   \n\
                     node1   (64512)   10.0.2.15/24          \n\
                     node2   (64512)   10.0.2.10/32          \n\n";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn go_g5_matches_go() {
+        assert_eq!(go_g5(65536.0), "65536");
+        assert_eq!(go_g5(64.0), "64");
+        assert_eq!(go_g5(0.0), "0");
+        assert_eq!(go_g5(1048576.0), "1.0486e+06");
+        assert_eq!(go_g5(1_000_000.0), "1e+06");
+        assert_eq!(go_g5(2f64.powi(80)), "1.2089e+24");
+        assert_eq!(go_g5(99999.0), "99999");
+        assert_eq!(go_g5(0.5), "0.5");
+    }
+
+    #[test]
+    fn box_table_matches_calicoctl_ipam_show() {
+        let rows = vec![
+            vec!["IP Pool", "10.65.0.0/16", "65536", "5 (0%)", "65531 (100%)"],
+            vec!["Block", "10.65.79.0/26", "64", "5 (8%)", "59 (92%)"],
+            vec![
+                "IP Pool",
+                "fd5f:abcd:64::/48",
+                "1.2089e+24",
+                "7 (0%)",
+                "1.2089e+24 (100%)",
+            ],
+            vec![
+                "Block",
+                "fd5f:abcd:64:4f2c:ec1b:27b9:1989:77c0/122",
+                "64",
+                "7 (11%)",
+                "57 (89%)",
+            ],
+        ];
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|r| r.into_iter().map(String::from).collect())
+            .collect();
+        let mut out = Vec::new();
+        write_box_table(
+            &mut out,
+            &["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"],
+            &rows,
+        )
+        .unwrap();
+        let want = "\
++----------+-------------------------------------------+------------+------------+-------------------+
+| GROUPING |                   CIDR                    | IPS TOTAL  | IPS IN USE |     IPS FREE      |
++----------+-------------------------------------------+------------+------------+-------------------+
+| IP Pool  | 10.65.0.0/16                              |      65536 | 5 (0%)     | 65531 (100%)      |
+| Block    | 10.65.79.0/26                             |         64 | 5 (8%)     | 59 (92%)          |
+| IP Pool  | fd5f:abcd:64::/48                         | 1.2089e+24 | 7 (0%)     | 1.2089e+24 (100%) |
+| Block    | fd5f:abcd:64:4f2c:ec1b:27b9:1989:77c0/122 |         64 | 7 (11%)    | 57 (89%)          |
++----------+-------------------------------------------+------------+------------+-------------------+
+";
         assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 

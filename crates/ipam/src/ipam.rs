@@ -239,17 +239,41 @@ impl Ipam {
 
     // ---- config -----------------------------------------------------------------------
 
-    /// The stored IPAM configuration, or Calico's defaults when none is stored.
+    /// The IPAM configuration: the pool source's when it holds one
+    /// ([`PoolSource::ipam_config`]), else the stored key, else Calico's defaults.
     pub async fn ipam_config(&self) -> Result<IpamConfig, IpamError> {
+        let from_source = self
+            .source
+            .ipam_config()
+            .await
+            .map_err(|source| IpamError::Source {
+                what: "IPAM configuration",
+                source,
+            })?;
+        if let Some(cfg) = from_source {
+            return Ok(cfg);
+        }
         match self.store.get(&keys::config_key()).await? {
             None => Ok(IpamConfig::default()),
             Some(kv) => decode(&kv),
         }
     }
 
-    /// Validates and stores the IPAM configuration.
+    /// Validates and stores the IPAM configuration (in the pool source when it holds
+    /// the configuration, else in IPAM's own key).
     pub async fn set_ipam_config(&self, cfg: &IpamConfig) -> Result<(), IpamError> {
         cfg.validate()?;
+        let stored =
+            self.source
+                .set_ipam_config(cfg)
+                .await
+                .map_err(|source| IpamError::Source {
+                    what: "IPAM configuration",
+                    source,
+                })?;
+        if stored {
+            return Ok(());
+        }
         let key = keys::config_key();
         let bytes = encode(&key, cfg)?;
         for attempt in 0..self.retries() {

@@ -9,6 +9,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::config::IpamConfig;
 use crate::error::SourceError;
 use crate::pool::PoolInfo;
 
@@ -27,6 +28,21 @@ pub trait PoolSource: Send + Sync + fmt::Debug {
     async fn node_labels(&self, node: &str) -> Result<BTreeMap<String, String>, SourceError> {
         let _ = node;
         Ok(BTreeMap::new())
+    }
+
+    /// The IPAM configuration, when the integrator keeps it outside IPAM's own key
+    /// (Tabby keeps it in the v3 `IPAMConfiguration` named `default`). `None`, the
+    /// default, means IPAM reads `/calico/ipam/v2/config` itself.
+    async fn ipam_config(&self) -> Result<Option<IpamConfig>, SourceError> {
+        Ok(None)
+    }
+
+    /// Stores an already validated configuration where [`PoolSource::ipam_config`]
+    /// reads it. `false`, the default, means the source does not hold the
+    /// configuration and IPAM writes its own key.
+    async fn set_ipam_config(&self, cfg: &IpamConfig) -> Result<bool, SourceError> {
+        let _ = cfg;
+        Ok(false)
     }
 }
 

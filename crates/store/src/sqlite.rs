@@ -8,7 +8,9 @@
 //! bumps the revision, changes `kv` and appends to `events`, so two processes can never
 //! interleave a read-modify-write, and a failed or lost lock race leaves nothing behind:
 //! a busy file is waited for (up to [`SqliteOptions::busy_timeout`]) and the whole
-//! transaction re-run.
+//! transaction re-run. Writes through one [`SqliteStore`] that arrive while another is
+//! committing are grouped into the next transaction (group commit): each keeps its
+//! own condition and revision, and they share one fsync.
 //!
 //! Watches poll the event log, since writers may live in other processes
 //! ([`SqliteOptions::poll_interval`]; writes through the same [`SqliteStore`] wake them
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, oneshot, watch};
 
 use crate::{
     Datastore, KeyValue, ListResult, Result, Revision, StoreError, StoreUrl, WatchEvent,
@@ -119,6 +121,8 @@ struct Inner {
     reader: Arc<Mutex<Connection>>,
     /// The revision of the last write made through this store: wakes its watches.
     changes: watch::Sender<Revision>,
+    /// Writes waiting for the writer connection; the next holder runs them all.
+    queue: std::sync::Mutex<Vec<Pending>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -173,6 +177,7 @@ impl SqliteStore {
                 writer: Arc::new(Mutex::new(writer)),
                 reader: Arc::new(Mutex::new(reader)),
                 changes,
+                queue: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -231,16 +236,236 @@ impl SqliteStore {
         Ok(compacted)
     }
 
-    /// Runs one write transaction and wakes this store's watches when it committed.
-    async fn write<T, F>(&self, what: &str, f: F) -> Result<(T, Revision)>
-    where
-        T: Send + 'static,
-        F: FnMut(&mut Connection) -> Result<(T, Revision), TxError> + Send + 'static,
-    {
-        let (value, revision) = self.inner.run(&self.inner.writer, what, f).await?;
-        self.inner.changes.send_replace(revision);
-        Ok((value, revision))
+    /// Queues one write and waits for it. Whoever holds the writer connection runs
+    /// every write queued so far in one transaction (group commit), so concurrent
+    /// writers share one fsync instead of queueing for one each; each write still
+    /// checks its own condition and gets its own revision, in queue order.
+    async fn submit(&self, what: String, op: Op) -> Result<Done> {
+        let (reply, mut done) = oneshot::channel();
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Pending { what, op, reply });
+        loop {
+            let guard = Arc::clone(&self.inner.writer).lock_owned().await;
+            // Another writer may have run ours while we waited for the connection.
+            match done.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::Backend {
+                        endpoint: self.inner.endpoint.clone(),
+                        message: "a write batch was abandoned".to_string(),
+                    });
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = std::mem::take(
+                &mut *self
+                    .inner
+                    .queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if batch.is_empty() {
+                continue;
+            }
+            self.run_batch(guard, batch).await;
+        }
     }
+
+    /// Runs `batch` in one transaction on the blocking pool, answers every write in
+    /// it, and wakes this store's watches.
+    async fn run_batch(
+        &self,
+        mut conn: tokio::sync::OwnedMutexGuard<Connection>,
+        batch: Vec<Pending>,
+    ) {
+        let budget = self.inner.options.busy_timeout;
+        let history = self.inner.options.history;
+        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
+        let outcome = tokio::task::spawn_blocking(move || {
+            retry_busy(budget, || apply_batch(&mut conn, &ops, history))
+        })
+        .await;
+        let mut last = None;
+        match outcome {
+            Ok(Ok(results)) => {
+                for (pending, result) in batch.into_iter().zip(results) {
+                    if let Ok(done) = &result {
+                        last = Some(done.revision());
+                    }
+                    let _ = pending.reply.send(result);
+                }
+            }
+            Ok(Err(e)) => {
+                for pending in batch {
+                    let error = match &e {
+                        TxError::Sql(e) => {
+                            sql_error(&self.inner.endpoint, &pending.what, budget, e)
+                        }
+                        TxError::Store(e) => StoreError::Backend {
+                            endpoint: self.inner.endpoint.clone(),
+                            message: format!("{}: {e}", pending.what),
+                        },
+                    };
+                    let _ = pending.reply.send(Err(error));
+                }
+            }
+            Err(e) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(StoreError::Backend {
+                        endpoint: self.inner.endpoint.clone(),
+                        message: format!("{}: {e}", pending.what),
+                    }));
+                }
+            }
+        }
+        if let Some(revision) = last {
+            self.inner.changes.send_replace(revision);
+        }
+    }
+}
+
+/// One queued write.
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Update {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: Revision,
+    },
+    Delete {
+        key: Vec<u8>,
+        expected: Option<Revision>,
+    },
+}
+
+/// What a successful write returns: its revision, and for a delete the deleted pair.
+#[derive(Debug)]
+enum Done {
+    Written(Revision),
+    Deleted(KeyValue, Revision),
+}
+
+impl Done {
+    fn revision(&self) -> Revision {
+        match self {
+            Done::Written(r) | Done::Deleted(_, r) => *r,
+        }
+    }
+}
+
+/// A write waiting in the queue, with what to call it in errors and where to answer.
+struct Pending {
+    what: String,
+    op: Op,
+    reply: oneshot::Sender<Result<Done>>,
+}
+
+/// Runs `ops` in order in one `BEGIN IMMEDIATE` transaction. A write whose condition
+/// fails changes nothing and gets its error; the others commit together. An SQLite
+/// error rolls the whole batch back (and `retry_busy` re-runs it when the file was busy).
+fn apply_batch(
+    conn: &mut Connection,
+    ops: &[Op],
+    history: Option<u64>,
+) -> Result<Vec<Result<Done>>, TxError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut current, mut compacted) = read_meta(&tx)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(apply_one(&tx, op, &mut current, &mut compacted, history)?);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// One write inside a batch: checks its condition against what the batch wrote so far.
+fn apply_one(
+    tx: &Connection,
+    op: &Op,
+    current: &mut Revision,
+    compacted: &mut Revision,
+    history: Option<u64>,
+) -> rusqlite::Result<Result<Done>> {
+    let name = |key: &[u8]| key_string(key.to_vec());
+    let revision = *current + 1;
+    let done = match op {
+        Op::Create { key, value } => {
+            if read_key(tx, key)?.is_some() {
+                return Ok(Err(StoreError::AlreadyExists { key: name(key) }));
+            }
+            tx.prepare_cached(
+                "INSERT INTO kv (key, value, create_revision, mod_revision) \
+                 VALUES (?1, ?2, ?3, ?3)",
+            )?
+            .execute(params![key, value, revision])?;
+            log_event(tx, revision, key, false, value, revision, None)?;
+            Done::Written(revision)
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let Some(old) = read_key(tx, key)? else {
+                return Ok(Err(StoreError::NotFound { key: name(key) }));
+            };
+            if old.mod_revision != *expected {
+                return Ok(Err(StoreError::Conflict {
+                    key: name(key),
+                    expected: *expected,
+                    actual: old.mod_revision,
+                }));
+            }
+            tx.prepare_cached("UPDATE kv SET value = ?2, mod_revision = ?3 WHERE key = ?1")?
+                .execute(params![key, value, revision])?;
+            log_event(
+                tx,
+                revision,
+                key,
+                false,
+                value,
+                old.create_revision,
+                Some(old.mod_revision),
+            )?;
+            Done::Written(revision)
+        }
+        Op::Delete { key, expected } => {
+            let Some(old) = read_key(tx, key)? else {
+                return Ok(Err(StoreError::NotFound { key: name(key) }));
+            };
+            if let Some(expected) = expected
+                && old.mod_revision != *expected
+            {
+                return Ok(Err(StoreError::Conflict {
+                    key: name(key),
+                    expected: *expected,
+                    actual: old.mod_revision,
+                }));
+            }
+            tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                .execute(params![key])?;
+            log_event(
+                tx,
+                revision,
+                key,
+                true,
+                &old.value,
+                old.create_revision,
+                Some(old.mod_revision),
+            )?;
+            Done::Deleted(old, revision)
+        }
+    };
+    *compacted = advance(tx, revision, *compacted, history)?;
+    *current = revision;
+    Ok(Ok(done))
 }
 
 impl Inner {
@@ -309,109 +534,40 @@ impl Datastore for SqliteStore {
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
-        let what = format!("create {key}");
-        let (key, value) = (key.to_string(), value.to_vec());
-        let history = self.inner.options.history;
-        let (_, revision) = self
-            .write(&what, move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (current, compacted) = read_meta(&tx)?;
-                if read_key(&tx, key.as_bytes())?.is_some() {
-                    return Err(TxError::Store(StoreError::AlreadyExists {
-                        key: key.clone(),
-                    }));
-                }
-                let revision = current + 1;
-                tx.prepare_cached(
-                    "INSERT INTO kv (key, value, create_revision, mod_revision) \
-                     VALUES (?1, ?2, ?3, ?3)",
-                )?
-                .execute(params![key.as_bytes(), value, revision])?;
-                log_event(&tx, revision, key.as_bytes(), false, &value, revision, None)?;
-                advance(&tx, revision, compacted, history)?;
-                tx.commit()?;
-                Ok(((), revision))
-            })
-            .await?;
-        Ok(revision)
+        let op = Op::Create {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+        };
+        match self.submit(format!("create {key}"), op).await? {
+            Done::Written(revision) => Ok(revision),
+            Done::Deleted(_, revision) => Ok(revision),
+        }
     }
 
     async fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision> {
-        let what = format!("update {key}");
-        let (key, value) = (key.to_string(), value.to_vec());
-        let history = self.inner.options.history;
-        let (_, revision) = self
-            .write(&what, move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (current, compacted) = read_meta(&tx)?;
-                let Some(old) = read_key(&tx, key.as_bytes())? else {
-                    return Err(TxError::Store(StoreError::NotFound { key: key.clone() }));
-                };
-                if old.mod_revision != expected {
-                    return Err(TxError::Store(StoreError::Conflict {
-                        key: key.clone(),
-                        expected,
-                        actual: old.mod_revision,
-                    }));
-                }
-                let revision = current + 1;
-                tx.prepare_cached("UPDATE kv SET value = ?2, mod_revision = ?3 WHERE key = ?1")?
-                    .execute(params![key.as_bytes(), value, revision])?;
-                log_event(
-                    &tx,
-                    revision,
-                    key.as_bytes(),
-                    false,
-                    &value,
-                    old.create_revision,
-                    Some(old.mod_revision),
-                )?;
-                advance(&tx, revision, compacted, history)?;
-                tx.commit()?;
-                Ok(((), revision))
-            })
-            .await?;
-        Ok(revision)
+        let op = Op::Update {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+            expected,
+        };
+        match self.submit(format!("update {key}"), op).await? {
+            Done::Written(revision) => Ok(revision),
+            Done::Deleted(_, revision) => Ok(revision),
+        }
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
-        let what = format!("delete {key}");
-        let key = key.to_string();
-        let history = self.inner.options.history;
-        let (old, _) = self
-            .write(&what, move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let (current, compacted) = read_meta(&tx)?;
-                let Some(old) = read_key(&tx, key.as_bytes())? else {
-                    return Err(TxError::Store(StoreError::NotFound { key: key.clone() }));
-                };
-                if let Some(expected) = expected
-                    && old.mod_revision != expected
-                {
-                    return Err(TxError::Store(StoreError::Conflict {
-                        key: key.clone(),
-                        expected,
-                        actual: old.mod_revision,
-                    }));
-                }
-                let revision = current + 1;
-                tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                    .execute(params![key.as_bytes()])?;
-                log_event(
-                    &tx,
-                    revision,
-                    key.as_bytes(),
-                    true,
-                    &old.value,
-                    old.create_revision,
-                    Some(old.mod_revision),
-                )?;
-                advance(&tx, revision, compacted, history)?;
-                tx.commit()?;
-                Ok((old, revision))
-            })
-            .await?;
-        Ok(old)
+        let op = Op::Delete {
+            key: key.as_bytes().to_vec(),
+            expected,
+        };
+        match self.submit(format!("delete {key}"), op).await? {
+            Done::Deleted(old, _) => Ok(old),
+            Done::Written(revision) => Err(StoreError::Backend {
+                endpoint: self.inner.endpoint.clone(),
+                message: format!("delete {key}: the write at {revision} returned no pair"),
+            }),
+        }
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
@@ -800,7 +956,7 @@ fn advance(
     revision: Revision,
     compacted: Revision,
     history: Option<u64>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Revision> {
     conn.prepare_cached("UPDATE meta SET revision = ?1 WHERE id = 1")?
         .execute(params![revision])?;
     if let Some(history) = history {
@@ -810,9 +966,10 @@ fn advance(
         let oldest_kept = revision.saturating_sub(keep) + 1;
         if oldest_kept - compacted >= batch {
             compact_log(conn, oldest_kept)?;
+            return Ok(oldest_kept);
         }
     }
-    Ok(())
+    Ok(compacted)
 }
 
 /// Deletes the events below `revision` and records it as the compaction point.

@@ -146,7 +146,7 @@ fn emit(line: serde_json::Value) {
     let _ = out.flush();
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -695,7 +695,11 @@ impl Message {
 
     /// Encodes the message with its header.
     pub fn encode(&self, cxt: &EncodeCxt) -> Vec<u8> {
-        let mut out = vec![0xff; 16];
+        let mut out = Vec::with_capacity(match self {
+            Message::Update(_) => MAX_MESSAGE_LEN,
+            _ => 64,
+        });
+        out.resize(16, 0xff);
         out.extend_from_slice(&[0, 0, self.msg_type()]);
         match self {
             Message::Open(o) => o.encode(&mut out),
@@ -714,6 +718,8 @@ impl Message {
         }
         let len = out.len() as u16;
         out[16..18].copy_from_slice(&len.to_be_bytes());
+        // Messages are queued until written: keep only what they use.
+        out.shrink_to_fit();
         out
     }
 }

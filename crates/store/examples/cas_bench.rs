@@ -1,7 +1,8 @@
-//! Compare-and-swap throughput and latency of the etcd backend.
+//! Compare-and-swap throughput and latency of a datastore backend (SQLite or etcd).
 //!
-//! `cargo run --release -p tabby-store --example etcd_cas_bench -- \
+//! `cargo run --release -p tabby-store --example cas_bench -- \
 //!     --store etcd://127.0.0.1:2379 --writers 32 --ops 200 [--shared]`
+//! (`--store sqlite:///tmp/bench.db` for the embedded store; `bench/store/run.sh` runs both.)
 //!
 //! Each writer owns one key and updates it `--ops` times, each update conditional on the
 //! revision its previous update returned (one round trip per CAS). With `--shared` all
@@ -10,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tabby_store::etcd::EtcdStore;
 use tabby_store::{Datastore, StoreError, StoreUrl};
 
 struct Args {
@@ -42,7 +42,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let store = store.ok_or("--store etcd://host:port is required")?;
+    let store = store.ok_or("--store URL (sqlite:///path or etcd://host:port) is required")?;
     if writers == 0 || ops == 0 {
         return Err("--writers and --ops must be positive".to_string());
     }
@@ -56,7 +56,7 @@ fn parse_args() -> Result<Args, String> {
 
 /// `ops` CAS updates of the writer's own key; returns each update's latency.
 async fn own_key(
-    store: Arc<EtcdStore>,
+    store: Arc<dyn Datastore>,
     key: String,
     ops: usize,
 ) -> Result<Vec<Duration>, StoreError> {
@@ -80,7 +80,7 @@ async fn own_key(
 
 /// `ops` successful increments of one shared counter; latency includes retries.
 async fn shared_key(
-    store: Arc<EtcdStore>,
+    store: Arc<dyn Datastore>,
     key: String,
     ops: usize,
 ) -> Result<(Vec<Duration>, usize), StoreError> {
@@ -118,17 +118,15 @@ async fn main() {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("etcd_cas_bench: {e}");
-            eprintln!(
-                "usage: etcd_cas_bench --store etcd://host:port [--writers N] [--ops N] [--shared]"
-            );
+            eprintln!("cas_bench: {e}");
+            eprintln!("usage: cas_bench --store URL [--writers N] [--ops N] [--shared]");
             std::process::exit(2);
         }
     };
-    let store = match EtcdStore::open(&args.store).await {
-        Ok(s) => Arc::new(s),
+    let store = match tabby_store::open(&args.store).await {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("etcd_cas_bench: {e}");
+            eprintln!("cas_bench: {e}");
             std::process::exit(1);
         }
     };
@@ -173,7 +171,7 @@ async fn main() {
                 conflicts += c;
             }
             Err(e) => {
-                eprintln!("etcd_cas_bench: {e}");
+                eprintln!("cas_bench: {e}");
                 std::process::exit(1);
             }
         }

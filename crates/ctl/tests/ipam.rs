@@ -1,0 +1,359 @@
+//! End-to-end tests of `tabbyctl ipam`: addresses are allocated through `tabby_ipam`
+//! on the same SQLite store the binary opens, then `show`, `check`, `release` and
+//! `configure` run as a user would run them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use std::io::Write;
+
+use tabby_ipam::{AutoAssignArgs, Ipam, TunnelKind};
+
+struct Ctl {
+    dir: tempfile::TempDir,
+    store: String,
+}
+
+impl Ctl {
+    fn new() -> Ctl {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        Ctl { dir, store }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tabbyctl"))
+            .args(args)
+            .env("TABBY_STORE", &self.store)
+            .env("TABBY_CONFIG", "/nonexistent/tabbyctl.yaml")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut pipe = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                pipe.write_all(text.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_stdin(args, None)
+    }
+
+    fn ok_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "tabbyctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Requires exit code 1; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "tabbyctl {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// The IPAM client the binary's commands see, over the same store.
+    async fn ipam(&self) -> Ipam {
+        let url = tabby_store::StoreUrl::parse(&self.store).unwrap();
+        let store = tabby_store::open(&url).await.unwrap();
+        tabby_client::ipam::ipam_for(&tabby_client::Client::new(store))
+    }
+}
+
+const SETUP: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.20.0.0/24, blockSize: 26}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node1}
+spec: {}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node2}
+spec: {}
+";
+
+fn wep(ip: IpAddr) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {{name: node1-k8s-web-eth0, namespace: default}}
+spec:
+  orchestrator: k8s
+  node: node1
+  pod: web
+  endpoint: eth0
+  containerID: live
+  interfaceName: cali0123456789a
+  ipNetworks: [{ip}/32]
+"
+    )
+}
+
+async fn assign(ipam: &Ipam, node: &str, handle: &str, pod: &str) -> Option<IpAddr> {
+    let mut args = AutoAssignArgs::new(node, 1, 0).with_handle(handle);
+    args.attrs = BTreeMap::from([
+        ("node".to_string(), node.to_string()),
+        ("pod".to_string(), pod.to_string()),
+        ("namespace".to_string(), "default".to_string()),
+    ]);
+    match ipam.auto_assign(&args).await {
+        Ok(r) => r.v4.and_then(|a| a.ips.first().map(|n| n.addr())),
+        Err(_) => None,
+    }
+}
+
+/// The cells of the table row whose first two cells are `grouping` and `cidr`.
+fn row(table: &str, grouping: &str, cidr: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|l| {
+            l.split('|')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.len() >= 2 && cells[0] == grouping && cells[1] == cidr)
+        .unwrap_or_else(|| panic!("no {grouping} {cidr} row in\n{table}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_check_release_round_trip() {
+    let ctl = Ctl::new();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(SETUP));
+    let ipam = ctl.ipam().await;
+    let live = assign(&ipam, "node1", "k8s-pod-network.live", "web")
+        .await
+        .unwrap();
+    let leak = assign(&ipam, "node1", "k8s-pod-network.gone", "deleted-pod")
+        .await
+        .unwrap();
+    let tunnel = ipam
+        .ensure_tunnel_address("node1", TunnelKind::Vxlan, &[])
+        .await
+        .unwrap();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(&wep(live)));
+
+    // Utilisation: the pool, then (with --show-blocks) node1's block.
+    let show = ctl.ok(&["ipam", "show"]);
+    assert!(show.starts_with("+----------+"), "{show}");
+    assert!(
+        show.contains("| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS FREE  |"),
+        "{show}"
+    );
+    assert_eq!(
+        row(&show, "IP Pool", "10.20.0.0/24"),
+        ["IP Pool", "10.20.0.0/24", "256", "3 (1%)", "253 (99%)"]
+    );
+    assert!(!show.contains("Block"), "{show}");
+    let blocks = ctl.ok(&["ipam", "show", "--show-blocks"]);
+    let block = tabby_ipam::ipmath::block_cidr_for(live, 26).to_string();
+    assert_eq!(
+        row(&blocks, "Block", &block),
+        ["Block", block.as_str(), "64", "3 (5%)", "61 (95%)"]
+    );
+
+    // One address: Calico's wording.
+    let one = ctl.ok(&["ipam", "show", "--ip", &live.to_string()]);
+    assert_eq!(
+        one,
+        format!(
+            "IP {live} is in use\nHandle ID: k8s-pod-network.live\nActive Owner Attributes:\n  namespace: default\n  node: node1\n  pod: web\n"
+        )
+    );
+    assert_eq!(
+        ctl.ok(&["ipam", "show", "--ip", "10.20.0.250"]),
+        "10.20.0.250 is not assigned\n"
+    );
+    let err = ctl.fails(&["ipam", "show", "--ip", "10.99.0.1"]);
+    assert!(
+        err.contains("--ip 10.99.0.1") && err.contains("not in any configured IP pool"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "show", "--ip", "banana"]);
+    assert!(err.contains("--ip") && err.contains("banana"), "{err}");
+
+    // The planted leak: an allocation whose pod has no endpoint. The tunnel address
+    // belongs to node1, which exists; the live pod's address has its endpoint.
+    let report_path = ctl.path("report.json");
+    let check = ctl.ok(&[
+        "ipam",
+        "check",
+        "--show-problem-ips",
+        "-o",
+        report_path.to_str().unwrap(),
+    ]);
+    assert!(check.starts_with("Checking IPAM for inconsistencies..."));
+    assert!(
+        check.contains(&format!(
+            "  {leak} leaked; attrs Main:k8s-pod-network.gone Extra:namespace=default,node=node1,pod=deleted-pod"
+        )),
+        "{check}"
+    );
+    assert!(
+        check.contains("Found 1 IPs that are allocated in IPAM but not actually in use."),
+        "{check}"
+    );
+    assert!(!check.contains(&format!("{live} leaked")), "{check}");
+    assert!(!check.contains(&format!("{tunnel} leaked")), "{check}");
+    assert!(
+        check
+            .trim_end()
+            .ends_with("Check complete; found 1 problems."),
+        "{check}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let entry = |ip: IpAddr| report["allocations"][ip.to_string()][0].clone();
+    assert_eq!(entry(leak)["inUse"], false);
+    assert_eq!(entry(leak)["handle"], "k8s-pod-network.gone");
+    assert_eq!(entry(live)["inUse"], true);
+    assert_eq!(
+        entry(live)["owners"],
+        serde_json::json!(["Workload(default/node1-k8s-web-eth0)"])
+    );
+    assert_eq!(entry(tunnel)["type"], "vxlanTunnelAddress");
+    assert_eq!(entry(tunnel)["owners"], serde_json::json!(["Node(node1)"]));
+
+    let out = ctl.ok(&["ipam", "release", "--ip", &leak.to_string()]);
+    assert_eq!(out, format!("Successfully released IP address {leak}\n"));
+    let check = ctl.ok(&["ipam", "check"]);
+    assert!(
+        check
+            .trim_end()
+            .ends_with("Check complete; found 0 problems."),
+        "{check}"
+    );
+    assert!(check.contains("Found 0 handles with no matching IPs (and 2 handles with matches)."));
+    assert_eq!(
+        row(&ctl.ok(&["ipam", "show"]), "IP Pool", "10.20.0.0/24")[3],
+        "2 (1%)"
+    );
+
+    // A tunnel address lives as long as its node.
+    ctl.ok(&["delete", "node", "node1"]);
+    let check = ctl.ok(&["ipam", "check", "--show-problem-ips"]);
+    assert!(
+        check.contains(&format!(
+            "  {tunnel} leaked; attrs Main:vxlan-tunnel-addr-node1"
+        )),
+        "{check}"
+    );
+    assert!(
+        check
+            .trim_end()
+            .ends_with("Check complete; found 1 problems."),
+        "{check}"
+    );
+
+    // Releasing again: not assigned, exit 1. A live endpoint's address is released
+    // anyway, as calicoctl does, with a warning naming the endpoint.
+    let err = ctl.fails(&["ipam", "release", "--ip", &leak.to_string()]);
+    assert!(
+        err.contains(&format!("IP address {leak} is not assigned")),
+        "{err}"
+    );
+    let out = ctl.run(&["ipam", "release", "--ip", &live.to_string()], None);
+    assert!(out.status.success());
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("Workload(default/node1-k8s-web-eth0)"),
+        "{warning}"
+    );
+    let check = ctl.ok(&["ipam", "check", "--show-problem-ips"]);
+    assert!(
+        check.contains("and in active IPAM pool but has no IPAM allocation."),
+        "the endpoint's address is now unallocated: {check}"
+    );
+    let err = ctl.fails(&["ipam", "release", "--ip", "10.99.0.1"]);
+    assert!(err.contains("--ip 10.99.0.1"), "{err}");
+    let err = ctl.fails(&["ipam", "release"]);
+    assert!(err.contains("--ip"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_changes_what_the_allocator_does() {
+    let ctl = Ctl::new();
+    // One block only: node1 claims it, node2 can get an address only by borrowing.
+    ctl.ok_stdin(
+        &["apply", "-f", "-"],
+        Some(&SETUP.replace("cidr: 10.20.0.0/24", "cidr: 10.30.0.0/26")),
+    );
+    let ipam = ctl.ipam().await;
+    assert!(assign(&ipam, "node1", "h1", "a").await.is_some());
+    assert!(
+        assign(&ipam, "node2", "h2", "b").await.is_some(),
+        "borrowing is allowed by default"
+    );
+
+    let out = ctl.ok(&["ipam", "configure", "--strictaffinity=true"]);
+    assert_eq!(out, "Successfully set StrictAffinity to: true\n");
+    assert_eq!(
+        assign(&ipam, "node2", "h3", "c").await,
+        None,
+        "strict affinity forbids borrowing"
+    );
+    let cfg: serde_json::Value =
+        serde_saphyr::from_str(&ctl.ok(&["get", "ipamconfig", "default", "-o", "yaml"])).unwrap();
+    assert_eq!(cfg["spec"]["strictAffinity"], true);
+    let shown = ctl.ok(&["ipam", "show", "--show-configuration"]);
+    assert!(
+        shown.contains("| StrictAffinity               | true    |"),
+        "{shown}"
+    );
+
+    // maxBlocksPerHost needs strict affinity, as in Calico.
+    let out = ctl.ok(&["ipam", "configure", "--max-blocks-per-host", "3"]);
+    assert_eq!(out, "Successfully set MaxBlocksPerHost to: 3\n");
+    let err = ctl.fails(&["ipam", "configure", "--strictaffinity=false"]);
+    assert!(
+        err.contains("MaxBlocksPerHost requires StrictAffinity"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "configure", "--strictaffinity=maybe"]);
+    assert!(err.contains("--strictaffinity"), "{err}");
+    let err = ctl.fails(&["ipam", "configure", "--max-blocks-per-host=-2"]);
+    assert!(err.contains("--max-blocks-per-host"), "{err}");
+    ctl.fails(&["ipam", "configure"]);
+
+    // The resource is the one source of truth: applying it changes the allocator too.
+    ctl.ok_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {strictAffinity: false}\n",
+        ),
+    );
+    assert!(!ipam.ipam_config().await.unwrap().strict_affinity);
+    assert!(
+        assign(&ipam, "node2", "h4", "d").await.is_some(),
+        "borrowing is allowed again"
+    );
+    assert_eq!(
+        row(&ctl.ok(&["ipam", "show"]), "IP Pool", "10.30.0.0/26")[3],
+        "3 (5%)"
+    );
+}
