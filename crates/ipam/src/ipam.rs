@@ -142,6 +142,11 @@ pub struct Ipam {
     store: Arc<dyn Datastore>,
     source: Arc<dyn PoolSource>,
     options: IpamOptions,
+    /// One lock per host: a host's auto-assigns in this process run one at a time, as
+    /// Calico's CNI plugin serialises them with its host-wide IPAM lock. Without it a
+    /// node's concurrent allocations all race for the same block and lose CAS rounds.
+    host_locks:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Ipam {
@@ -151,7 +156,17 @@ impl Ipam {
             store,
             source,
             options: IpamOptions::default(),
+            host_locks: Arc::default(),
         }
+    }
+
+    /// The lock of `host`'s auto-assigns (see the `host_locks` field).
+    fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .host_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(host.to_string()).or_default())
     }
 
     /// Replaces the options (builder style).
@@ -757,6 +772,8 @@ impl Ipam {
         if let Some(h) = &args.handle {
             check_key_segment("handle", h).map_err(AutoAssignError::bare)?;
         }
+        let host_lock = self.host_lock(&args.hostname);
+        let _serialised = host_lock.lock().await;
         let env = self.load_env().await.map_err(AutoAssignError::bare)?;
         let node_labels = self
             .node_labels(&args.hostname)
