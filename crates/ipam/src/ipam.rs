@@ -43,8 +43,9 @@ pub struct IpamOptions {
     /// Compare-and-swap attempts per operation before giving up (Calico: 100).
     pub max_retries: usize,
     /// Release an affine block's affinity (and delete the block) as soon as a release
-    /// empties it. Off by default, as in Calico, where empty blocks stay with their node
-    /// until the garbage collector ([`Ipam::release_empty_blocks`]) frees them.
+    /// empties it, so a node holds only blocks it uses. On by default (Tabby's rule);
+    /// off gives Calico's behaviour, where empty blocks stay with their node until the
+    /// garbage collector ([`Ipam::release_empty_blocks`]) frees them.
     pub release_empty_affine_blocks: bool,
     /// How long an empty block must have been claimed before another node may take it
     /// over when the pool has no free block left (Calico: one minute).
@@ -55,7 +56,7 @@ impl Default for IpamOptions {
     fn default() -> Self {
         IpamOptions {
             max_retries: 100,
-            release_empty_affine_blocks: false,
+            release_empty_affine_blocks: true,
             empty_block_reclaim_age: Duration::from_secs(60),
         }
     }

@@ -134,8 +134,9 @@ async fn run(backend: Backend) {
     for b in ipam.list_blocks(None).await.unwrap() {
         assert_eq!(b.in_use(), 0, "{} still has addresses", b.cidr);
     }
-    let freed = ipam.release_empty_blocks(None).await.unwrap();
-    assert!(!freed.is_empty());
+    // Releases free emptied blocks at once (best effort); the collector takes any
+    // that a concurrent claim kept from being freed.
+    ipam.release_empty_blocks(None).await.unwrap();
     assert!(ipam.list_blocks(None).await.unwrap().is_empty());
     assert!(ipam.list_affinities(None).await.unwrap().is_empty());
     assert!(ipam.check().await.unwrap().is_clean());
