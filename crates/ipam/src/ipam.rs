@@ -50,6 +50,11 @@ pub struct IpamOptions {
     /// How long an empty block must have been claimed before another node may take it
     /// over when the pool has no free block left (Calico: one minute).
     pub empty_block_reclaim_age: Duration,
+    /// Run one host's auto-assigns through this client one at a time (on by default),
+    /// as Calico's CNI plugin does with its host-wide lock, so that they do not race
+    /// each other for the same block. Correctness never depends on it: every write is
+    /// still a compare-and-swap, and clients in other processes are not serialised.
+    pub serialise_per_host: bool,
 }
 
 impl Default for IpamOptions {
@@ -58,6 +63,7 @@ impl Default for IpamOptions {
             max_retries: 100,
             release_empty_affine_blocks: true,
             empty_block_reclaim_age: Duration::from_secs(60),
+            serialise_per_host: true,
         }
     }
 }
@@ -774,7 +780,11 @@ impl Ipam {
             check_key_segment("handle", h).map_err(AutoAssignError::bare)?;
         }
         let host_lock = self.host_lock(&args.hostname);
-        let _serialised = host_lock.lock().await;
+        let _serialised = if self.options.serialise_per_host {
+            Some(host_lock.lock().await)
+        } else {
+            None
+        };
         let env = self.load_env().await.map_err(AutoAssignError::bare)?;
         let node_labels = self
             .node_labels(&args.hostname)

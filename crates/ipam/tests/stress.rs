@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tabby_ipam::{AffinityState, AutoAssignArgs, Ipam, PoolInfo, ReleaseOptions, StaticPools};
+use tabby_ipam::{
+    AffinityState, AutoAssignArgs, Ipam, IpamOptions, PoolInfo, ReleaseOptions, StaticPools,
+};
 use tabby_store::etcd_harness::EtcdCluster;
 use tabby_store::{Datastore, KeyValue, ListResult, Revision, StoreError, StoreUrl, WatchStream};
 
@@ -140,7 +142,12 @@ async fn run_worker(spec: WorkerSpec) {
     if spec.lost_updates {
         store = Arc::new(LostUpdates(store));
     }
-    let ipam = Ipam::new(store, pools());
+    // With a CAS that does not compare, allocators must really race to show the
+    // damage: no per-host serialisation there.
+    let ipam = Ipam::new(store, pools()).with_options(IpamOptions {
+        serialise_per_host: !spec.lost_updates,
+        ..IpamOptions::default()
+    });
     let file = OpenOptions::new()
         .create(true)
         .append(true)
