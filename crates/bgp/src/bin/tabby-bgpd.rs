@@ -162,6 +162,11 @@ async fn main() -> Result<()> {
         println!("{}: ok", args.config.display());
         return Ok(());
     }
+    // Handlers first: a SIGTERM that arrives once sessions are up must never find the
+    // default action (exit) still in place.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let graceful_restart = inst.graceful_restart_time > 0;
     let handle = tabby_bgp::start(inst).await?;
     if let Some(addr) = handle.local_addr() {
@@ -204,9 +209,8 @@ async fn main() -> Result<()> {
     for p in cfg.peers {
         handle.add_peer(p).await?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let restarting = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
+        _ = int.recv() => false,
         _ = term.recv() => true,
     };
     if restarting && graceful_restart {
