@@ -209,11 +209,12 @@ async fn total_outage_fails_fast_naming_endpoints_then_recovers() {
 /// that hangs with its sockets open (SIGSTOP) can stall reads for the whole budget,
 /// because etcd-client's balanced channel keeps sending the retries to the same
 /// member. Killed members (refused connections) are routed around: see
-/// `cas_writers_survive_member_kills_and_watch_sees_every_change`. The fix is one
+/// `cas_writers_survive_member_kills_and_watch_sees_every_change`, and quorum loss in
+/// `quorum_loss_fails_within_the_budget_then_heals`. The fix is one
 /// channel per endpoint with the retry moved to the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a hung (SIGSTOPped) member can stall reads: etcd-client keeps picking it"]
-async fn hung_member_is_routed_around_and_quorum_loss_heals() {
+async fn hung_member_is_routed_around() {
     let mut etcd = cluster(3).await;
     // Each read attempt gets a third of the budget, so a read first sent to the hung
     // member still has two more tries elsewhere; 6 s keeps that true on a loaded CI box.
@@ -232,7 +233,6 @@ async fn hung_member_is_routed_around_and_quorum_loss_heals() {
         .await
         .expect("a 3-member cluster has a leader");
     let hung = (leader + 1) % 3;
-    let others: Vec<usize> = (0..3).filter(|&m| m != hung).collect();
     etcd.pause(hung).unwrap();
     let (mut acked, mut unknown) = (0, 0);
     for _ in 0..4 {
@@ -262,33 +262,9 @@ async fn hung_member_is_routed_around_and_quorum_loss_heals() {
     }
     eprintln!("one member hung: {acked} writes acked, {unknown} unknown");
     etcd.resume(hung).unwrap();
-
-    // Two of three hang: no quorum. Requests fail within the budget, naming the
-    // endpoints, and succeed again once the members are back.
-    for &m in &others {
-        etcd.pause(m).unwrap();
-    }
-    let started = Instant::now();
-    let err = s.get(key).await.expect_err("no quorum");
-    assert!(
-        started.elapsed() < timeout + slack,
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        err.to_string().contains(&etcd.endpoints().join(",")),
-        "{err}"
-    );
-    for &m in &others {
-        etcd.resume(m).unwrap();
-    }
-    let kv = s.get(key).await.expect("quorum is back").unwrap();
+    let kv = s.get(key).await.expect("all members back").unwrap();
     let value: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
-    s.update(key, (value + 1).to_string().as_bytes(), kv.mod_revision)
-        .await
-        .expect("writes work again");
-
-    let seen = collect_until(&mut watch, value + 1).await;
+    let seen = collect_until(&mut watch, value).await;
     assert_eq!(seen.first().map(|(_, v)| *v), Some(0));
     assert_gapless(&seen);
 }
