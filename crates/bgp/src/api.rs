@@ -165,6 +165,14 @@ pub struct PeerConfig {
     /// TTL for multihop sessions.
     #[serde(default)]
     pub multihop: Option<u8>,
+    /// Graceful restart time advertised to this peer, seconds (BIRD's
+    /// per-peer `graceful restart time`); `None` = the instance's.
+    #[serde(default)]
+    pub graceful_restart_time: Option<u16>,
+    /// Interval between KEEPALIVEs, seconds (BIRD's `keepalive time`);
+    /// `None` = a third of the negotiated hold time, which also caps it.
+    #[serde(default)]
+    pub keepalive_secs: Option<u16>,
     /// GTSM: maximum hops to the peer.
     #[serde(default)]
     pub ttl_security: Option<u8>,
@@ -213,6 +221,8 @@ impl PeerConfig {
             next_hop_self: false,
             next_hop_keep: false,
             multihop: None,
+            graceful_restart_time: None,
+            keepalive_secs: None,
             ttl_security: None,
             allow_local_as: 0,
             source_address: None,
@@ -259,6 +269,20 @@ impl PeerConfig {
             return Err(ApiError::Invalid {
                 field: field("password"),
                 reason: format!("{} bytes is longer than the 80 TCP MD5 allows", p.len()),
+            });
+        }
+        if let Some(t) = self.graceful_restart_time
+            && t > 4095
+        {
+            return Err(ApiError::Invalid {
+                field: field("gracefulRestartTime"),
+                reason: format!("{t} does not fit the 12-bit field (max 4095)"),
+            });
+        }
+        if self.keepalive_secs == Some(0) {
+            return Err(ApiError::Invalid {
+                field: field("keepaliveSecs"),
+                reason: "0 is not an interval; leave it unset for a third of the hold time".into(),
             });
         }
         if self.multihop.is_some() && self.ttl_security.is_some() {
@@ -476,6 +500,32 @@ mod tests {
         assert_eq!(
             p6.families(),
             vec![Family::Ipv4Unicast, Family::Ipv6Unicast]
+        );
+        assert_eq!((p.graceful_restart_time, p.keepalive_secs), (None, None));
+        let timed: PeerConfig = serde_json::from_str(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"gracefulRestartTime":300,"keepaliveSecs":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (timed.graceful_restart_time, timed.keepalive_secs),
+            (Some(300), Some(10))
+        );
+        assert!(timed.validate().is_ok());
+        let mut bad = timed.clone();
+        bad.graceful_restart_time = Some(5000);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gracefulRestartTime")
+        );
+        let mut bad = timed;
+        bad.keepalive_secs = Some(0);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("keepaliveSecs")
         );
         assert!(
             serde_json::from_str::<PeerConfig>(

@@ -175,6 +175,31 @@ fn policy_only_change(old: &PeerConfig, new: &PeerConfig) -> bool {
     a == *new
 }
 
+/// The FSM parameters of one peer: instance settings, overridden per peer
+/// where the peer configures them (local AS, graceful restart time,
+/// keepalive interval).
+fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig) -> FsmConfig {
+    let local_as = cfg.local_as.unwrap_or(inst.asn);
+    FsmConfig {
+        local_as,
+        remote_as: cfg.remote_as,
+        router_id: inst.router_id,
+        hold_time: inst.hold_time,
+        connect_retry: inst.connect_retry(),
+        idle_hold: inst.idle_hold(),
+        passive: cfg.passive,
+        capabilities: capabilities(
+            &cfg.families(),
+            local_as,
+            cfg.graceful_restart_time
+                .unwrap_or(inst.graceful_restart_time),
+        ),
+        keepalive: cfg
+            .keepalive_secs
+            .map(|k| std::time::Duration::from_secs(u64::from(k))),
+    }
+}
+
 fn capabilities(families: &[Family], local_as: u32, gr_time: u16) -> Vec<Capability> {
     let mut caps: Vec<Capability> = families
         .iter()
@@ -338,21 +363,7 @@ impl Instance {
                 source,
             })?;
         }
-        let local_as = cfg.local_as.unwrap_or(self.config.asn);
-        let fsm = Fsm::new(FsmConfig {
-            local_as,
-            remote_as: cfg.remote_as,
-            router_id: self.config.router_id,
-            hold_time: self.config.hold_time,
-            connect_retry: self.config.connect_retry(),
-            idle_hold: self.config.idle_hold(),
-            passive: cfg.passive,
-            capabilities: capabilities(
-                &cfg.families(),
-                local_as,
-                self.config.graceful_restart_time,
-            ),
-        });
+        let fsm = Fsm::new(fsm_config(&self.config, &cfg));
         let addr = cfg.address;
         tracing::info!(peer = %addr, remote_as = cfg.remote_as, "adding peer");
         self.peers.insert(
@@ -1021,5 +1032,51 @@ impl EncodeCache {
             }
         };
         &bucket[i].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst() -> InstanceConfig {
+        InstanceConfig {
+            router_id: Ipv4Addr::new(198, 18, 0, 1),
+            asn: 64512,
+            listen: None,
+            cluster_id: None,
+            hold_time: 90,
+            connect_retry_secs: 5,
+            idle_hold_secs: 5,
+            graceful_restart_time: 120,
+        }
+    }
+
+    fn gr_time(c: &FsmConfig) -> Option<u16> {
+        c.capabilities.iter().find_map(|cap| match cap {
+            Capability::GracefulRestart { time, .. } => Some(*time),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn per_peer_timers_override_the_instance() {
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        let c = fsm_config(&inst(), &p);
+        assert_eq!(
+            (c.local_as, gr_time(&c), c.keepalive),
+            (64512, Some(120), None)
+        );
+        p.local_as = Some(65100);
+        p.graceful_restart_time = Some(300);
+        p.keepalive_secs = Some(7);
+        let c = fsm_config(&inst(), &p);
+        assert_eq!(c.local_as, 65100);
+        assert_eq!(gr_time(&c), Some(300));
+        assert_eq!(c.keepalive, Some(std::time::Duration::from_secs(7)));
+        assert!(c.capabilities.contains(&Capability::FourOctetAs(65100)));
+        // 0 for one peer turns graceful restart off towards it only.
+        p.graceful_restart_time = Some(0);
+        assert_eq!(gr_time(&fsm_config(&inst(), &p)), None);
     }
 }

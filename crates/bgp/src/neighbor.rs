@@ -142,6 +142,8 @@ pub mod fsm {
         pub passive: bool,
         /// Capabilities we send.
         pub capabilities: Vec<Capability>,
+        /// Configured KEEPALIVE interval; `None` = a third of the hold time.
+        pub keepalive: Option<Duration>,
     }
 
     /// Hold time used in OpenSent before the peer's OPEN arrives
@@ -152,6 +154,14 @@ pub mod fsm {
     /// no hold timer.
     pub fn negotiate_hold_time(ours: u16, theirs: u16) -> u16 {
         ours.min(theirs)
+    }
+
+    /// KEEPALIVE interval for a negotiated (non-zero) hold time: the
+    /// configured one, but never more than a third of the hold time, so a
+    /// long setting cannot make the peer's hold timer expire.
+    pub fn keepalive_interval(configured: Option<Duration>, hold: u16) -> Duration {
+        let third = Duration::from_secs(u64::from(hold / 3).max(1));
+        configured.map_or(third, |k| k.min(third).max(Duration::from_secs(1)))
     }
 
     /// The session FSM of one neighbor.
@@ -382,7 +392,7 @@ pub mod fsm {
                     if hold > 0 {
                         out.push(Action::StartTimer(
                             Timer::Keepalive,
-                            Duration::from_secs(u64::from(hold / 3).max(1)),
+                            keepalive_interval(self.config.keepalive, hold),
                         ));
                         out.push(Action::StartTimer(
                             Timer::Hold,
@@ -407,7 +417,7 @@ pub mod fsm {
                     if let Some(s) = &self.session {
                         out.push(Action::StartTimer(
                             Timer::Keepalive,
-                            Duration::from_secs(u64::from(s.hold_time / 3).max(1)),
+                            keepalive_interval(self.config.keepalive, s.hold_time),
                         ));
                     }
                 }
@@ -495,6 +505,7 @@ pub mod fsm {
                     Capability::MultiProtocol { afi: 1, safi: 1 },
                     Capability::FourOctetAs(65000),
                 ],
+                keepalive: None,
             }
         }
 
@@ -953,6 +964,31 @@ pub mod fsm {
             assert_eq!(negotiate_hold_time(90, 30), 30);
             assert_eq!(negotiate_hold_time(90, 0), 0);
             assert_eq!(negotiate_hold_time(3, 240), 3);
+        }
+
+        #[test]
+        fn configured_keepalive_is_used_up_to_a_third_of_hold() {
+            assert_eq!(keepalive_interval(None, 90), secs(30));
+            assert_eq!(keepalive_interval(Some(secs(5)), 90), secs(5));
+            assert_eq!(keepalive_interval(Some(secs(60)), 90), secs(30));
+            assert_eq!(keepalive_interval(None, 3), secs(1));
+            let mut c = cfg(false);
+            c.keepalive = Some(secs(4));
+            let mut f = Fsm::new(c);
+            f.handle(Event::ManualStart);
+            f.handle(Event::TcpConnectionConfirmed);
+            let a = f.handle(Event::OpenReceived(peer_open(65001, 30, [198, 18, 0, 2])));
+            assert!(a.contains(&Action::StartTimer(Timer::Keepalive, secs(4))));
+            f.handle(Event::KeepaliveReceived);
+            assert_eq!(f.state(), State::Established);
+            let a = f.handle(Event::TimerExpired(Timer::Keepalive));
+            assert_eq!(
+                a,
+                vec![
+                    Action::SendKeepalive,
+                    Action::StartTimer(Timer::Keepalive, secs(4))
+                ]
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod connect;
 mod ipam;
+mod node;
 mod output;
 
 use std::io::Write;
@@ -61,6 +62,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// IP address management: show usage, check for leaks, release, configure.
     Ipam(ipam::IpamArgs),
+    /// Ask the local tabby-node agent: `node status`.
+    Node(node::NodeArgs),
     /// Print the client version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -130,6 +133,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Patch(args) => commands::patch(&conn, &args, out).await,
         Command::Config(args) => config::run(&conn, &args, out).await,
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
+        Command::Node(args) => node::run(&args, out).await,
         Command::Version => {
             writeln!(out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "API Version:       {}", tabby_api::API_VERSION)?;

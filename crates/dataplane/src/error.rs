@@ -51,6 +51,13 @@ pub enum Error {
         /// Where and why.
         reason: String,
     },
+    /// The kernel lacks a feature (a link type whose module is missing, ...).
+    #[error("the kernel does not support {what}")]
+    Unsupported {
+        /// The feature and the request that found out, e.g. `ipip links (no ipip
+        /// module): create ipip tunl0 in host: Operation not supported`.
+        what: String,
+    },
     /// Several errors from a teardown that carried on after the first.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Many(Vec<Error>),
@@ -60,6 +67,11 @@ impl Error {
     /// True for [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+
+    /// True for [`Error::Unsupported`].
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Unsupported { .. })
     }
 
     /// True for [`Error::Exists`].

@@ -77,6 +77,7 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     tls: Option<TlsFiles>,
     progress_notify_interval: Option<Duration>,
+    extra_client_host: Option<std::net::IpAddr>,
 }
 
 /// How to start a test cluster.
@@ -86,6 +87,9 @@ pub struct ClusterOptions {
     pub tls: bool,
     /// How often idle watches get progress notifications (etcd's default is 10 min).
     pub progress_notify_interval: Option<Duration>,
+    /// Also listen for clients on this address (e.g. one reachable from test
+    /// network namespaces); see [`EtcdCluster::url_on`].
+    pub extra_client_host: Option<std::net::IpAddr>,
 }
 
 /// PEM files of a throw-away CA, a server certificate for 127.0.0.1 and a client
@@ -125,6 +129,7 @@ impl EtcdCluster {
         for _ in 0..START_ATTEMPTS {
             let mut cluster = EtcdCluster::prepare(&bin, size)?;
             cluster.progress_notify_interval = options.progress_notify_interval;
+            cluster.extra_client_host = options.extra_client_host;
             if options.tls {
                 cluster.tls = Some(make_tls_files(&cluster.dir)?);
             }
@@ -166,6 +171,7 @@ impl EtcdCluster {
             members,
             tls: None,
             progress_notify_interval: None,
+            extra_client_host: None,
         })
     }
 
@@ -191,6 +197,19 @@ impl EtcdCluster {
     pub fn url(&self) -> StoreUrl {
         StoreUrl::Etcd {
             endpoints: self.endpoints(),
+            tls: self.tls.is_some(),
+        }
+    }
+
+    /// The store URL naming every member at `host` (the cluster must have been started
+    /// with [`ClusterOptions::extra_client_host`] set to it).
+    pub fn url_on(&self, host: std::net::IpAddr) -> StoreUrl {
+        StoreUrl::Etcd {
+            endpoints: self
+                .members
+                .iter()
+                .map(|m| std::net::SocketAddr::new(host, m.client_port).to_string())
+                .collect(),
             tls: self.tls.is_some(),
         }
     }
@@ -334,13 +353,20 @@ impl EtcdCluster {
         let client_url = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let metrics_url = format!("http://127.0.0.1:{}", member.metrics_port);
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let listen_clients = match self.extra_client_host {
+            Some(h) => format!(
+                "{client_url},{scheme}://{}",
+                std::net::SocketAddr::new(h, member.client_port)
+            ),
+            None => client_url.clone(),
+        };
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&member.data_dir)
             .arg("--listen-client-urls")
-            .arg(&client_url)
+            .arg(&listen_clients)
             .arg("--advertise-client-urls")
             .arg(&client_url)
             .arg("--listen-peer-urls")

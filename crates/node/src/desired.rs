@@ -1,0 +1,732 @@
+//! The node's desired data plane, computed purely from a store snapshot, the kernel's
+//! interface list and the routes BGP has learned: workload routes, blackholes for
+//! affine blocks, routes to remote blocks (native or over VXLAN), the VXLAN device
+//! with its neighbour and FDB entries, the prefixes to export over BGP, natOutgoing
+//! sets and the pod MTU. Felix's route, VXLAN and masquerade managers in one function.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use tabby_api::ippool::EncapMode;
+use tabby_dataplane::{NextHop, Route, VxlanSpec};
+
+use crate::nat::NatInputs;
+
+/// Calico's VXLAN device name (IPv4).
+pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Calico's VXLAN network identifier.
+pub const VXLAN_VNI: u32 = 4096;
+/// The IANA VXLAN port Calico uses.
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN over IPv4 costs 50 bytes of every packet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// IPIP costs 20.
+pub const IPIP_OVERHEAD: u32 = 20;
+
+/// A node as the data plane sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// IPv4 address with its subnet prefix (`spec.bgp.ipv4Address`).
+    pub ipv4: Option<IpNet>,
+    /// IPv6 address with its prefix.
+    pub ipv6: Option<IpNet>,
+    /// VXLAN tunnel address (`spec.ipv4VXLANTunnelAddr`).
+    pub vxlan_tunnel_ip: Option<Ipv4Addr>,
+    /// VXLAN tunnel MAC (`spec.vxlanTunnelMACAddr`, else derived from the name).
+    pub vxlan_mac: [u8; 6],
+}
+
+/// An IP pool's routing settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// Pool name.
+    pub name: String,
+    /// Its CIDR.
+    pub cidr: IpNet,
+    /// `ipipMode`.
+    pub ipip: EncapMode,
+    /// `vxlanMode`.
+    pub vxlan: EncapMode,
+    /// `natOutgoing`.
+    pub nat_outgoing: bool,
+    /// `disabled`.
+    pub disabled: bool,
+    /// `disableBGPExport`.
+    pub disable_bgp_export: bool,
+}
+
+/// An IPAM block and the host it is affine to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The block's CIDR.
+    pub cidr: IpNet,
+    /// Affine host (`host:<name>` affinity), if any.
+    pub host: Option<String>,
+}
+
+/// A workload endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// `<namespace>/<name>` for messages.
+    pub id: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Host-side interface name (`cali...`).
+    pub interface: String,
+    /// Its addresses (/32 or /128).
+    pub ips: Vec<IpNet>,
+}
+
+/// A prefix to advertise with the communities `prefixAdvertisements` give it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Advertisement {
+    /// Standard communities (`a:b` as `a << 16 | b`).
+    pub communities: Vec<u32>,
+    /// Large communities.
+    pub large_communities: Vec<(u32, u32, u32)>,
+}
+
+/// Everything the computation reads from the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every node.
+    pub nodes: Vec<NodeInfo>,
+    /// Every IP pool.
+    pub pools: Vec<PoolInfo>,
+    /// Every IPAM block.
+    pub blocks: Vec<BlockInfo>,
+    /// Every workload endpoint (all nodes).
+    pub workloads: Vec<WorkloadInfo>,
+    /// BGPConfiguration serviceClusterIPs and serviceExternalIPs to advertise.
+    pub service_cidrs: Vec<IpNet>,
+    /// BGPConfiguration prefixAdvertisements, resolved to community values.
+    pub prefix_communities: Vec<(IpNet, Advertisement)>,
+}
+
+/// Agent settings that shape the result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// This node's name.
+    pub node: String,
+    /// Workload interface prefix (`cali`).
+    pub interface_prefix: String,
+    /// Whether the kernel can make IPIP links.
+    pub ipip_supported: bool,
+    /// MTU of the host's uplink.
+    pub host_mtu: u32,
+    /// Pod MTU override (FelixConfiguration `mtu`-style); `None` = computed.
+    pub mtu_override: Option<u32>,
+    /// Whether BGP runs (so `Never` pools are reachable at all).
+    pub bgp_enabled: bool,
+}
+
+/// What the kernel knows that the computation needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// Interface name to index.
+    pub links: BTreeMap<String, u32>,
+    /// Index of the interface holding the node's IPv4 address.
+    pub uplink: Option<u32>,
+}
+
+/// The desired VXLAN device and its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanDesired {
+    /// The device.
+    pub spec: VxlanSpec,
+    /// Its address (`tunnelIP/32`).
+    pub address: IpNet,
+    /// Permanent neighbour entries: remote tunnel IP to remote VTEP MAC.
+    pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
+    /// FDB entries: remote VTEP MAC to remote node IP.
+    pub fdb: BTreeMap<[u8; 6], IpAddr>,
+}
+
+/// A route whose device does not exist yet (resolved once it does).
+pub const PENDING_VXLAN: u32 = u32::MAX;
+
+/// The computed state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Routes by destination (one route per prefix, proto 80, main table). Routes over
+    /// the VXLAN device carry [`PENDING_VXLAN`] as `oif` when it does not exist yet.
+    pub routes: BTreeMap<IpNet, Route>,
+    /// The VXLAN device, when a pool needs it.
+    pub vxlan: Option<VxlanDesired>,
+    /// Prefixes to originate over BGP, grouped by their communities.
+    pub exports: BTreeMap<IpNet, Advertisement>,
+    /// natOutgoing sets.
+    pub nat: NatInputs,
+    /// Pod MTU.
+    pub mtu: u32,
+    /// Things the operator must know: refused modes, workloads without interfaces.
+    pub problems: Vec<String>,
+}
+
+/// Calico's VXLAN MAC for a node without one stored: `66` then the first five bytes
+/// of SHA-1 of the node name.
+pub fn vxlan_mac_for(node: &str) -> [u8; 6] {
+    use sha1::{Digest, Sha1};
+    let h = Sha1::digest(node.as_bytes());
+    [0x66, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// The pod MTU: host MTU minus the overhead of the encapsulations in use, or the
+/// override.
+pub fn pod_mtu(settings: &Settings, pools: &[PoolInfo]) -> u32 {
+    if let Some(m) = settings.mtu_override {
+        return m;
+    }
+    let mut mtu = settings.host_mtu;
+    for p in pools.iter().filter(|p| !p.disabled) {
+        if p.vxlan != EncapMode::Never {
+            mtu = mtu.min(settings.host_mtu - VXLAN_OVERHEAD);
+        }
+        if p.ipip != EncapMode::Never && settings.ipip_supported {
+            mtu = mtu.min(settings.host_mtu - IPIP_OVERHEAD);
+        }
+    }
+    mtu
+}
+
+fn same_subnet(a: &IpNet, b: &IpNet) -> bool {
+    a.trunc() == b.trunc() || (a.contains(&b.addr()) && b.contains(&a.addr()))
+}
+
+fn pool_of<'a>(pools: &'a [PoolInfo], net: &IpNet) -> Option<&'a PoolInfo> {
+    // The most specific pool containing the prefix.
+    pools
+        .iter()
+        .filter(|p| p.cidr.contains(net))
+        .max_by_key(|p| p.cidr.prefix_len())
+}
+
+/// How a remote prefix is reached.
+enum Path {
+    Vxlan,
+    Ipip,
+    /// Native, programmed by us (`via nodeIP dev uplink onlink`): CrossSubnet peers
+    /// in the same subnet.
+    Direct,
+    /// Native, left to BGP.
+    Bgp,
+}
+
+fn path_for(pool: &PoolInfo, me: &NodeInfo, remote: &NodeInfo) -> Path {
+    let same = match (me.ipv4, remote.ipv4) {
+        (Some(a), Some(b)) => same_subnet(&a, &b),
+        _ => false,
+    };
+    match (pool.vxlan, pool.ipip) {
+        (EncapMode::Always, _) => Path::Vxlan,
+        (EncapMode::CrossSubnet, _) if !same => Path::Vxlan,
+        (EncapMode::CrossSubnet, _) => Path::Direct,
+        (_, EncapMode::Always) => Path::Ipip,
+        (_, EncapMode::CrossSubnet) if !same => Path::Ipip,
+        (_, EncapMode::CrossSubnet) => Path::Direct,
+        _ => Path::Bgp,
+    }
+}
+
+/// Computes the desired state. `learned` maps prefixes BGP has best paths for to their
+/// next hops (ECMP set, best first).
+pub fn compute(
+    snap: &Snapshot,
+    settings: &Settings,
+    kernel: &KernelView,
+    learned: &BTreeMap<IpNet, Vec<IpAddr>>,
+) -> Desired {
+    let mut d = Desired {
+        mtu: pod_mtu(settings, &snap.pools),
+        ..Default::default()
+    };
+    let nodes: BTreeMap<&str, &NodeInfo> =
+        snap.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let Some(me) = nodes.get(settings.node.as_str()).copied() else {
+        d.problems.push(format!(
+            "Node {:?} is not in the datastore; nothing is programmed",
+            settings.node
+        ));
+        return d;
+    };
+    let pools: Vec<PoolInfo> = snap.pools.clone();
+
+    // Refuse IPIP where the kernel cannot do it.
+    if !settings.ipip_supported {
+        for p in pools
+            .iter()
+            .filter(|p| p.ipip != EncapMode::Never && !p.disabled)
+        {
+            d.problems.push(format!(
+                "IPPool {:?}: ipipMode {:?} needs IPIP, which this kernel does not support (no ipip link type); use vxlanMode instead. Remote blocks of this pool get no routes",
+                p.name, p.ipip
+            ));
+        }
+    }
+
+    // The VXLAN device, if any enabled IPv4 pool uses VXLAN.
+    let vxlan_needed = pools
+        .iter()
+        .any(|p| !p.disabled && p.cidr.addr().is_ipv4() && p.vxlan != EncapMode::Never);
+    if vxlan_needed {
+        match (me.vxlan_tunnel_ip, me.ipv4) {
+            (Some(tun), Some(node_ip)) => {
+                let mut v = VxlanDesired {
+                    spec: VxlanSpec {
+                        name: VXLAN_DEVICE.into(),
+                        vni: VXLAN_VNI,
+                        port: VXLAN_PORT,
+                        local: Some(node_ip.addr()),
+                        parent: kernel.uplink,
+                        mac: Some(me.vxlan_mac),
+                        mtu: Some(settings.host_mtu - VXLAN_OVERHEAD),
+                        learning: false,
+                    },
+                    address: IpNet::new(IpAddr::V4(tun), 32).expect("32 is a valid prefix"),
+                    neighbours: BTreeMap::new(),
+                    fdb: BTreeMap::new(),
+                };
+                for n in snap.nodes.iter().filter(|n| n.name != me.name) {
+                    if let (Some(t), Some(ip)) = (n.vxlan_tunnel_ip, n.ipv4) {
+                        v.neighbours.insert(IpAddr::V4(t), n.vxlan_mac);
+                        v.fdb.insert(n.vxlan_mac, ip.addr());
+                    }
+                }
+                d.vxlan = Some(v);
+            }
+            (None, _) => d.problems.push(format!(
+                "Node {:?} has no ipv4VXLANTunnelAddr yet; VXLAN routes wait for it",
+                me.name
+            )),
+            (_, None) => d.problems.push(format!(
+                "Node {:?} has no IPv4 address; VXLAN needs one",
+                me.name
+            )),
+        }
+    }
+    let vxlan_oif = kernel
+        .links
+        .get(VXLAN_DEVICE)
+        .copied()
+        .unwrap_or(PENDING_VXLAN);
+
+    // Blocks: ours get blackholes and are exported; remote ones get routes by mode.
+    let mut own_blocks: Vec<IpNet> = Vec::new();
+    let block_host: Vec<(IpNet, Option<&str>)> = snap
+        .blocks
+        .iter()
+        .map(|b| (b.cidr, b.host.as_deref()))
+        .collect();
+    let exportable = |net: &IpNet| pool_of(&pools, net).is_some_and(|p| !p.disable_bgp_export);
+
+    let remote_route = |net: IpNet, remote: &NodeInfo, d: &mut Desired| -> Option<Route> {
+        let pool = pool_of(&pools, &net)?;
+        match path_for(pool, me, remote) {
+            Path::Vxlan => {
+                d.vxlan.as_ref()?;
+                let Some(t) = remote.vxlan_tunnel_ip else {
+                    d.problems.push(format!(
+                        "Node {:?} has no VXLAN tunnel address; no route to {net} yet",
+                        remote.name
+                    ));
+                    return None;
+                };
+                Some(Route::via_onlink(net, IpAddr::V4(t), vxlan_oif))
+            }
+            Path::Ipip => None, // refused above, or a kernel we never see here
+            Path::Direct => {
+                let ip = remote.ipv4?.addr();
+                let up = kernel.uplink?;
+                Some(Route::via_onlink(net, ip, up))
+            }
+            Path::Bgp => None,
+        }
+    };
+
+    for (cidr, host) in &block_host {
+        match host {
+            Some(h) if *h == me.name => {
+                own_blocks.push(*cidr);
+                let single = cidr.prefix_len() == cidr.max_prefix_len();
+                if !single {
+                    d.routes.insert(*cidr, Route::blackhole(*cidr));
+                }
+                if exportable(cidr) {
+                    d.exports.insert(*cidr, Advertisement::default());
+                }
+            }
+            Some(h) => {
+                if let Some(remote) = nodes.get(h)
+                    && let Some(r) = remote_route(*cidr, remote, &mut d)
+                {
+                    d.routes.insert(*cidr, r);
+                }
+            }
+            None => {}
+        }
+    }
+
+    // Workloads: local ones get device routes; borrowed addresses (outside any block
+    // affine to the workload's node) get /32 routes or exports.
+    let affine_to = |ip: &IpNet, node: &str| {
+        block_host
+            .iter()
+            .any(|(c, h)| *h == Some(node) && c.contains(ip))
+    };
+    for w in &snap.workloads {
+        if w.node == me.name {
+            match kernel.links.get(&w.interface) {
+                Some(&idx) => {
+                    for ip in &w.ips {
+                        let host = IpNet::new(ip.addr(), ip.max_prefix_len())
+                            .expect("max prefix is valid");
+                        d.routes.insert(host, Route::device(host, idx));
+                        if !affine_to(&host, &me.name) && exportable(&host) {
+                            d.exports.insert(host, Advertisement::default());
+                        }
+                    }
+                }
+                None => d.problems.push(format!(
+                    "WorkloadEndpoint {}: interface {} does not exist on this node",
+                    w.id, w.interface
+                )),
+            }
+        } else if let Some(remote) = nodes.get(w.node.as_str()) {
+            for ip in &w.ips {
+                let host = IpNet::new(ip.addr(), ip.max_prefix_len()).expect("max prefix is valid");
+                if affine_to(&host, &w.node) {
+                    continue;
+                }
+                if let Some(r) = remote_route(host, remote, &mut d) {
+                    d.routes.insert(host, r);
+                }
+            }
+        }
+    }
+
+    // Service CIDRs and prefix advertisements.
+    for c in &snap.service_cidrs {
+        d.exports.entry(*c).or_default();
+    }
+    for (net, adv) in &snap.prefix_communities {
+        for (e, a) in d.exports.iter_mut() {
+            if net.contains(e) {
+                a.communities.extend(&adv.communities);
+                a.large_communities.extend(&adv.large_communities);
+                a.communities.sort();
+                a.communities.dedup();
+                a.large_communities.sort();
+                a.large_communities.dedup();
+            }
+        }
+    }
+
+    // Learned routes: install unless we program that prefix ourselves (cluster routes
+    // of encapsulated pools are ours, Calico's "handled by Felix") or it is local.
+    let own: BTreeSet<IpNet> = own_blocks.iter().copied().collect();
+    let my_addrs: Vec<IpAddr> = [me.ipv4, me.ipv6]
+        .iter()
+        .flatten()
+        .map(|n| n.addr())
+        .collect();
+    if settings.bgp_enabled {
+        for (prefix, hops) in learned {
+            if d.routes.contains_key(prefix) || own.contains(prefix) {
+                continue;
+            }
+            if let Some(p) = pool_of(&pools, prefix)
+                && (p.vxlan != EncapMode::Never || p.ipip != EncapMode::Never)
+            {
+                continue;
+            }
+            let hops: Vec<IpAddr> = hops
+                .iter()
+                .copied()
+                .filter(|h| !my_addrs.contains(h))
+                .collect();
+            let route = match hops.as_slice() {
+                [] => continue,
+                [one] => Route::ecmp(*prefix, vec![hop(*one)]),
+                many => Route::ecmp(*prefix, many.iter().map(|h| hop(*h)).collect()),
+            };
+            d.routes.insert(*prefix, route);
+        }
+    }
+
+    // natOutgoing.
+    d.nat = NatInputs {
+        masq_pools: pools
+            .iter()
+            .filter(|p| p.nat_outgoing && !p.disabled)
+            .map(|p| p.cidr)
+            .collect(),
+        all_pools: pools.iter().map(|p| p.cidr).collect(),
+    };
+    d
+}
+
+fn hop(gateway: IpAddr) -> NextHop {
+    NextHop {
+        gateway,
+        oif: None,
+        onlink: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tabby_dataplane::RouteKind;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn node(name: &str, ip: &str, tun: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            ipv4: Some(net(ip)),
+            ipv6: None,
+            vxlan_tunnel_ip: tun.map(|t| t.parse().unwrap()),
+            vxlan_mac: vxlan_mac_for(name),
+        }
+    }
+
+    fn pool(cidr: &str, vxlan: EncapMode) -> PoolInfo {
+        PoolInfo {
+            name: "default-ipv4-ippool".into(),
+            cidr: net(cidr),
+            ipip: EncapMode::Never,
+            vxlan,
+            nat_outgoing: true,
+            disabled: false,
+            disable_bgp_export: false,
+        }
+    }
+
+    fn block(cidr: &str, host: &str) -> BlockInfo {
+        BlockInfo {
+            cidr: net(cidr),
+            host: Some(host.into()),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            node: "n1".into(),
+            interface_prefix: "cali".into(),
+            ipip_supported: false,
+            host_mtu: 1500,
+            mtu_override: None,
+            bgp_enabled: true,
+        }
+    }
+
+    fn kernel() -> KernelView {
+        KernelView {
+            links: [("eth0".to_string(), 2), ("cali1".to_string(), 7)]
+                .into_iter()
+                .collect(),
+            uplink: Some(2),
+        }
+    }
+
+    fn snap(mode: EncapMode) -> Snapshot {
+        Snapshot {
+            nodes: vec![
+                node("n1", "198.18.0.1/24", Some("100.64.0.1")),
+                node("n2", "198.18.0.2/24", Some("100.64.0.65")),
+                node("n3", "198.18.1.3/24", Some("100.64.0.129")),
+            ],
+            pools: vec![pool("100.64.0.0/16", mode)],
+            blocks: vec![
+                block("100.64.0.0/26", "n1"),
+                block("100.64.0.64/26", "n2"),
+                block("100.64.0.128/26", "n3"),
+            ],
+            workloads: vec![
+                WorkloadInfo {
+                    id: "default/a".into(),
+                    node: "n1".into(),
+                    interface: "cali1".into(),
+                    ips: vec![net("100.64.0.5/32")],
+                },
+                // Borrowed: n2's pod with an address from n3's block.
+                WorkloadInfo {
+                    id: "default/b".into(),
+                    node: "n2".into(),
+                    interface: "calib".into(),
+                    ips: vec![net("100.64.0.140/32")],
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn vxlan_always_routes_every_remote_block_over_the_tunnel() {
+        let mut k = kernel();
+        k.links.insert(VXLAN_DEVICE.into(), 9);
+        let d = compute(&snap(EncapMode::Always), &settings(), &k, &BTreeMap::new());
+        assert_eq!(d.routes[&net("100.64.0.0/26")].kind, RouteKind::Blackhole);
+        assert_eq!(
+            d.routes[&net("100.64.0.5/32")],
+            Route::device(net("100.64.0.5/32"), 7)
+        );
+        assert_eq!(
+            d.routes[&net("100.64.0.64/26")],
+            Route::via_onlink(net("100.64.0.64/26"), "100.64.0.65".parse().unwrap(), 9)
+        );
+        assert_eq!(
+            d.routes[&net("100.64.0.128/26")],
+            Route::via_onlink(net("100.64.0.128/26"), "100.64.0.129".parse().unwrap(), 9)
+        );
+        // The borrowed address goes to the node that has it, not the block's owner.
+        assert_eq!(
+            d.routes[&net("100.64.0.140/32")],
+            Route::via_onlink(net("100.64.0.140/32"), "100.64.0.65".parse().unwrap(), 9)
+        );
+        let v = d.vxlan.expect("vxlan device wanted");
+        assert_eq!(v.spec.vni, 4096);
+        assert_eq!(v.spec.port, 4789);
+        assert_eq!(v.spec.mtu, Some(1450));
+        assert_eq!(v.address, net("100.64.0.1/32"));
+        assert_eq!(v.neighbours.len(), 2);
+        assert_eq!(
+            v.fdb[&vxlan_mac_for("n2")],
+            "198.18.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(d.mtu, 1450);
+        assert_eq!(
+            d.exports.keys().copied().collect::<Vec<_>>(),
+            vec![net("100.64.0.0/26")]
+        );
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn cross_subnet_encapsulates_only_across_subnets() {
+        let mut k = kernel();
+        k.links.insert(VXLAN_DEVICE.into(), 9);
+        let d = compute(
+            &snap(EncapMode::CrossSubnet),
+            &settings(),
+            &k,
+            &BTreeMap::new(),
+        );
+        // n2 shares 198.18.0.0/24: direct on the uplink.
+        assert_eq!(
+            d.routes[&net("100.64.0.64/26")],
+            Route::via_onlink(net("100.64.0.64/26"), "198.18.0.2".parse().unwrap(), 2)
+        );
+        // n3 is in 198.18.1.0/24: over VXLAN.
+        assert_eq!(
+            d.routes[&net("100.64.0.128/26")],
+            Route::via_onlink(net("100.64.0.128/26"), "100.64.0.129".parse().unwrap(), 9)
+        );
+    }
+
+    #[test]
+    fn never_pools_are_left_to_bgp_and_learned_routes_installed() {
+        let learned: BTreeMap<IpNet, Vec<IpAddr>> = [
+            (net("100.64.0.64/26"), vec!["198.18.0.2".parse().unwrap()]),
+            (
+                net("100.64.0.128/26"),
+                vec!["198.18.0.3".parse().unwrap(), "198.18.0.4".parse().unwrap()],
+            ),
+            // Our own block reflected back is ignored.
+            (net("100.64.0.0/26"), vec!["198.18.0.2".parse().unwrap()]),
+        ]
+        .into_iter()
+        .collect();
+        let d = compute(&snap(EncapMode::Never), &settings(), &kernel(), &learned);
+        assert!(d.vxlan.is_none());
+        assert_eq!(d.mtu, 1500);
+        assert_eq!(d.routes[&net("100.64.0.0/26")].kind, RouteKind::Blackhole);
+        let r = &d.routes[&net("100.64.0.64/26")];
+        assert_eq!(r.gateway, Some("198.18.0.2".parse().unwrap()));
+        let ecmp = &d.routes[&net("100.64.0.128/26")];
+        assert_eq!(ecmp.multipath.len(), 2);
+        // The borrowed /32 on n2 is n2's to export, not ours to route.
+        assert!(!d.routes.contains_key(&net("100.64.0.140/32")));
+    }
+
+    #[test]
+    fn borrowed_local_addresses_are_exported_and_disable_bgp_export_is_honoured() {
+        let mut s = snap(EncapMode::Never);
+        s.workloads[0].ips = vec![net("100.64.0.70/32")]; // inside n2's block
+        let d = compute(&s, &settings(), &kernel(), &BTreeMap::new());
+        assert!(d.exports.contains_key(&net("100.64.0.70/32")));
+        s.pools[0].disable_bgp_export = true;
+        let d = compute(&s, &settings(), &kernel(), &BTreeMap::new());
+        assert!(d.exports.is_empty());
+        // ...but the blackhole and the workload route are still there.
+        assert!(d.routes.contains_key(&net("100.64.0.0/26")));
+        assert!(d.routes.contains_key(&net("100.64.0.70/32")));
+    }
+
+    #[test]
+    fn ipip_is_refused_with_a_message_when_the_kernel_lacks_it() {
+        let mut s = snap(EncapMode::Never);
+        s.pools[0].ipip = EncapMode::Always;
+        let d = compute(&s, &settings(), &kernel(), &BTreeMap::new());
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("ipipMode") && p.contains("does not support")),
+            "{:?}",
+            d.problems
+        );
+        assert!(!d.routes.contains_key(&net("100.64.0.64/26")));
+    }
+
+    #[test]
+    fn slash_32_blocks_get_no_blackhole_and_missing_interfaces_are_reported() {
+        let mut s = snap(EncapMode::Never);
+        s.blocks.push(block("100.64.1.1/32", "n1"));
+        s.workloads[0].interface = "calimissing".into();
+        let d = compute(&s, &settings(), &kernel(), &BTreeMap::new());
+        assert!(!d.routes.contains_key(&net("100.64.1.1/32")));
+        assert!(d.problems.iter().any(|p| p.contains("calimissing")));
+    }
+
+    #[test]
+    fn communities_and_service_cidrs_are_exported() {
+        let mut s = snap(EncapMode::Never);
+        s.service_cidrs = vec![net("198.19.0.0/24")];
+        s.prefix_communities = vec![(
+            net("100.64.0.0/16"),
+            Advertisement {
+                communities: vec![(65000 << 16) | 100],
+                large_communities: vec![],
+            },
+        )];
+        let d = compute(&s, &settings(), &kernel(), &BTreeMap::new());
+        assert_eq!(
+            d.exports[&net("100.64.0.0/26")].communities,
+            vec![(65000 << 16) | 100]
+        );
+        assert!(d.exports[&net("198.19.0.0/24")].communities.is_empty());
+    }
+
+    #[test]
+    fn mtu_override_and_nat_sets() {
+        let mut st = settings();
+        st.mtu_override = Some(1300);
+        let d = compute(&snap(EncapMode::Always), &st, &kernel(), &BTreeMap::new());
+        assert_eq!(d.mtu, 1300);
+        assert_eq!(d.nat.masq_pools, vec![net("100.64.0.0/16")]);
+        // The device is wanted before it exists; its routes wait with a pending oif.
+        assert_eq!(d.routes[&net("100.64.0.64/26")].oif, Some(PENDING_VXLAN));
+    }
+
+    #[test]
+    fn vxlan_mac_is_calicos() {
+        let m = vxlan_mac_for("node1");
+        assert_eq!(m[0], 0x66);
+        assert_ne!(m, vxlan_mac_for("node2"));
+    }
+}

@@ -1,0 +1,591 @@
+//! Outgoing NAT (Calico's `natOutgoing`) on nftables: traffic from a pool with
+//! natOutgoing to anywhere outside every pool is masqueraded to the node's address.
+//! [`render`] builds the whole `tabby` table of each family as one nft script (pure,
+//! snapshot-tested); [`Nft`] applies it ([`NftCli`] runs `nft`, [`FakeNft`] records).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+use tabby_api::ippool::IPPoolSpec;
+
+/// The nftables table Tabby owns, one per family.
+pub const TABLE: &str = "tabby";
+/// The set of pools whose traffic is masqueraded (Calico's `masq-ipam-pools`).
+pub const MASQ_SET: &str = "masq-ipam-pools";
+/// The set of all pools: destinations that are never masqueraded (Calico's
+/// `all-ipam-pools`, today `network-ip-pools`).
+pub const ALL_SET: &str = "all-ipam-pools";
+/// The NAT chain, hooked at postrouting with srcnat priority.
+pub const NAT_CHAIN: &str = "postrouting";
+
+/// What the NAT rules are computed from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatInputs {
+    /// CIDRs of pools with natOutgoing that are not disabled.
+    pub masq_pools: Vec<IpNet>,
+    /// CIDRs of every pool.
+    pub all_pools: Vec<IpNet>,
+}
+
+impl NatInputs {
+    /// From IPPool specs: every pool with a CIDR goes into `all_pools`, those with
+    /// natOutgoing (also the v1 spelling) and not disabled into `masq_pools`.
+    pub fn from_pools<'a>(pools: impl IntoIterator<Item = &'a IPPoolSpec>) -> NatInputs {
+        let mut inputs = NatInputs::default();
+        for pool in pools {
+            let Some(cidr) = pool.cidr else { continue };
+            inputs.all_pools.push(cidr);
+            if pool.effective_nat_outgoing() && !pool.is_disabled() {
+                inputs.masq_pools.push(cidr);
+            }
+        }
+        inputs
+    }
+}
+
+/// An nftables address family Tabby programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `ip`
+    Ip,
+    /// `ip6`
+    Ip6,
+}
+
+impl Family {
+    /// Both families, in the order they are rendered.
+    pub const ALL: [Family; 2] = [Family::Ip, Family::Ip6];
+
+    /// The nft family keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::Ip => "ipv4_addr",
+            Family::Ip6 => "ipv6_addr",
+        }
+    }
+
+    fn contains(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::Ip, IpNet::V4(_)) | (Family::Ip6, IpNet::V6(_))
+        )
+    }
+}
+
+/// Errors of applying or reading the nftables state.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// The `nft` program is not installed.
+    #[error("nft not found: install nftables")]
+    NftMissing,
+    /// A program could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nft (or `ip netns exec`) exited with an error.
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// nft printed JSON we cannot read.
+    #[error("{cmd}: cannot parse the JSON output: {reason}")]
+    Parse {
+        /// The command line.
+        cmd: String,
+        /// Why.
+        reason: String,
+    },
+    /// An injected failure (from [`FakeNft::fail_next`]).
+    #[error("{0}")]
+    Injected(String),
+}
+
+/// The complete nft script for both families: each `tabby` table is created if
+/// missing, deleted and recreated with its sets and chains in the same transaction,
+/// so `nft -f` swaps the old ruleset for the new one atomically.
+pub fn render(inputs: &NatInputs) -> String {
+    Family::ALL
+        .iter()
+        .map(|&family| {
+            let items = [
+                pool_set(family, MASQ_SET, &inputs.masq_pools),
+                pool_set(family, ALL_SET, &inputs.all_pools),
+                nat_chain(family),
+            ];
+            table_script(family, &items)
+        })
+        .collect()
+}
+
+/// Replaces table `tabby` of `family` with one holding `items` (sets, chains),
+/// each already indented by one tab and ending in a newline.
+pub fn table_script(family: Family, items: &[String]) -> String {
+    let f = family.as_str();
+    let mut s = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\ntable {f} {TABLE} {{\n");
+    for item in items {
+        s.push_str(item);
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// An interval set of the `family` members of `nets`, merged (nft rejects
+/// overlapping intervals) and sorted so the script is deterministic.
+pub fn pool_set(family: Family, name: &str, nets: &[IpNet]) -> String {
+    let members: Vec<IpNet> = nets
+        .iter()
+        .copied()
+        .filter(|n| family.contains(n))
+        .collect();
+    let merged = IpNet::aggregate(&members);
+    let mut s = format!(
+        "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n",
+        family.addr_type()
+    );
+    if !merged.is_empty() {
+        let list: Vec<String> = merged.iter().map(IpNet::to_string).collect();
+        s.push_str(&format!("\t\telements = {{ {} }}\n", list.join(", ")));
+    }
+    s.push_str("\t}\n");
+    s
+}
+
+/// The NAT chain: masquerade from a natOutgoing pool to anything outside all pools
+/// (Calico's `cali-nat-outgoing`, with `--random-fully`).
+pub fn nat_chain(family: Family) -> String {
+    let f = family.as_str();
+    format!(
+        "\tchain {NAT_CHAIN} {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\t{f} saddr @{MASQ_SET} {f} daddr != @{ALL_SET} masquerade fully-random\n\
+         \t}}\n"
+    )
+}
+
+/// The script that removes both `tabby` tables, whether they exist or not.
+pub fn delete_script() -> String {
+    Family::ALL
+        .iter()
+        .map(|f| {
+            let f = f.as_str();
+            format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n")
+        })
+        .collect()
+}
+
+/// nftables as the agent needs it.
+pub trait Nft: Send + Sync {
+    /// Runs an nft script as one transaction.
+    fn apply(&self, script: &str) -> Result<(), NatError>;
+    /// `nft -j list table <family> tabby`, or `None` if the table does not exist.
+    fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError>;
+    /// Removes the `tabby` tables of both families (absent ones are fine).
+    fn delete_tables(&self) -> Result<(), NatError>;
+}
+
+/// The real thing: runs the `nft` program, inside `ip netns exec <netns>` when set.
+#[derive(Clone, Debug, Default)]
+pub struct NftCli {
+    /// A named network namespace (`/run/netns/<name>`), or the current one.
+    pub netns: Option<String>,
+}
+
+impl NftCli {
+    /// For the current network namespace.
+    pub fn new() -> NftCli {
+        NftCli { netns: None }
+    }
+
+    /// For the named network namespace.
+    pub fn in_netns(name: impl Into<String>) -> NftCli {
+        NftCli {
+            netns: Some(name.into()),
+        }
+    }
+
+    fn command(&self, nft: &Path, args: &[&str]) -> (Command, String) {
+        let mut shown = String::new();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                shown.push_str(&format!("ip netns exec {ns} "));
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(nft);
+                c
+            }
+            None => Command::new(nft),
+        };
+        shown.push_str("nft ");
+        shown.push_str(&args.join(" "));
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        (cmd, shown)
+    }
+
+    /// Runs nft with `args`, feeding it `stdin`.
+    fn run(&self, args: &[&str], stdin: &str) -> Result<RunOutput, NatError> {
+        let nft = find_nft().ok_or(NatError::NftMissing)?;
+        let (mut cmd, shown) = self.command(&nft, args);
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound && self.netns.is_none() {
+                NatError::NftMissing
+            } else {
+                NatError::Spawn {
+                    cmd: shown.clone(),
+                    source,
+                }
+            }
+        })?;
+        if let Some(mut pipe) = child.stdin.take() {
+            // A write error (nft exited early) shows up in the exit status below.
+            let _ = pipe.write_all(stdin.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|source| NatError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+        Ok(RunOutput {
+            ok: out.status.success(),
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            cmd: shown,
+        })
+    }
+}
+
+struct RunOutput {
+    ok: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+    cmd: String,
+}
+
+impl RunOutput {
+    fn failed(self) -> NatError {
+        NatError::Failed {
+            cmd: self.cmd,
+            status: self.status,
+            stderr: self.stderr,
+        }
+    }
+}
+
+/// `nft` on PATH, else in the sbin directories a daemon's PATH may lack.
+fn find_nft() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("nft"))
+        .find(|p| p.is_file())
+}
+
+impl Nft for NftCli {
+    fn apply(&self, script: &str) -> Result<(), NatError> {
+        let out = self.run(&["-f", "-"], script)?;
+        if out.ok { Ok(()) } else { Err(out.failed()) }
+    }
+
+    fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError> {
+        let out = self.run(&["-j", "list", "table", family, TABLE], "")?;
+        if !out.ok {
+            // nft answers a missing table with ENOENT's text.
+            if out.stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(out.failed());
+        }
+        serde_json::from_str(&out.stdout)
+            .map(Some)
+            .map_err(|e| NatError::Parse {
+                cmd: out.cmd,
+                reason: e.to_string(),
+            })
+    }
+
+    fn delete_tables(&self) -> Result<(), NatError> {
+        self.apply(&delete_script())
+    }
+}
+
+/// One call recorded by [`FakeNft`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NftCall {
+    /// [`Nft::apply`] with this script.
+    Apply(String),
+    /// [`Nft::list_table`] of this family.
+    List(String),
+    /// [`Nft::delete_tables`].
+    DeleteTables,
+}
+
+/// An in-memory [`Nft`] for unit tests: records every call and keeps the last
+/// applied script as the "kernel" state.
+#[derive(Debug, Default)]
+pub struct FakeNft {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    calls: Vec<NftCall>,
+    current: Option<String>,
+    fail_next: Option<String>,
+}
+
+impl FakeNft {
+    /// An empty fake.
+    pub fn new() -> FakeNft {
+        FakeNft::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<NftCall> {
+        self.state().calls.clone()
+    }
+
+    /// The scripts applied so far, in order.
+    pub fn scripts(&self) -> Vec<String> {
+        self.state()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                NftCall::Apply(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The script in effect: the last one applied since the last delete.
+    pub fn current(&self) -> Option<String> {
+        self.state().current.clone()
+    }
+
+    /// Makes the next call fail with `message`.
+    pub fn fail_next(&self, message: impl Into<String>) {
+        self.state().fail_next = Some(message.into());
+    }
+
+    fn take_failure(st: &mut FakeState) -> Result<(), NatError> {
+        match st.fail_next.take() {
+            Some(m) => Err(NatError::Injected(m)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Nft for FakeNft {
+    fn apply(&self, script: &str) -> Result<(), NatError> {
+        let mut st = self.state();
+        st.calls.push(NftCall::Apply(script.to_string()));
+        FakeNft::take_failure(&mut st)?;
+        st.current = Some(script.to_string());
+        Ok(())
+    }
+
+    fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError> {
+        let mut st = self.state();
+        st.calls.push(NftCall::List(family.to_string()));
+        FakeNft::take_failure(&mut st)?;
+        let marker = format!("table {family} {TABLE} {{\n");
+        Ok(st
+            .current
+            .as_ref()
+            .filter(|s| s.contains(&marker))
+            .map(|_| {
+                serde_json::json!({ "nftables": [
+                    { "table": { "family": family, "name": TABLE } }
+                ]})
+            }))
+    }
+
+    fn delete_tables(&self) -> Result<(), NatError> {
+        let mut st = self.state();
+        st.calls.push(NftCall::DeleteTables);
+        FakeNft::take_failure(&mut st)?;
+        st.current = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn renders_both_families_for_a_typical_cluster() {
+        let inputs = NatInputs {
+            masq_pools: nets(&["100.64.0.0/16", "2001:db8:64::/48"]),
+            all_pools: nets(&["100.66.0.0/16", "100.64.0.0/16", "2001:db8:64::/48"]),
+        };
+        let expected = "\
+table ip tabby {}
+delete table ip tabby
+table ip tabby {
+\tset masq-ipam-pools {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 100.64.0.0/16 }
+\t}
+\tset all-ipam-pools {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 100.64.0.0/16, 100.66.0.0/16 }
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr @masq-ipam-pools ip daddr != @all-ipam-pools masquerade fully-random
+\t}
+}
+table ip6 tabby {}
+delete table ip6 tabby
+table ip6 tabby {
+\tset masq-ipam-pools {
+\t\ttype ipv6_addr
+\t\tflags interval
+\t\telements = { 2001:db8:64::/48 }
+\t}
+\tset all-ipam-pools {
+\t\ttype ipv6_addr
+\t\tflags interval
+\t\telements = { 2001:db8:64::/48 }
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip6 saddr @masq-ipam-pools ip6 daddr != @all-ipam-pools masquerade fully-random
+\t}
+}
+";
+        assert_eq!(render(&inputs), expected);
+    }
+
+    #[test]
+    fn empty_input_renders_empty_sets_without_elements() {
+        let s = render(&NatInputs::default());
+        assert!(!s.contains("elements"), "{s}");
+        assert_eq!(s.matches("flags interval\n\t}\n").count(), 4, "{s}");
+        assert_eq!(s.matches("masquerade fully-random").count(), 2);
+        assert!(s.starts_with("table ip tabby {}\ndelete table ip tabby\n"));
+        assert!(s.contains("table ip6 tabby {}\ndelete table ip6 tabby\n"));
+    }
+
+    #[test]
+    fn ipv6_only_input_leaves_the_ipv4_sets_empty() {
+        let inputs = NatInputs {
+            masq_pools: nets(&["2001:db8:64::/48"]),
+            all_pools: nets(&["2001:db8:66::/48", "2001:db8:64::/48"]),
+        };
+        let s = render(&inputs);
+        let (v4, v6) = s.split_once("table ip6 tabby {}").unwrap();
+        assert!(!v4.contains("elements"), "{v4}");
+        assert!(v6.contains("\t\telements = { 2001:db8:64::/48 }\n"), "{v6}");
+        assert!(
+            v6.contains("\t\telements = { 2001:db8:64::/48, 2001:db8:66::/48 }\n"),
+            "{v6}"
+        );
+        assert!(v6.contains("type ipv6_addr"));
+    }
+
+    #[test]
+    fn overlapping_and_unmasked_cidrs_are_merged() {
+        let s = pool_set(
+            Family::Ip,
+            ALL_SET,
+            &nets(&[
+                "100.64.1.0/24",
+                "100.64.0.0/16",
+                "100.65.0.7/16",
+                "100.66.0.0/24",
+            ]),
+        );
+        assert!(
+            s.contains("elements = { 100.64.0.0/15, 100.66.0.0/24 }"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn from_pools_follows_nat_outgoing_and_disabled() {
+        let pool = |cidr: &str, nat: bool, disabled: bool| IPPoolSpec {
+            cidr: Some(cidr.parse().unwrap()),
+            nat_outgoing: Some(nat),
+            disabled: Some(disabled),
+            ..Default::default()
+        };
+        let pools = [
+            pool("100.64.0.0/16", true, false),
+            pool("100.65.0.0/16", true, true),
+            pool("100.66.0.0/16", false, false),
+            IPPoolSpec::default(),
+        ];
+        let inputs = NatInputs::from_pools(&pools);
+        assert_eq!(inputs.masq_pools, nets(&["100.64.0.0/16"]));
+        assert_eq!(
+            inputs.all_pools,
+            nets(&["100.64.0.0/16", "100.65.0.0/16", "100.66.0.0/16"])
+        );
+    }
+
+    #[test]
+    fn delete_script_is_idempotent_in_form() {
+        assert_eq!(
+            delete_script(),
+            "table ip tabby {}\ndelete table ip tabby\ntable ip6 tabby {}\ndelete table ip6 tabby\n"
+        );
+    }
+
+    #[test]
+    fn fake_records_and_tracks_state() {
+        let fake = FakeNft::new();
+        let script = render(&NatInputs::default());
+        fake.apply(&script).unwrap();
+        assert!(fake.list_table("ip").unwrap().is_some());
+        assert!(fake.list_table("ip6").unwrap().is_some());
+        fake.fail_next("boom");
+        assert_eq!(fake.delete_tables().unwrap_err().to_string(), "boom");
+        fake.delete_tables().unwrap();
+        assert_eq!(fake.list_table("ip").unwrap(), None);
+        assert_eq!(fake.scripts(), vec![script.clone()]);
+        assert_eq!(
+            fake.calls(),
+            vec![
+                NftCall::Apply(script),
+                NftCall::List("ip".into()),
+                NftCall::List("ip6".into()),
+                NftCall::DeleteTables,
+                NftCall::DeleteTables,
+                NftCall::List("ip".into()),
+            ]
+        );
+    }
+}
