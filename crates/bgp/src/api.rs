@@ -359,6 +359,7 @@ pub(crate) enum Request {
     UpdatePeer(Box<PeerConfig>, oneshot::Sender<Result<(), ApiError>>),
     RemovePeer(IpAddr, oneshot::Sender<Result<(), ApiError>>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
+    BestPaths(oneshot::Sender<Vec<BestPathChange>>),
     Shutdown {
         notify: bool,
         done: oneshot::Sender<()>,
@@ -441,6 +442,14 @@ impl BgpHandle {
     pub async fn peers(&self) -> Result<Vec<PeerStatus>, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Peers(tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// Every learned prefix with its current ECMP next hops: the full table a
+    /// subscriber that lagged behind [`BgpHandle::subscribe_routes`] resyncs from.
+    pub async fn best_paths(&self) -> Result<Vec<BestPathChange>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::BestPaths(tx)).await?;
         rx.await.map_err(|_| ApiError::Stopped)
     }
 

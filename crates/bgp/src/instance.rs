@@ -346,6 +346,9 @@ impl Instance {
                 };
                 let _ = reply.send(r);
             }
+            Request::BestPaths(reply) => {
+                let _ = reply.send(self.rib.best_paths());
+            }
             Request::Peers(reply) => {
                 let _ = reply.send(self.peers.values().map(Peer::status).collect());
             }

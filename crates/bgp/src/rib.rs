@@ -589,6 +589,22 @@ impl Rib {
         })
     }
 
+    /// Every prefix with a learned best path and its ECMP next hops (what the kernel
+    /// should hold); locally originated prefixes are left out.
+    pub fn best_paths(&self) -> Vec<BestPathChange> {
+        let mut out = Vec::new();
+        for (prefix, id) in &self.index {
+            let next_hops = ecmp_next_hops(&slot_ref(&self.slots, *id).dest);
+            if !next_hops.is_empty() {
+                out.push(BestPathChange {
+                    prefix: *prefix,
+                    next_hops,
+                });
+            }
+        }
+        out
+    }
+
     /// Removes the path from `source` (`None` = local).
     pub fn remove(&mut self, prefix: IpNet, source: Option<IpAddr>) -> Option<BestPathChange> {
         let id = *self.index.get(&prefix)?;
@@ -989,6 +1005,30 @@ mod tests {
         let c = rib.remove(p, Some("198.18.0.4".parse().unwrap())).unwrap();
         assert!(c.next_hops.is_empty());
         assert_eq!(rib.prefixes().count(), 0);
+    }
+
+    #[test]
+    fn best_paths_lists_learned_prefixes_only() {
+        let mut rib = Rib::new();
+        let learned: IpNet = "100.64.0.0/26".parse().unwrap();
+        let own: IpNet = "100.64.1.0/26".parse().unwrap();
+        rib.insert(learned, route(2, false, |_| {}));
+        rib.insert(learned, route(3, false, |_| {}));
+        rib.insert(
+            own,
+            Route {
+                source: RouteSource::Local,
+                attrs: Arc::new(PathAttributes::default()),
+                next_hop: NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+            },
+        );
+        let all = rib.best_paths();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].prefix, learned);
+        assert_eq!(all[0].next_hops.len(), 2);
+        rib.remove(learned, Some("198.18.0.2".parse().unwrap()));
+        rib.remove(learned, Some("198.18.0.3".parse().unwrap()));
+        assert!(rib.best_paths().is_empty());
     }
 
     #[test]

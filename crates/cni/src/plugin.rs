@@ -156,6 +156,30 @@ fn endpoint_resource(
     r
 }
 
+/// Runs the IPAM plugin for `command`. Our own `tabby-ipam` runs in-process on the
+/// store handle this process already has (one process and one store open per ADD
+/// instead of two; the result is the same JSON the binary would print); any other
+/// IPAM plugin is executed from `CNI_PATH` as the spec describes.
+/// `TABBY_CNI_EXEC_IPAM=1` forces the exec path for `tabby-ipam` too.
+async fn run_ipam(
+    env: &CniEnv,
+    conf: &NetConf,
+    command: Command,
+    stdin: &[u8],
+) -> Result<Vec<u8>, CniError> {
+    if conf.ipam.plugin != "tabby-ipam" || std::env::var_os("TABBY_CNI_EXEC_IPAM").is_some() {
+        return delegate::exec(&conf.ipam.plugin, &env.path, command, stdin);
+    }
+    let (ipam_conf, _) = NetConf::parse(stdin)?;
+    let mut ipam_env = env.clone();
+    ipam_env.command = Some(command);
+    match crate::ipam_plugin::run(&ipam_env, &ipam_conf).await {
+        Ok(Some(v)) => Ok(serde_json::to_vec(&v).unwrap_or_default()),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(e.context(format!("tabby-ipam {}", command.as_str()))),
+    }
+}
+
 fn ipam_result(out: &[u8]) -> Result<CniResult, CniError> {
     let v: Value = serde_json::from_slice(out).map_err(|e| {
         CniError::new(
@@ -187,24 +211,24 @@ pub async fn add(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<CniResult,
     annotations.extend(env.args.annotations());
     let stdin = ipam_stdin(raw, &annotations)?;
     let stdin_bytes = serde_json::to_vec(&stdin).unwrap_or_default();
-    let out = delegate::exec(&conf.ipam.plugin, &env.path, Command::Add, &stdin_bytes)?;
+    let out = run_ipam(env, conf, Command::Add, &stdin_bytes).await?;
     let allocated = ipam_result(&out);
-    let undo_ipam = || {
-        if let Err(e) = delegate::exec(&conf.ipam.plugin, &env.path, Command::Del, &stdin_bytes) {
+    let undo_ipam = || async {
+        if let Err(e) = run_ipam(env, conf, Command::Del, &stdin_bytes).await {
             tracing::error!(error = %e, "releasing the addresses of a failed ADD");
         }
     };
     let allocated = match allocated {
         Ok(a) if !a.ips.is_empty() => a,
         Ok(_) => {
-            undo_ipam();
+            undo_ipam().await;
             return Err(CniError::new(
                 code::IPAM_EXHAUSTED,
                 format!("{} returned no address", conf.ipam.plugin),
             ));
         }
         Err(e) => {
-            undo_ipam();
+            undo_ipam().await;
             return Err(e);
         }
     };
@@ -222,7 +246,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<CniResult,
     {
         Ok(r) => Ok(r),
         Err(e) => {
-            undo_ipam();
+            undo_ipam().await;
             Err(e)
         }
     }
@@ -364,7 +388,7 @@ pub async fn del(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniErr
     }
 
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
-    if let Err(e) = delegate::exec(&conf.ipam.plugin, &env.path, Command::Del, &stdin) {
+    if let Err(e) = run_ipam(env, conf, Command::Del, &stdin).await {
         errors.push(e);
     }
     join(errors)
@@ -406,7 +430,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniE
         ));
     }
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
-    delegate::exec(&conf.ipam.plugin, &env.path, Command::Check, &stdin)?;
+    run_ipam(env, conf, Command::Check, &stdin).await?;
 
     let mut diffs = Vec::new();
     let client = store::client(conf).await?;
@@ -455,7 +479,7 @@ pub async fn check(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniE
 pub async fn status(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     conf.require_main()?;
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
-    delegate::exec(&conf.ipam.plugin, &env.path, Command::Status, &stdin).map(drop)
+    run_ipam(env, conf, Command::Status, &stdin).await.map(drop)
 }
 
 /// GC: the IPAM plugin's, then this node's stale endpoints of this network.
@@ -463,7 +487,7 @@ pub async fn gc(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniErro
     conf.require_main()?;
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
     let mut errors = Vec::new();
-    if let Err(e) = delegate::exec(&conf.ipam.plugin, &env.path, Command::Gc, &stdin) {
+    if let Err(e) = run_ipam(env, conf, Command::Gc, &stdin).await {
         errors.push(e);
     }
     let node = conf.node_name()?;

@@ -1,6 +1,7 @@
 //! Opening the datastore named by the configuration, with spec errors.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tabby_client::Client;
 use tabby_store::{Datastore, StoreUrl};
@@ -21,9 +22,21 @@ pub async fn open(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
     })
 }
 
-/// A typed client over [`open`].
+/// A typed client over [`open`]. One invocation opens each datastore once: the main
+/// plugin and its in-process IPAM share the handle.
 pub async fn client(conf: &NetConf) -> Result<Client, CniError> {
-    Ok(Client::new(open(conf).await?))
+    static OPEN: OnceLock<Mutex<BTreeMap<String, Client>>> = OnceLock::new();
+    let url = conf.datastore_url(std::env::var("TABBY_DATASTORE").ok())?;
+    let cache = OPEN.get_or_init(Mutex::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&url) {
+        return Ok(c.clone());
+    }
+    let c = Client::new(open(conf).await?);
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(url, c.clone());
+    Ok(c)
 }
 
 /// A datastore failure as a spec error.

@@ -116,6 +116,9 @@ pub struct AgentConfig {
     pub nat: bool,
     /// How long learned routes survive a restart before peers must have re-sent them.
     pub restart_grace: Duration,
+    /// Where `nodename` and `mtu` are written for the CNI plugin (Calico's
+    /// `/var/lib/calico`).
+    pub state_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -147,6 +150,7 @@ impl AgentConfig {
             bgp_hold_time: 90,
             nat: true,
             restart_grace: Duration::from_secs(30),
+            state_dir: PathBuf::from("/var/lib/tabby"),
         }
     }
 }
@@ -471,6 +475,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         });
     }
 
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("create {}", cfg.state_dir.display()))?;
+    write_if_changed(&cfg.state_dir.join("nodename"), &cfg.node_name)?;
+
     // The store: wait for it (never touching the data plane meanwhile).
     let client = loop {
         match connect_and_register(&cfg, ipv4).await {
@@ -681,6 +689,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         }
+        if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
+            applied.errors.push(format!("{e:#}"));
+        }
         let secs = pass_start.elapsed().as_secs_f64();
         metrics.observe_reconcile(secs);
         metrics.set_routes_installed(applied.routes_installed as u64);
@@ -715,6 +726,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let _ = b.handle.shutdown_for_restart().await;
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
+    Ok(())
+}
+
+/// Writes `text` to `path` unless it already holds exactly that (atomically, via a
+/// temporary file, so the CNI plugin never reads half a number).
+fn write_if_changed(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(())
 }
 
@@ -833,6 +856,7 @@ async fn sync_bgp(
         let mut routes = handle.subscribe_routes();
         let learned = learned.clone();
         let tx = wake.clone();
+        let dump = handle.clone();
         tokio::spawn(async move {
             loop {
                 match routes.recv().await {
@@ -848,7 +872,13 @@ async fn sync_bgp(
                         let _ = tx.try_send(Wake::Routes);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "BGP route events lagged");
+                        // Changes were lost: take the whole table instead.
+                        warn!(missed = n, "BGP route events lagged; reloading the table");
+                        if let Ok(all) = dump.best_paths().await {
+                            let mut l = learned.lock().expect("lock poisoned");
+                            *l = all.into_iter().map(|c| (c.prefix, c.next_hops)).collect();
+                        }
+                        let _ = tx.try_send(Wake::Routes);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }

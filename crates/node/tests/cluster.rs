@@ -65,6 +65,9 @@ async fn wait_route(c: &Cluster, node: usize, dst: &str, timeout: Duration) -> s
 async fn bgp_mesh_without_encapsulation() {
     let mut c = Cluster::new("m", 3, Layout::OneSubnet, Store::Sqlite).await;
     c.apply(POOL_NEVER).await;
+    c.nodes[0]
+        .flags
+        .extend(["--metrics-listen", "127.0.0.1:9099"].map(String::from));
     c.start_all();
     for i in 0..3 {
         c.wait_established(i, 2, Duration::from_secs(40)).await;
@@ -97,11 +100,88 @@ async fn bgp_mesh_without_encapsulation() {
         "{rs}"
     );
 
+    // Metrics and health from the agent itself, and the MTU file for the CNI plugin.
+    let metrics = c.nodes[0]
+        .ns
+        .output(&["curl", "-sf", "http://127.0.0.1:9099/metrics"])
+        .unwrap();
+    assert!(
+        metrics.contains("tabby_bgp_sessions_established 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tabby_reconcile_duration_seconds_count"),
+        "{metrics}"
+    );
+    let ready = c.nodes[0]
+        .ns
+        .output(&["curl", "-sf", "http://127.0.0.1:9099/readiness"])
+        .unwrap();
+    assert!(ready.contains("ok"), "{ready}");
+    let mtu = std::fs::read_to_string(c.dir.join("n1-state/mtu")).unwrap();
+    assert_eq!(mtu, "1500");
+
     // A route deleted by hand comes back.
     c.nodes[0].ns.ip(&["route", "del", &remote]).unwrap();
     let back = wait_route(&c, 0, &remote, Duration::from_secs(10)).await;
     assert_eq!(back["gateway"], "198.18.0.2");
     assert!(c.workloads[0].ns.ping(&c.workloads[1].ip.to_string(), 2));
+
+    // Live configuration: a new global peer is added without touching the mesh
+    // sessions; turning the mesh off removes exactly those.
+    let before = c.status(0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.apply(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 198.18.0.99, asNumber: 65099}
+"#,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let s = c.status(0).await.unwrap();
+        if s.peers.len() == 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "global peer not added: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let global = after
+        .peers
+        .iter()
+        .find(|p| p.address.to_string() == "198.18.0.99")
+        .unwrap();
+    assert_eq!(global.peer_type, "global");
+    for p in before.peers.iter() {
+        let now = after.peers.iter().find(|q| q.address == p.address).unwrap();
+        assert_eq!(
+            (now.state.as_str(), now.since),
+            ("Established", p.since),
+            "mesh session {} was reset by an unrelated change",
+            p.address
+        );
+    }
+    c.apply(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+"#,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status(0).await.unwrap();
+        if s.peers.len() == 1 && s.peers[0].peer_type == "global" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "mesh not removed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,6 +205,8 @@ async fn vxlan_always() {
     assert_eq!(info["id"], 4096, "{link}");
     assert_eq!(info["port"], 4789, "{link}");
     assert_eq!(link[0]["mtu"], 1450, "{link}");
+    let mtu = std::fs::read_to_string(c.dir.join("n1-state/mtu")).unwrap();
+    assert_eq!(mtu, "1450", "pod MTU is the host's minus VXLAN's 50");
     let remote = block_of(c.workloads[1].ip);
     let rs = routes_proto80(&c, 0);
     let r = route_to(&rs, &remote).unwrap();
@@ -348,4 +430,80 @@ async fn etcd_outage_leaves_traffic_flowing() {
     // Once the store is back, new pods get routes again.
     c.add_workload(1, "f3").await;
     c.wait_full_reachability(Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_pods_on_two_nodes_reach_each_other() {
+    let mut c = Cluster::new("c", 2, Layout::OneSubnet, Store::Sqlite).await;
+    c.apply(POOL_NEVER).await;
+    c.start_all();
+    c.wait_established(0, 1, Duration::from_secs(40)).await;
+    let a = c.add_cni_pod(0, "g1");
+    let b = c.add_cni_pod(1, "g2");
+    c.wait_full_reachability(Duration::from_secs(40));
+    tcp_exchange(&c.workloads[a], &c.workloads[b], 8080).unwrap();
+    // DEL frees the block; the other node drops its route.
+    let block = block_of(c.workloads[b].ip);
+    c.del_cni_pod(b);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while route_to(&routes_proto80(&c, 0), &block).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "route to the freed block {block} stayed\n{}",
+            c.routes_dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.del_cni_pod(0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !routes_proto80(&c, 1).as_array().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "routes stayed\n{}",
+            c.routes_dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_password_from_a_secret_file() {
+    let mut c = Cluster::new("p", 2, Layout::OneSubnet, Store::Sqlite).await;
+    c.apply(POOL_NEVER).await;
+    c.apply(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  nodeMeshPassword:
+    secretKeyRef: {name: bgp-secrets, key: mesh}
+"#,
+    )
+    .await;
+    let secrets = c.dir.join("secrets");
+    std::fs::create_dir_all(secrets.join("bgp-secrets")).unwrap();
+    std::fs::write(secrets.join("bgp-secrets/mesh"), "s3cret-mesh\n").unwrap();
+    for n in &mut c.nodes {
+        n.flags
+            .extend(["--secrets-dir".to_string(), secrets.display().to_string()]);
+    }
+    c.start_all();
+    c.wait_established(0, 1, Duration::from_secs(40)).await;
+    c.wait_established(1, 1, Duration::from_secs(40)).await;
+    // The session really is signed: the kernel shows the MD5 key on the socket.
+    let ss = c.nodes[0]
+        .ns
+        .output(&[
+            "ss",
+            "-tniH",
+            "state",
+            "established",
+            "( sport = :179 or dport = :179 )",
+        ])
+        .unwrap();
+    assert!(ss.contains("md5"), "no TCP MD5 on the BGP session: {ss}");
+    c.add_workload(0, "h1").await;
+    c.add_workload(1, "h2").await;
+    c.wait_full_reachability(Duration::from_secs(40));
 }

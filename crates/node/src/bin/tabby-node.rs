@@ -86,6 +86,9 @@ struct Args {
     /// BGP hold time, seconds.
     #[arg(long, default_value_t = 90)]
     bgp_hold_time: u16,
+    /// Where `nodename` and `mtu` are written for the CNI plugin.
+    #[arg(long, env = "TABBY_STATE_DIR", default_value = "/var/lib/tabby")]
+    state_dir: PathBuf,
     /// Logs as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -158,6 +161,7 @@ fn config(a: Args) -> anyhow::Result<(AgentConfig, bool)> {
     c.router_id = a.router_id;
     c.bgp_connect_retry = a.bgp_connect_retry;
     c.bgp_hold_time = a.bgp_hold_time;
+    c.state_dir = a.state_dir;
     Ok((c, a.log_json))
 }
 

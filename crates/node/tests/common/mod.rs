@@ -240,6 +240,11 @@ impl Cluster {
         let n = &mut self.nodes[i];
         let ip = n.ip.to_string();
         let socket = n.socket.display().to_string();
+        let state = self
+            .dir
+            .join(format!("{}-state", n.name))
+            .display()
+            .to_string();
         let mut argv: Vec<String> = [
             AGENT,
             "--node-name",
@@ -256,6 +261,8 @@ impl Cluster {
             "1",
             "--resync-secs",
             "5",
+            "--state-dir",
+            &state,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -346,6 +353,83 @@ impl Cluster {
             ip,
         });
         self.workloads.len() - 1
+    }
+
+    /// Adds a pod on node `node` through the real `tabby` CNI plugin (run in the
+    /// node's namespace as a container runtime would), returning its workload index.
+    pub fn add_cni_pod(&mut self, node: usize, name: &str) -> usize {
+        let ns = self.net.netns(&format!("p{name}")).unwrap();
+        let out = self.cni(node, "ADD", name, &ns);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+            panic!(
+                "CNI ADD printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out)
+            )
+        });
+        let ip: IpNet = v["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("CNI ADD failed: {v}"))
+            .parse()
+            .unwrap();
+        self.workloads.push(Workload {
+            name: name.into(),
+            node,
+            ns,
+            ip: ip.addr(),
+        });
+        self.workloads.len() - 1
+    }
+
+    /// Removes pod `i` through the CNI plugin (DEL) and forgets it.
+    pub fn del_cni_pod(&mut self, i: usize) {
+        let w = self.workloads.remove(i);
+        let out = self.cni(w.node, "DEL", &w.name, &w.ns);
+        assert!(out.is_empty(), "CNI DEL: {}", String::from_utf8_lossy(&out));
+    }
+
+    fn cni(&self, node: usize, command: &str, pod: &str, ns: &Netns) -> Vec<u8> {
+        let bin = cni_plugin();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "tabby",
+            "nodename": self.nodes[node].name,
+            "datastore": self.store,
+            "mtu": 1400,
+            "ipam": {"type": "tabby-ipam"},
+        });
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", self.nodes[node].ns.name()])
+            .arg(&bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("cid-{pod}"))
+            .env("CNI_NETNS", format!("/run/netns/{}", ns.name()))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", bin.parent().unwrap())
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            panic!(
+                "CNI {command} for {pod} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.stdout
     }
 
     /// Waits until every workload pings every other one.
@@ -453,6 +537,23 @@ impl Drop for Cluster {
                 .status();
         }
     }
+}
+
+/// The `tabby` CNI plugin next to the agent binary (a workspace test run builds every
+/// binary first); built on demand when it is missing.
+pub fn cni_plugin() -> PathBuf {
+    let dir = Path::new(AGENT).parent().unwrap().to_path_buf();
+    let bin = dir.join("tabby");
+    if !bin.exists() || !dir.join("tabby-ipam").exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", "tabby-cni", "--bins"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot build the CNI plugin (cargo build -p tabby-cni)");
+    }
+    bin
 }
 
 /// TCP: a listener in `server`'s namespace, a connection from `client`'s, one
