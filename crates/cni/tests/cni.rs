@@ -237,6 +237,42 @@ fn two_pods_on_one_node_ping() {
 }
 
 #[test]
+fn exec_delegation_to_tabby_ipam_still_works() {
+    // By default `tabby` runs `tabby-ipam` in-process; the spec's exec path is kept
+    // for other IPAM plugins and behind TABBY_CNI_EXEC_IPAM=1.
+    let c = Cluster::new();
+    c.pool("pods-v4", "100.64.0.0/16", 26);
+    let n = c.node("a");
+    let conf = c.conf(&n);
+    let p = c.pod("exec-1", "default");
+    let bytes = serde_json::to_vec(&conf).unwrap();
+    let env = [("TABBY_CNI_EXEC_IPAM", Some("1"))];
+    let r = c.exec_raw(&n, "tabby", "ADD", Some(&p), &bytes, &env).ok();
+    let ips = result_ips(&r);
+    assert_eq!(ips.len(), 1, "{r}");
+    // A missing IPAM binary on the exec path is a spec error naming it.
+    let mut bad = conf.clone();
+    bad["ipam"]["type"] = "no-such-ipam".into();
+    let p2 = c.pod("exec-2", "default");
+    let call = c.exec_raw(
+        &n,
+        "tabby",
+        "ADD",
+        Some(&p2),
+        &serde_json::to_vec(&bad).unwrap(),
+        &env,
+    );
+    assert_ne!(call.rc, 0);
+    assert!(
+        call.out["msg"].as_str().unwrap().contains("no-such-ipam"),
+        "{}",
+        call.out
+    );
+    c.exec_raw(&n, "tabby", "DEL", Some(&p), &bytes, &env).ok();
+    c.assert_clean(&[&n]);
+}
+
+#[test]
 fn gc_releases_what_no_attachment_owns() {
     let c = Cluster::new();
     c.pool("pods-v4", "100.64.0.0/16", 26);

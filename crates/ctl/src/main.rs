@@ -1,7 +1,8 @@
 //! `tabbyctl`: the Tabby command-line tool. It reads and writes Calico-shaped v3
 //! resources in the datastore and reads like `calicoctl`: `apply -f`, `get ippools -o
 //! wide`, `config set nodeToNodeMesh off`. Program output goes to stdout, errors to
-//! stderr; the exit code is 0 on success and 1 on any error.
+//! stderr; the exit code is 0 on success and 1 on any error (2 for input `plan`
+//! rejects).
 
 mod commands;
 mod config;
@@ -9,6 +10,7 @@ mod connect;
 mod ipam;
 mod node;
 mod output;
+mod plan;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,6 +66,8 @@ enum Command {
     Ipam(ipam::IpamArgs),
     /// Ask the local tabby-node agent: `node status`.
     Node(node::NodeArgs),
+    /// Size a cluster's BGP topology: sessions and routes per device for each model.
+    Plan(plan::PlanArgs),
     /// Print the client version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -78,11 +82,14 @@ fn main() -> ExitCode {
         Ok(opts) => opts,
         Err(e) => {
             let _ = e.print();
-            // --help and --version succeed; every usage error exits 1, like any error.
-            return if e.use_stderr() {
-                ExitCode::FAILURE
-            } else {
+            // --help and --version succeed; every usage error exits 1, like any error,
+            // except that `plan` exits 2 on any bad input.
+            return if !e.use_stderr() {
                 ExitCode::SUCCESS
+            } else if plan::invoked(Opts::command()) {
+                ExitCode::from(plan::BAD_INPUT)
+            } else {
+                ExitCode::FAILURE
             };
         }
     };
@@ -110,7 +117,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<plan::BadInput>() {
+                ExitCode::from(plan::BAD_INPUT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -134,6 +145,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Config(args) => config::run(&conn, &args, out).await,
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Node(args) => node::run(&args, out).await,
+        Command::Plan(args) => plan::run(&args, out),
         Command::Version => {
             writeln!(out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "API Version:       {}", tabby_api::API_VERSION)?;

@@ -547,6 +547,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let learned: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>> = Arc::default();
     let started = Instant::now();
     let mut store_dirty = true;
+    // When every BGP peer was first seen Established after start.
+    let mut all_up_since: Option<Instant> = None;
+    let mut resync = true;
     let mut last_problems: Vec<String> = Vec::new();
     let host_mtu = nl
         .links()
@@ -574,7 +577,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         for w in &wakes {
             match w {
-                Wake::Store | Wake::Resync => store_dirty = true,
+                Wake::Store => store_dirty = true,
+                Wake::Resync => {
+                    store_dirty = true;
+                    resync = true;
+                }
                 Wake::Kernel | Wake::Routes | Wake::Stop => {}
             }
         }
@@ -659,7 +666,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .filter(|w| w.node == cfg.node_name)
             .filter_map(|w| links.get(&w.interface).copied())
             .collect();
-        let grace = started.elapsed() < cfg.restart_grace && !all_established(&bgp).await;
+        // Graceful restart: learned routes already in the kernel stay until every peer
+        // is back and has had a moment to re-send its table, or the grace runs out.
+        if all_up_since.is_none() && all_established(&bgp).await {
+            all_up_since = Some(Instant::now());
+        }
+        let grace = started.elapsed() < cfg.restart_grace
+            && all_up_since.is_none_or(|t| t.elapsed() < Duration::from_secs(2));
+        if grace {
+            let tx = wake_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = tx.send(Wake::Kernel).await;
+            });
+        }
         let mut applied = reconciler.apply(&d, &workload_ifaces, grace).await;
         if d.vxlan.is_some() && !links.contains_key(VXLAN_DEVICE) {
             // The device is new: routes over it can be resolved now.
@@ -681,7 +701,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // natOutgoing.
         if cfg.nat {
             let script = crate::nat::render(&d.nat);
-            let missing = matches!(nft.list_table("ip"), Ok(None));
+            // Someone may have flushed the table: look on resync passes only (each look
+            // is an `nft` process).
+            let missing = resync && matches!(nft.list_table("ip"), Ok(None));
             if last_nat.as_deref() != Some(script.as_str()) || missing {
                 match nft.apply(&script) {
                     Ok(()) => last_nat = Some(script),
@@ -692,6 +714,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
             applied.errors.push(format!("{e:#}"));
         }
+        resync = false;
         let secs = pass_start.elapsed().as_secs_f64();
         metrics.observe_reconcile(secs);
         metrics.set_routes_installed(applied.routes_installed as u64);

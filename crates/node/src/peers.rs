@@ -159,7 +159,7 @@ pub struct DerivedBgp {
     /// Route-reflector cluster ID, when this node is a route reflector.
     pub cluster_id: Option<Ipv4Addr>,
     /// Where to listen: the node's address with `bindMode: NodeIP`, else the
-    /// unspecified address; the port is `listenPort` (`node.<name>`, then
+    /// unspecified address (`[::]`, dual-stack, when the node has IPv6); the port is `listenPort` (`node.<name>`, then
     /// `default`) or 179.
     pub listen: SocketAddr,
     /// The sessions, sorted by address, one per address.
@@ -595,7 +595,9 @@ pub fn derive(inputs: &PeerInputs<'_>) -> Result<DerivedBgp, PeerError> {
     let listen_ip = match (global.bind_mode, local.v4, local.v6) {
         (Some(tabby_api::bgp::BindMode::NodeIP), Some(a), _) => IpAddr::V4(a),
         (Some(tabby_api::bgp::BindMode::NodeIP), None, Some(a)) => IpAddr::V6(a),
-        (_, None, Some(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        // `[::]` is dual-stack on Linux (bindv6only=0): IPv4 peers arrive v4-mapped,
+        // which the speaker folds back; a v4-only listener would refuse IPv6 peers.
+        (_, _, Some(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
 
@@ -1398,7 +1400,9 @@ mod tests {
             "{base}{}",
             doc("BGPConfiguration", "default", "{listenPort: 1790}")
         ));
-        assert_eq!(w.derive("n1").listen, "0.0.0.0:1790".parse().unwrap());
+        // n1 is dual-stack: one `[::]` listener takes both families.
+        assert_eq!(w.derive("n1").listen, "[::]:1790".parse().unwrap());
+        assert_eq!(w.derive("n2").listen, "0.0.0.0:1790".parse().unwrap());
         let w = world(&base);
         assert_eq!(w.derive("n2").listen, "0.0.0.0:179".parse().unwrap());
 

@@ -230,6 +230,13 @@ async fn vxlan_always() {
         "{fdb}"
     );
 
+    // natOutgoing: the pool is in the masquerade set of the `tabby` table.
+    let nft = c.nodes[0]
+        .ns
+        .output(&["nft", "-j", "list", "set", "ip", "tabby", "masq-ipam-pools"])
+        .unwrap();
+    assert!(nft.contains("100.64.0.0"), "{nft}");
+
     // Drift: a neighbour entry removed by hand is restored.
     let tun: String = neigh[0]["dst"].as_str().unwrap().to_string();
     c.nodes[0]
@@ -506,4 +513,51 @@ spec:
     c.add_workload(0, "h1").await;
     c.add_workload(1, "h2").await;
     c.wait_full_reachability(Duration::from_secs(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_mesh() {
+    let mut c = Cluster::new("d", 2, Layout::OneSubnet, Store::Sqlite).await;
+    c.apply(POOL_NEVER).await;
+    c.apply(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool-v6}
+spec: {cidr: "2001:db8:100::/112", blockSize: 122, vxlanMode: Never, ipipMode: Never}
+"#,
+    )
+    .await;
+    c.enable_ipv6();
+    c.start_all();
+    // One IPv4 and one IPv6 mesh session on each node.
+    c.wait_established(0, 2, Duration::from_secs(40)).await;
+    let s = c.status(0).await.unwrap();
+    assert!(
+        s.peers
+            .iter()
+            .any(|p| p.address.to_string() == "2001:db8::2"),
+        "{s:?}"
+    );
+    let table = tabby_node::status::render_table(&s);
+    assert!(
+        table.contains("IPv6 BGP status") && table.contains("2001:db8::2"),
+        "{table}"
+    );
+    c.add_dual_stack_workload(0, "i1").await;
+    c.add_dual_stack_workload(1, "i2").await;
+    c.wait_full_reachability(Duration::from_secs(40));
+    c.wait_full_reachability_v6(Duration::from_secs(40));
+    let v6 = c.nodes[0]
+        .ns
+        .ip_json(&["-6", "route", "show", "proto", "80"])
+        .unwrap();
+    let remote = ipnet::IpNet::new(c.workloads[1].ip6.unwrap(), 122)
+        .unwrap()
+        .trunc()
+        .to_string();
+    assert!(
+        route_to(&v6, &remote).is_some_and(|r| r["gateway"] == "2001:db8::2"),
+        "{v6}"
+    );
 }

@@ -50,6 +50,8 @@ pub struct Workload {
     pub ns: Netns,
     /// Its address.
     pub ip: IpAddr,
+    /// Its IPv6 address, when dual-stack.
+    pub ip6: Option<IpAddr>,
 }
 
 /// The cluster.
@@ -303,13 +305,23 @@ impl Cluster {
     /// Adds a pod on node `node`: an address from IPAM, a veth wired as the CNI plugin
     /// does, and its WorkloadEndpoint.
     pub async fn add_workload(&mut self, node: usize, name: &str) -> usize {
+        self.add_workload_with(node, name, false).await
+    }
+
+    /// Adds a pod with an IPv4 and an IPv6 address.
+    pub async fn add_dual_stack_workload(&mut self, node: usize, name: &str) -> usize {
+        self.add_workload_with(node, name, true).await
+    }
+
+    async fn add_workload_with(&mut self, node: usize, name: &str, v6: bool) -> usize {
         let node_name = self.nodes[node].name.clone();
         let ns = self.net.netns(&format!("p{name}")).unwrap();
         let ipam = tabby_client::ipam::ipam_for(&self.client);
         let handle = format!("tabby-test.{name}");
-        let args = AutoAssignArgs::new(node_name.clone(), 1, 0).with_handle(handle);
+        let args = AutoAssignArgs::new(node_name.clone(), 1, usize::from(v6)).with_handle(handle);
         let res = ipam.auto_assign(&args).await.map_err(|e| e.error).unwrap();
         let ip = res.v4.unwrap().ips[0].addr();
+        let ip6 = res.v6.map(|a| a.ips[0].addr());
         let host_path = format!("/run/netns/{}", self.nodes[node].ns.name());
         let pod_path = PathBuf::from(format!("/run/netns/{}", ns.name()));
         let host_nl = RtNetlink::in_netns(&host_path).unwrap();
@@ -318,7 +330,7 @@ impl Cluster {
             host_ifname: format!("cali{name}"),
             cont_ifname: "eth0".into(),
             netns: pod_path.clone(),
-            addresses: vec![ip],
+            addresses: std::iter::once(ip).chain(ip6).collect(),
             mtu: 1400,
             allow_ip_forwarding: false,
         };
@@ -336,7 +348,7 @@ impl Cluster {
             node: Some(node_name.clone()),
             pod: Some(name.into()),
             endpoint: Some("eth0".into()),
-            ip_networks: vec![IpNet::from(ip)],
+            ip_networks: std::iter::once(ip).chain(ip6).map(IpNet::from).collect(),
             interface_name: Some(spec.host_ifname.clone()),
             ..Default::default()
         };
@@ -351,6 +363,7 @@ impl Cluster {
             node,
             ns,
             ip,
+            ip6,
         });
         self.workloads.len() - 1
     }
@@ -376,6 +389,7 @@ impl Cluster {
             node,
             ns,
             ip: ip.addr(),
+            ip6: None,
         });
         self.workloads.len() - 1
     }
@@ -430,6 +444,46 @@ impl Cluster {
             );
         }
         out.stdout
+    }
+
+    /// Gives every node an IPv6 address (2001:db8::N/64 on the fabric) and tells its
+    /// agent about it.
+    pub fn enable_ipv6(&mut self) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let addr = format!("2001:db8::{}/64", i + 1);
+            n.ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])
+                .unwrap();
+            n.flags.extend(["--ip6".to_string(), addr]);
+        }
+    }
+
+    /// Waits until every dual-stack workload pings every other one over IPv6.
+    pub fn wait_full_reachability_v6(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for a in self.workloads.iter().filter(|w| w.ip6.is_some()) {
+            for b in self.workloads.iter().filter(|w| w.ip6.is_some()) {
+                if a.name == b.name {
+                    continue;
+                }
+                let to = b.ip6.unwrap().to_string();
+                while !a.ns.ping(&to, 1) {
+                    if Instant::now() > deadline {
+                        let v6 = self
+                            .nodes
+                            .iter()
+                            .map(|n| n.ns.ip(&["-6", "route", "show"]).unwrap_or_default())
+                            .collect::<Vec<_>>()
+                            .join("\n---\n");
+                        panic!(
+                            "{} cannot reach {to} over IPv6\n{v6}\n{}",
+                            a.name,
+                            self.logs()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// Waits until every workload pings every other one.
