@@ -652,6 +652,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             bgp_enabled: cfg.bgp,
         };
         let snap = v.snapshot();
+        if !snap.nodes.iter().any(|n| n.name == cfg.node_name) {
+            // Our Node was deleted under us. Programming from a view without it would
+            // remove every route; keep the data plane and register again.
+            warn!(
+                "this node's Node resource is gone; keeping the data plane and registering again"
+            );
+            if let Err(e) = register_node(&client, &cfg, ipv4).await {
+                warn!(error = %format!("{e:#}"), "registering the Node");
+            }
+            store_dirty = true;
+            let tx = wake_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.send(Wake::Store).await;
+            });
+            continue;
+        }
         let learned_now = learned.lock().expect("lock poisoned").clone();
         let mut d: Desired = desired::compute(&snap, &settings, &kernel, &learned_now);
         if d.problems != last_problems {

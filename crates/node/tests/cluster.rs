@@ -127,6 +127,45 @@ async fn bgp_mesh_without_encapsulation() {
     assert_eq!(back["gateway"], "198.18.0.2");
     assert!(c.workloads[0].ns.ping(&c.workloads[1].ip.to_string(), 2));
 
+    // Deleting this node's Node resource does not wipe its routes; the agent
+    // registers again.
+    let before = routes_proto80(&c, 0);
+    c.client
+        .delete(tabby_api::Kind::Node, None, "n1", None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .client
+        .get(tabby_api::Kind::Node, None, "n1")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not register again\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its own routes never went (peers may have reset their sessions to it while
+    // it was gone, so learned ones can come and go).
+    assert_eq!(
+        route_to(&routes_proto80(&c, 0), &own).map(|r| r["type"].clone()),
+        Some(serde_json::json!("blackhole"))
+    );
+    c.wait_established(0, 2, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while routes_proto80(&c, 0) != before {
+        assert!(
+            Instant::now() < deadline,
+            "routes did not come back\n{}",
+            c.routes_dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Live configuration: a new global peer is added without touching the mesh
     // sessions; turning the mesh off removes exactly those.
     let before = c.status(0).await.unwrap();
