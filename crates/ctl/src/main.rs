@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod connect;
 mod ipam;
+mod lab;
 mod node;
 mod output;
 mod plan;
@@ -68,6 +69,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Size a cluster's BGP topology: sessions and routes per device for each model.
     Plan(plan::PlanArgs),
+    /// Build a cluster in network namespaces on this machine and check it: `lab up`,
+    /// `lab status`, `lab exec`, `lab down`.
+    Lab(lab::LabArgs),
     /// Print the client version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -116,6 +120,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(lab::Exit(code)) = e.downcast_ref::<lab::Exit>() {
+                return ExitCode::from(*code);
+            }
             eprintln!("error: {e:#}");
             if e.is::<plan::BadInput>() {
                 ExitCode::from(plan::BAD_INPUT)
@@ -146,6 +153,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Node(args) => node::run(&args, out).await,
         Command::Plan(args) => plan::run(&args, out),
+        Command::Lab(args) => lab::run(&args, out).await,
         Command::Version => {
             writeln!(out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "API Version:       {}", tabby_api::API_VERSION)?;

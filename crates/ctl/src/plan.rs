@@ -44,6 +44,9 @@ pub struct PlanArgs {
     /// Addresses borrowed from other nodes' blocks, cluster-wide (/32 routes).
     #[arg(long, value_name = "N")]
     borrowed: Option<u32>,
+    /// Addresses each node takes besides its pods (1 with VXLAN: the tunnel address).
+    #[arg(long, value_name = "N")]
+    tunnel_addresses: Option<u32>,
     /// Route reflectors (route-reflector model).
     #[arg(long, value_name = "N")]
     route_reflectors: Option<u32>,
@@ -217,6 +220,12 @@ fn apply_flags(args: &PlanArgs, input: &mut PlanInput) -> BTreeMap<&'static str,
         "--block-size"
     );
     set!(args.borrowed, input.borrowed, "borrowed", "--borrowed");
+    set!(
+        args.tunnel_addresses,
+        input.tunnel_addresses,
+        "tunnelAddresses",
+        "--tunnel-addresses"
+    );
     set!(
         args.route_reflectors,
         input.route_reflectors,

@@ -283,6 +283,10 @@ pub struct PlanInput {
     /// route.
     #[serde(default)]
     pub borrowed: u32,
+    /// Addresses each node takes from the pools besides its pods: 1 when a pool uses
+    /// VXLAN (the node's tunnel address), 0 otherwise.
+    #[serde(default)]
+    pub tunnel_addresses: u32,
     /// Route reflectors of the `route-reflector` model (default 2).
     #[serde(default = "default_route_reflectors")]
     pub route_reflectors: u32,
@@ -316,6 +320,7 @@ impl Default for PlanInput {
             block_size: None,
             pools: default_pools(),
             borrowed: 0,
+            tunnel_addresses: 0,
             route_reflectors: default_route_reflectors(),
             planes: default_planes(),
             planes_per_host: None,
@@ -579,7 +584,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         None => (suggest_block_size(input.pods_per_node, ipv6), true),
     };
     resolved.block_size = Some(block_size);
-    let b = blocks_per_node(input.pods_per_node, block_size);
+    // A VXLAN tunnel address comes out of the node's blocks like a pod's.
+    let b = blocks_per_node(input.pods_per_node + input.tunnel_addresses, block_size);
     let blocks = u64::from(input.nodes) * u64::from(b);
     check_pool_room(&input.pools, block_size, suggested, input.nodes, b, blocks)?;
 

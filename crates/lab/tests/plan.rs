@@ -746,3 +746,20 @@ fn svg_is_a_well_formed_bar_chart() {
     }
     assert!(svg.contains("4950 sessions"));
 }
+
+#[test]
+fn a_vxlan_tunnel_address_can_cost_a_block() {
+    // 4 pods fill a /30; the node's VXLAN tunnel address needs a second block.
+    let mut input = PlanInput {
+        nodes: 3,
+        pods_per_node: 4,
+        block_size: Some(30),
+        models: vec![Model::Mesh],
+        ..PlanInput::default()
+    };
+    assert_eq!(plan(&input).unwrap().blocks_per_node, 1);
+    input.tunnel_addresses = 1;
+    let p = plan(&input).unwrap();
+    assert_eq!(p.blocks_per_node, 2);
+    assert_eq!(p.total_blocks, 6);
+}

@@ -1,0 +1,172 @@
+//! `tabbyctl lab up|status|exec|down`: a Tabby cluster on this machine in network
+//! namespaces (the real agent, CNI plugin and datastore), checked against `tabbyctl
+//! plan` and with pod-to-pod traffic. Progress goes to stderr, the summary to stdout;
+//! `up` exits 1 when a check fails, `exec` with the command's exit code.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
+use tabby_lab::plan::Model;
+
+#[derive(clap::Args, Debug)]
+pub struct LabArgs {
+    /// The lab's name: namespaces tl-NAME-*, state in STATE_DIR/NAME.
+    #[arg(long, global = true, default_value = "lab")]
+    name: String,
+    /// Where labs keep their state (lab.json, the store, logs, control sockets): one
+    /// directory per lab inside it.
+    #[arg(long, global = true, env = "TABBY_LAB_DIR", default_value = lab::DEFAULT_ROOT)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// Build the lab: fabric, datastore, agents, BGP, pods; then check it.
+    Up(UpArgs),
+    /// Show every node's agent, BGP sessions and routes, and the pods.
+    Status,
+    /// Run a command in a node's or pod's namespace: `lab exec n1 -- ip route`.
+    Exec {
+        /// A node (`n1`, `rr1`), a pod (`n1-1`), or `fab`, `rtr`, `etcd`.
+        target: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Remove everything the lab made (a lab that is not there is a no-op).
+    Down,
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    /// BGP topology, a planner model: mesh or route-reflector (2 of the nodes become
+    /// dedicated reflectors).
+    #[arg(long, default_value = "mesh", value_name = "MODEL")]
+    topology: Model,
+    /// Nodes, route reflectors included.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Pods on each workload node.
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: u32,
+    /// Datastore the lab runs: sqlite (a file in the state dir, the default) or etcd
+    /// (from PATH, in its own namespace on the fabric). A TABBY_STORE URL in the
+    /// environment is not the lab's and is ignored.
+    // The id is tabbyctl's global `--store` (a URL, String-typed): clap shares one
+    // value between a global and a subcommand argument of the same id.
+    #[arg(long, value_name = "sqlite|etcd")]
+    store: Option<String>,
+    /// Encapsulation; vxlan-crosssubnet puts the nodes in two subnets behind a router.
+    #[arg(long, value_enum, default_value = "none")]
+    encap: EncapArg,
+    /// IPAM block size of the pool (100.64.0.0/16).
+    #[arg(long, default_value_t = tabby_lab::lab::spec::DEFAULT_BLOCK_SIZE)]
+    block_size: u8,
+    /// Seconds each wait (agents, sessions, routes) may take.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EncapArg {
+    /// Native routing over BGP.
+    None,
+    /// VXLAN everywhere.
+    Vxlan,
+    /// VXLAN between subnets only.
+    VxlanCrosssubnet,
+}
+
+/// Exit with this code and no message (`lab exec` passes its command's code on).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+pub async fn run(args: &LabArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    match &args.action {
+        Action::Up(a) => up(args, a, out).await,
+        Action::Status => {
+            let r = lab::status(&args.name, &args.state_dir).await?;
+            write!(out, "{}", r.text)?;
+            Ok(())
+        }
+        Action::Exec { target, command } => {
+            out.flush()?;
+            let code = lab::exec(&args.name, target, command)?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Exit(code.clamp(1, 255) as u8).into())
+            }
+        }
+        Action::Down => {
+            let r = lab::down(&args.name, &args.state_dir)?;
+            write!(out, "{}", r.render(&args.name))?;
+            Ok(())
+        }
+    }
+}
+
+/// The lab's `--store`; the global `--store` shares its value, so a URL that came
+/// from TABBY_STORE is somebody else's setting, not a choice for the lab.
+fn store_kind(given: Option<&str>) -> anyhow::Result<StoreKind> {
+    match given {
+        None | Some("sqlite") => Ok(StoreKind::Sqlite),
+        Some("etcd") => Ok(StoreKind::Etcd),
+        Some(v) if std::env::var("TABBY_STORE").is_ok_and(|env| env == v) => Ok(StoreKind::Sqlite),
+        Some(v) => {
+            bail!("lab up --store {v:?}: expected sqlite or etcd (the lab runs its own datastore)")
+        }
+    }
+}
+
+async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut spec = LabSpec::new(&args.name, &args.state_dir);
+    spec.topology = Topology::try_from(a.topology)?;
+    spec.nodes = a.nodes;
+    spec.pods_per_node = a.pods_per_node;
+    spec.store = store_kind(a.store.as_deref())?;
+    spec.encap = match a.encap {
+        EncapArg::None => Encap::None,
+        EncapArg::Vxlan => Encap::Vxlan,
+        EncapArg::VxlanCrosssubnet => Encap::VxlanCrosssubnet,
+    };
+    spec.block_size = a.block_size;
+    spec.timeout_secs = a.timeout;
+    let mut progress = |line: &str| eprintln!("{line}");
+    let summary = match lab::up(&spec, &mut progress).await {
+        Ok(s) => s,
+        Err(e) => {
+            if spec.dir().exists() {
+                eprintln!(
+                    "the lab is left as it is for inspection; remove it with `tabbyctl lab down --name {}`",
+                    spec.name
+                );
+            }
+            return Err(e.into());
+        }
+    };
+    write!(out, "{}", summary.text)?;
+    out.flush()?;
+    if !summary.problems.is_empty() {
+        bail!(
+            "lab {:?} is not as planned ({} problem(s): {}); inspect it with `tabbyctl lab status --name {0}`, remove it with `tabbyctl lab down --name {0}`",
+            spec.name,
+            summary.problems.len(),
+            summary.problems.join("; ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! `tabbyctl lab` end to end (needs root): real clusters of tabby-node agents in
+//! network namespaces, pods through the CNI plugin, checked against the planner and
+//! with pings; then `status`, `exec` and `down`, after which nothing of the lab may be
+//! left: no `tl-<name>-*` namespace, no process, no state dir. Each test uses its own
+//! lab name (with the pid) and state root, and removes its lab on drop, also when it
+//! fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const CTL: &str = env!("CARGO_BIN_EXE_tabbyctl");
+
+/// tabby-node, tabby and tabby-ipam live next to tabbyctl when the whole workspace is
+/// built; build them when this package's tests run alone.
+fn ensure_binaries() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(CTL).parent().unwrap();
+        let names = ["tabby-node", "tabby", "tabby-ipam"];
+        if names.iter().all(|n| dir.join(n).exists()) {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["build", "-p", "tabby-node", "-p", "tabby-cni", "--bins"]);
+        if dir.file_name().is_some_and(|d| d == "release") {
+            c.arg("--release");
+        }
+        let ok = c.status().unwrap().success();
+        assert!(
+            ok,
+            "cannot build the agent and CNI plugin (cargo build -p tabby-node -p tabby-cni)"
+        );
+        for n in names {
+            assert!(
+                dir.join(n).exists(),
+                "{n} is not next to {CTL} after building it"
+            );
+        }
+    });
+}
+
+struct Lab {
+    name: String,
+    root: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(label: &str) -> Lab {
+        assert!(
+            tabby_testnet_is_root(),
+            "this test needs root (network namespaces)"
+        );
+        ensure_binaries();
+        Lab {
+            name: format!("{label}{}", std::process::id()),
+            root: tempfile::Builder::new()
+                .prefix("tabby-lab-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join(&self.name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(CTL);
+        // The name first: after `exec TARGET --` everything is the command.
+        c.args(["lab", "--name", &self.name])
+            .args(args)
+            .env("TABBY_LAB_DIR", self.root.path())
+            .env("TABBY_CONFIG", "/nonexistent/tabbyctl.yaml")
+            .env_remove("TABBY_STORE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `lab up ARGS`, which must succeed.
+    fn up(&self, args: &[&str]) -> String {
+        let start = Instant::now();
+        let mut full = vec!["up"];
+        full.extend_from_slice(args);
+        let out = self.run(&full);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "lab up {args:?} failed ({}):\n{stdout}\n{stderr}\n{}",
+            out.status,
+            self.logs()
+        );
+        assert!(stderr.contains("[9/9] testing reachability"), "{stderr}");
+        assert!(
+            stdout.contains("planner check: ok, every device matches the plan"),
+            "{stdout}"
+        );
+        // The only ✗ is the matrix's count of failed pairs: 0.
+        assert!(
+            stdout.contains(" ✓, 0 ✗):") && stdout.matches('✗').count() == 1,
+            "a pod pair or a device failed:\n{stdout}"
+        );
+        eprintln!("lab up {args:?}: {:.1} s", start.elapsed().as_secs_f64());
+        stdout
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir()) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                    s.push_str(&format!("--- {} ---\n{tail}\n", p.display()));
+                }
+            }
+        }
+        s
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir().join("lab.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.state()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        self.state()["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap_or_else(|| panic!("no pod {pod}"))["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `lab down`, twice: the first removes, the second finds nothing; then nothing of
+    /// the lab is left.
+    fn down_and_check_gone(&self, pids: &[u32]) {
+        let out = self.run(&["down"]);
+        assert!(out.status.success(), "lab down: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("removed"), "{stdout}");
+        let again = self.run(&["down"]);
+        assert!(again.status.success(), "second lab down: {again:?}");
+        assert!(
+            String::from_utf8_lossy(&again.stdout).contains("nothing to remove"),
+            "{again:?}"
+        );
+        self.assert_gone(pids);
+    }
+
+    fn assert_gone(&self, pids: &[u32]) {
+        let prefix = format!("tl-{}-", self.name);
+        let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let left: Vec<String> = String::from_utf8_lossy(&ns.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect();
+        assert!(left.is_empty(), "namespaces left: {left:?}");
+        for pid in pids {
+            assert!(!running(*pid), "process {pid} of the lab still runs");
+        }
+        // Also any process naming the lab's dir (agents name their sockets in it).
+        let dir = self.dir().display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(
+                !(cmdline.contains(&dir) && running(pid)),
+                "process {pid} of the lab still runs: {cmdline}"
+            );
+        }
+        assert!(!self.dir().exists(), "{} is left", self.dir().display());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn tabby_testnet_is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Alive and not a zombie (an exited child of an init that does not reap is dead).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next().map(String::from));
+    !matches!(state.as_deref(), Some("Z") | Some("X") | None)
+}
+
+#[test]
+fn mesh_up_status_exec_down() {
+    let lab = Lab::new("m");
+    let out = lab.up(&["--topology", "mesh", "--nodes", "3", "--pods-per-node", "2"]);
+    assert!(out.contains("30 pairs: 30 ✓, 0 ✗"), "{out}");
+    assert!(out.contains("n3-2"), "{out}");
+
+    // A second `up` of the same lab refuses.
+    let again = lab.run(&["up"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{again:?}"
+    );
+
+    let status = lab.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    assert_eq!(text.matches("running (pid").count(), 3, "{text}");
+    assert!(text.contains("planner check: ok"), "{text}");
+    assert!(text.contains("n2-2"), "{text}");
+
+    // exec on a node: its proto-80 routes are 3 blocks and 2 pods.
+    let routes = lab.run(&[
+        "exec", "n1", "--", "ip", "-j", "route", "show", "proto", "80",
+    ]);
+    assert!(routes.status.success(), "{routes:?}");
+    let v: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 5, "{v}");
+    // exec in a pod: traffic to a pod on another node, and the exit code passed on.
+    let to = lab.pod_ip("n3-2");
+    let ping = lab.run(&["exec", "n1-1", "--", "ping", "-c", "1", "-W", "2", &to]);
+    assert!(ping.status.success(), "{ping:?}");
+    let code = lab.run(&["exec", "n1-1", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(code.status.code(), Some(3));
+    let unknown = lab.run(&["exec", "n9", "--", "true"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no node or pod \"n9\""),
+        "{unknown:?}"
+    );
+
+    let pids = lab.pids();
+    assert_eq!(pids.len(), 3);
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn route_reflector_four_nodes() {
+    let lab = Lab::new("r");
+    let out = lab.up(&["--topology", "route-reflector", "--nodes", "4"]);
+    // Two dedicated reflectors (2 clients + each other), two clients (the reflectors).
+    for row in [
+        "rr1    RR     3/3        2/2      0/0",
+        "rr2    RR     3/3        2/2      0/0",
+        "n1     node   2/2        2/2      2/2",
+        "n2     node   2/2        2/2      2/2",
+    ] {
+        assert!(out.contains(row), "{row:?} missing:\n{out}");
+    }
+    assert!(out.contains("--route-reflectors 2"), "{out}");
+    assert!(out.contains("12 pairs: 12 ✓"), "{out}");
+    let status = lab.run(&["status"]);
+    assert!(status.status.success(), "{status:?}");
+    // A client learned the other client's block through the reflectors, next hop the
+    // client itself.
+    let routes = lab.run(&[
+        "exec", "n1", "--", "ip", "-j", "route", "show", "proto", "80",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["gateway"] == "198.18.0.4"),
+        "{v}"
+    );
+    let pids = lab.pids();
+    assert_eq!(pids.len(), 4);
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn vxlan_cross_subnet_four_nodes() {
+    let lab = Lab::new("x");
+    let out = lab.up(&["--encap", "vxlan-crosssubnet", "--nodes", "4"]);
+    assert!(out.contains("198.18.2.11/24"), "{out}");
+    assert!(out.contains("56 pairs: 56 ✓"), "{out}");
+    // n1 (198.18.1.10) reaches n3 in its subnet natively, n2 and n4 over VXLAN.
+    let routes = lab.run(&[
+        "exec", "n1", "--", "ip", "-j", "route", "show", "proto", "80",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    let rs = v.as_array().unwrap();
+    let over_vxlan = rs.iter().filter(|r| r["dev"] == "vxlan.calico").count();
+    let native = rs
+        .iter()
+        .filter(|r| r["dev"] == "eth0" && r["gateway"] == "198.18.1.12")
+        .count();
+    assert_eq!((over_vxlan, native), (2, 1), "{v}");
+    let pids = lab.pids();
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn etcd_store() {
+    let lab = Lab::new("e");
+    let out = lab.up(&["--store", "etcd", "--nodes", "2", "--pods-per-node", "1"]);
+    assert!(out.contains("etcd://198.18.0.250:2379"), "{out}");
+    let listening = lab.run(&["exec", "etcd", "--", "ss", "-ltnH"]);
+    assert!(
+        String::from_utf8_lossy(&listening.stdout).contains("198.18.0.250:2379"),
+        "etcd does not listen on the fabric: {listening:?}"
+    );
+    let pids = lab.pids();
+    assert_eq!(pids.len(), 3, "etcd and two agents");
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn down_cleans_a_crashed_up() {
+    let lab = Lab::new("c");
+    let mut child = lab
+        .command(&["up", "--nodes", "3", "--store", "etcd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill `up` once etcd and the three agents run, before it is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = std::fs::read_to_string(lab.dir().join("lab.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["processes"].as_array().is_some_and(|p| p.len() == 4));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "up ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "up started no processes");
+        if started {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(lab.state()["phase"], "building");
+    let pids = lab.pids();
+    assert_eq!(pids.len(), 4);
+    assert!(pids.iter().all(|p| running(*p)), "the agents outlive up");
+    // A partial state file: `down` still finds everything by the namespaces' prefix.
+    std::fs::write(lab.dir().join("lab.json"), "{\"name\": ").unwrap();
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn bad_requests_fail_before_building() {
+    let lab = Lab::new("b");
+    for (args, says) in [
+        (
+            vec!["up", "--topology", "l2-planes"],
+            "does not build it yet",
+        ),
+        (vec!["up", "--nodes", "0"], "--nodes"),
+        (
+            vec!["up", "--topology", "route-reflector", "--encap", "vxlan"],
+            "--encap",
+        ),
+        (
+            vec!["up", "--store", "sqlite:///x.db"],
+            "expected sqlite or etcd",
+        ),
+        (vec!["status"], "no lab named"),
+    ] {
+        let out = lab.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(!lab.dir().exists());
+    let out = lab.run(&["down"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to remove"));
+}

@@ -1,0 +1,650 @@
+//! The lab as data: every namespace, bridge, link, address and command line it will
+//! make, computed from a [`LabSpec`] without touching the system, so that the build
+//! is a walk over this and `down` knows the names.
+//!
+//! One subnet (`--encap none|vxlan`): nodes 198.18.0.1.. on bridge `br0`, which holds
+//! 198.18.0.254, the nodes' default gateway (proxy ARP for the pods' 169.254.1.1 only
+//! answers for destinations the node can route). Two subnets
+//! (`vxlan-crosssubnet`): nodes alternate between 198.18.1.0/24 (`br1`) and
+//! 198.18.2.0/24 (`br2`), `198.18.<s>.<10+i>`, behind router namespace `rtr` at
+//! `198.18.<s>.1`. etcd, when asked for, runs in its own namespace at .250 of the first
+//! subnet. Bridges live in namespace `fab`; nothing is made in the host's namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde_json::json;
+
+use super::spec::{
+    ASN, Encap, LabSpec, POOL_CIDR, ROUTE_REFLECTORS, RR_CLUSTER_ID, StoreKind, Topology,
+};
+use super::{LabError, netns_prefix};
+use crate::plan::{IpNet, Plan, PlanInput, Role, plan};
+
+/// The etcd client port.
+pub const ETCD_PORT: u16 = 2379;
+/// The node label that makes a node a route reflector.
+pub const RR_LABEL: &str = "route-reflector=true";
+
+/// A bridge: one L2 segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bridge {
+    /// Its name in the fabric namespace.
+    pub name: String,
+    /// The subnet on it.
+    pub subnet: Ipv4Net,
+    /// An address the bridge itself holds (the gateway in the one-subnet layout).
+    pub address: Option<Ipv4Net>,
+}
+
+/// A namespace with one leg on a bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leg {
+    /// The interface in the namespace.
+    pub ifname: String,
+    /// Its address.
+    pub address: Ipv4Net,
+    /// The bridge.
+    pub bridge: String,
+    /// The veth's other end, a port of the bridge in the fabric namespace.
+    pub port: String,
+}
+
+/// One node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Node name (`n1`; reflectors `rr1`).
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its fabric link (`eth0`).
+    pub leg: Leg,
+    /// Its default gateway.
+    pub gateway: Ipv4Addr,
+    /// Whether it is a dedicated route reflector (no pods).
+    pub route_reflector: bool,
+}
+
+/// One pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// Pod name (`n1-1`): the Kubernetes pod name too.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its namespace (`tl-<lab>-pn1-1`).
+    pub ns: String,
+    /// The container ID given to the CNI plugin.
+    pub container_id: String,
+}
+
+/// The router between the two subnets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    /// Its namespace.
+    pub ns: String,
+    /// One leg per subnet.
+    pub legs: Vec<Leg>,
+}
+
+/// The etcd namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Etcd {
+    /// Its namespace.
+    pub ns: String,
+    /// Its fabric link.
+    pub leg: Leg,
+    /// Its default gateway (so that nodes in the other subnet get answers).
+    pub gateway: Ipv4Addr,
+}
+
+/// Everything a lab is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The lab's name.
+    pub name: String,
+    /// The state dir.
+    pub dir: PathBuf,
+    /// The namespace holding the bridges.
+    pub fabric_ns: String,
+    /// The bridges.
+    pub bridges: Vec<Bridge>,
+    /// The router, in the two-subnet layout.
+    pub router: Option<Router>,
+    /// The etcd namespace, with `--store etcd`.
+    pub etcd: Option<Etcd>,
+    /// The nodes, reflectors first.
+    pub nodes: Vec<Node>,
+    /// The pods, by node.
+    pub pods: Vec<Pod>,
+    /// The store URL the agents and the CNI plugin use.
+    pub store_url: String,
+}
+
+fn net(addr: Ipv4Addr, len: u8) -> Ipv4Net {
+    Ipv4Net::new(addr, len).expect("prefix lengths here are <= 32")
+}
+
+impl Layout {
+    /// Lays out `spec` (which must be valid).
+    pub fn new(spec: &LabSpec) -> Layout {
+        let prefix = netns_prefix(&spec.name);
+        let ns = |suffix: &str| format!("{prefix}{suffix}");
+        let two = spec.encap.two_subnets();
+        let subnets: Vec<u8> = if two { vec![1, 2] } else { vec![0] };
+        let subnet = |s: u8| net(Ipv4Addr::new(198, 18, s, 0), 24);
+        let gateway = |s: u8| {
+            if two {
+                Ipv4Addr::new(198, 18, s, 1)
+            } else {
+                Ipv4Addr::new(198, 18, s, 254)
+            }
+        };
+        let bridges = subnets
+            .iter()
+            .map(|&s| Bridge {
+                name: format!("br{s}"),
+                subnet: subnet(s),
+                address: (!two).then(|| net(gateway(s), 24)),
+            })
+            .collect();
+        let router = two.then(|| Router {
+            ns: ns("rtr"),
+            legs: subnets
+                .iter()
+                .map(|&s| Leg {
+                    ifname: format!("eth{s}"),
+                    address: net(gateway(s), 24),
+                    bridge: format!("br{s}"),
+                    port: format!("rtr{s}"),
+                })
+                .collect(),
+        });
+        let rrs = match spec.topology {
+            Topology::Mesh => 0,
+            Topology::RouteReflector => ROUTE_REFLECTORS as usize,
+        };
+        let mut nodes = Vec::new();
+        for i in 0..spec.nodes as usize {
+            let rr = i < rrs;
+            let name = if rr {
+                format!("rr{}", i + 1)
+            } else {
+                format!("n{}", i + 1 - rrs)
+            };
+            let s = subnets[i % subnets.len()];
+            let host = if two { 10 + i } else { 1 + i };
+            let address = net(Ipv4Addr::new(198, 18, s, host as u8), 24);
+            nodes.push(Node {
+                ns: ns(&name),
+                leg: Leg {
+                    ifname: "eth0".into(),
+                    address,
+                    bridge: format!("br{s}"),
+                    port: name.clone(),
+                },
+                gateway: gateway(s),
+                route_reflector: rr,
+                name,
+            });
+        }
+        let mut pods = Vec::new();
+        for n in nodes.iter().filter(|n| !n.route_reflector) {
+            for i in 1..=spec.pods_per_node {
+                pods.push(Pod {
+                    name: format!("{}-{i}", n.name),
+                    node: n.name.clone(),
+                    ns: ns(&format!("p{}-{i}", n.name)),
+                    container_id: format!("tabby-lab-{}-{}-{i}", spec.name, n.name),
+                });
+            }
+        }
+        let first = subnets[0];
+        let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
+            ns: ns("etcd"),
+            leg: Leg {
+                ifname: "eth0".into(),
+                address: net(Ipv4Addr::new(198, 18, first, 250), 24),
+                bridge: format!("br{first}"),
+                port: "etcd".into(),
+            },
+            gateway: gateway(first),
+        });
+        let dir = spec.dir();
+        let store_url = match &etcd {
+            Some(e) => format!("etcd://{}:{ETCD_PORT}", e.leg.address.addr()),
+            None => format!("sqlite://{}", dir.join("store.db").display()),
+        };
+        Layout {
+            name: spec.name.clone(),
+            dir,
+            fabric_ns: ns("fab"),
+            bridges,
+            router,
+            etcd,
+            nodes,
+            pods,
+            store_url,
+        }
+    }
+
+    /// Every namespace, in the order they are made: fabric, router, etcd, nodes, pods.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.fabric_ns.clone()];
+        v.extend(self.router.iter().map(|r| r.ns.clone()));
+        v.extend(self.etcd.iter().map(|e| e.ns.clone()));
+        v.extend(self.nodes.iter().map(|n| n.ns.clone()));
+        v.extend(self.pods.iter().map(|p| p.ns.clone()));
+        v
+    }
+
+    /// Checks every address is in the lab's ranges and every interface name fits.
+    pub fn check(&self) -> Result<(), LabError> {
+        let mut legs: Vec<&Leg> = self.nodes.iter().map(|n| &n.leg).collect();
+        legs.extend(self.router.iter().flat_map(|r| &r.legs));
+        legs.extend(self.etcd.iter().map(|e| &e.leg));
+        for leg in legs {
+            for name in [&leg.ifname, &leg.port, &leg.bridge] {
+                tabby_testnet::addr::check_ifname(name)
+                    .map_err(|e| LabError::invalid("interface name", e.to_string()))?;
+            }
+            tabby_testnet::addr::check_net("fabric address", IpNet::V4(leg.address))
+                .map_err(|e| LabError::invalid("fabric address", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The node's control socket.
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.ctl"))
+    }
+
+    /// The node's agent log.
+    pub fn log(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{what}.log"))
+    }
+
+    /// The node's agent state dir (`nodename`, `mtu`).
+    pub fn node_state(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+
+    /// The agent's command line (after the binary).
+    pub fn agent_args(&self, node: &Node) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--node-name",
+            &node.name,
+            "--store",
+            &self.store_url,
+            "--ip",
+            &node.leg.address.to_string(),
+            "--control-socket",
+            &self.socket(&node.name).display().to_string(),
+            "--state-dir",
+            &self.node_state(&node.name).display().to_string(),
+            "--default-ipv4-pool-cidr",
+            "none",
+            "--bgp-connect-retry",
+            "1",
+            "--resync-secs",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if node.route_reflector {
+            v.extend(
+                [
+                    "--label",
+                    RR_LABEL,
+                    "--route-reflector-cluster-id",
+                    RR_CLUSTER_ID,
+                ]
+                .map(String::from),
+            );
+        }
+        v
+    }
+
+    /// etcd's command line (after the binary).
+    pub fn etcd_args(&self, etcd: &Etcd) -> Vec<String> {
+        let ip = etcd.leg.address.addr();
+        let data = self.dir.join("etcd-data");
+        [
+            "--name".to_string(),
+            "lab".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://{ip}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}"),
+            "--advertise-client-urls".into(),
+            format!("http://{ip}:{ETCD_PORT}"),
+            "--listen-peer-urls".into(),
+            "http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls".into(),
+            "http://127.0.0.1:2380".into(),
+            "--initial-cluster".into(),
+            "lab=http://127.0.0.1:2380".into(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--logger".into(),
+            "zap".into(),
+            "--log-outputs".into(),
+            "stderr".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ]
+        .to_vec()
+    }
+
+    /// The CNI network configuration for a pod on `node`.
+    pub fn cni_conf(&self, node: &str, mtu: u32) -> serde_json::Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "tabby",
+            "nodename": node,
+            "datastore": self.store_url,
+            "mtu": mtu,
+            "log_level": "info",
+            "log_file_path": self.dir.join("cni.log"),
+            "ipam": {"type": "tabby-ipam"},
+        })
+    }
+
+    /// The CNI environment for `command` (ADD, DEL) of `pod`.
+    pub fn cni_env(&self, pod: &Pod, command: &str, cni_path: &str) -> Vec<(String, String)> {
+        [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", pod.container_id.clone()),
+            ("CNI_NETNS", format!("/run/netns/{}", pod.ns)),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", cni_path.to_string()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+                    pod.name
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The resources the lab writes before the agents start: the pool, the cluster's BGP
+/// settings and, for route reflectors, the peering with them.
+pub fn resources(spec: &LabSpec) -> String {
+    let mesh = spec.topology == Topology::Mesh;
+    let mut y = format!(
+        "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: lab-pool}}
+spec: {{cidr: {POOL_CIDR}, blockSize: {}, vxlanMode: {}, ipipMode: Never, natOutgoing: false}}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {{name: default}}
+spec: {{nodeToNodeMeshEnabled: {mesh}, asNumber: {ASN}}}
+",
+        spec.block_size,
+        spec.encap.vxlan_mode(),
+    );
+    if spec.topology == Topology::RouteReflector {
+        y.push_str(
+            "---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: peer-with-route-reflectors}
+spec:
+  nodeSelector: all()
+  peerSelector: route-reflector == 'true'
+",
+        );
+    }
+    y
+}
+
+/// The planner's question for this lab: the workload nodes (dedicated reflectors are
+/// the planner's `routeReflectors`, not nodes), their pods, the lab's block size and
+/// pool, one model.
+pub fn plan_input(spec: &LabSpec) -> PlanInput {
+    let rrs = match spec.topology {
+        Topology::Mesh => 0,
+        Topology::RouteReflector => ROUTE_REFLECTORS,
+    };
+    PlanInput {
+        nodes: spec.nodes - rrs,
+        pods_per_node: spec.pods_per_node,
+        block_size: Some(spec.block_size),
+        pools: vec![POOL_CIDR.parse().expect("the lab pool is a CIDR")],
+        route_reflectors: rrs.max(1),
+        tunnel_addresses: u32::from(spec.encap != Encap::None),
+        models: vec![spec.topology.model()],
+        ..PlanInput::default()
+    }
+}
+
+/// The same question as a `tabbyctl plan` command line, for the summary.
+pub fn plan_command(spec: &LabSpec) -> String {
+    let i = plan_input(spec);
+    let mut s = format!(
+        "tabbyctl plan --model {} --nodes {} --pods-per-node {} --block-size {} --pool {POOL_CIDR}",
+        spec.topology, i.nodes, i.pods_per_node, spec.block_size
+    );
+    if spec.topology == Topology::RouteReflector {
+        s.push_str(&format!(" --route-reflectors {}", i.route_reflectors));
+    }
+    if i.tunnel_addresses > 0 {
+        s.push_str(&format!(" --tunnel-addresses {}", i.tunnel_addresses));
+    }
+    s
+}
+
+/// What the planner predicts for one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The planner's role for it.
+    pub role: Role,
+    /// BGP sessions.
+    pub sessions: u64,
+    /// Routes to blocks (and borrowed /32s).
+    pub routes: u64,
+    /// Routes to the device's own pods.
+    pub pod_routes: u64,
+}
+
+/// The planner's figures for every node of `layout`, in its order.
+pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>), LabError> {
+    let p = plan(&plan_input(spec))?;
+    let model = &p.models[0];
+    let role_of = |r: Role| model.roles.iter().find(|x| x.role == r);
+    let mut v = Vec::new();
+    for n in &layout.nodes {
+        let role = if n.route_reflector {
+            Role::RouteReflector
+        } else {
+            Role::Node
+        };
+        let r = role_of(role).ok_or_else(|| {
+            LabError::invalid(
+                "--topology",
+                format!("the planner has no {role} role for {}", model.model),
+            )
+        })?;
+        v.push(Expected {
+            role,
+            sessions: r.sessions,
+            routes: r.routes,
+            pod_routes: r.local_workload_routes,
+        });
+    }
+    Ok((p, v))
+}
+
+/// The pod MTU the agent wrote for the CNI plugin, else the host's 1500 minus VXLAN's
+/// 50 when the pool encapsulates.
+pub fn pod_mtu(state_dir: &Path, encap: Encap) -> u32 {
+    std::fs::read_to_string(state_dir.join("mtu"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(if encap == Encap::None { 1500 } else { 1450 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(topology: Topology, encap: Encap, store: StoreKind, nodes: u32) -> LabSpec {
+        let mut s = LabSpec::new("t1", Path::new("/run/tl"));
+        s.topology = topology;
+        s.encap = encap;
+        s.store = store;
+        s.nodes = nodes;
+        s
+    }
+
+    #[test]
+    fn one_subnet_mesh() {
+        let s = spec(Topology::Mesh, Encap::None, StoreKind::Sqlite, 3);
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        assert_eq!(
+            l.namespaces(),
+            [
+                "tl-t1-fab",
+                "tl-t1-n1",
+                "tl-t1-n2",
+                "tl-t1-n3",
+                "tl-t1-pn1-1",
+                "tl-t1-pn1-2",
+                "tl-t1-pn2-1",
+                "tl-t1-pn2-2",
+                "tl-t1-pn3-1",
+                "tl-t1-pn3-2"
+            ]
+        );
+        assert_eq!(l.bridges.len(), 1);
+        assert_eq!(l.bridges[0].address.unwrap().to_string(), "198.18.0.254/24");
+        let n3 = l.node("n3").unwrap();
+        assert_eq!(n3.leg.address.to_string(), "198.18.0.3/24");
+        assert_eq!(n3.gateway.to_string(), "198.18.0.254");
+        assert_eq!(n3.leg.port, "n3");
+        assert_eq!(l.store_url, "sqlite:///run/tl/t1/store.db");
+        assert_eq!(l.pods[5].name, "n3-2");
+        assert_eq!(l.pods[5].container_id, "tabby-lab-t1-n3-2");
+        let args = l.agent_args(n3);
+        assert!(args.windows(2).any(|w| w == ["--ip", "198.18.0.3/24"]));
+        assert!(!args.contains(&"--label".to_string()));
+    }
+
+    #[test]
+    fn two_subnets_with_etcd() {
+        let s = spec(Topology::Mesh, Encap::VxlanCrosssubnet, StoreKind::Etcd, 4);
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let r = l.router.as_ref().unwrap();
+        assert_eq!(r.ns, "tl-t1-rtr");
+        assert_eq!(r.legs[1].address.to_string(), "198.18.2.1/24");
+        assert_eq!(r.legs[1].bridge, "br2");
+        let ips: Vec<String> = l.nodes.iter().map(|n| n.leg.address.to_string()).collect();
+        assert_eq!(
+            ips,
+            [
+                "198.18.1.10/24",
+                "198.18.2.11/24",
+                "198.18.1.12/24",
+                "198.18.2.13/24"
+            ]
+        );
+        assert_eq!(l.nodes[1].gateway.to_string(), "198.18.2.1");
+        assert!(l.bridges.iter().all(|b| b.address.is_none()));
+        let e = l.etcd.as_ref().unwrap();
+        assert_eq!(e.leg.address.to_string(), "198.18.1.250/24");
+        assert_eq!(l.store_url, "etcd://198.18.1.250:2379");
+        assert!(
+            l.etcd_args(e)
+                .contains(&"http://198.18.1.250:2379,http://127.0.0.1:2379".to_string())
+        );
+        assert_eq!(l.namespaces()[1..3], ["tl-t1-rtr", "tl-t1-etcd"]);
+    }
+
+    #[test]
+    fn route_reflectors_are_dedicated() {
+        let s = spec(Topology::RouteReflector, Encap::None, StoreKind::Sqlite, 4);
+        let l = Layout::new(&s);
+        let names: Vec<&str> = l.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["rr1", "rr2", "n1", "n2"]);
+        assert!(l.pods.iter().all(|p| p.node.starts_with('n')));
+        assert_eq!(l.pods.len(), 4);
+        let args = l.agent_args(&l.nodes[0]);
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--route-reflector-cluster-id", RR_CLUSTER_ID])
+        );
+        let y = resources(&s);
+        assert!(y.contains("nodeToNodeMeshEnabled: false"), "{y}");
+        assert!(y.contains("peerSelector: route-reflector == 'true'"), "{y}");
+        let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+        assert_eq!(docs.len(), 3);
+    }
+
+    #[test]
+    fn planner_expectations() {
+        let s = spec(Topology::Mesh, Encap::None, StoreKind::Sqlite, 3);
+        let (_, e) = expected(&s, &Layout::new(&s)).unwrap();
+        assert_eq!(
+            e[0],
+            Expected {
+                role: Role::Node,
+                sessions: 2,
+                routes: 3,
+                pod_routes: 2
+            }
+        );
+        let s = spec(Topology::RouteReflector, Encap::None, StoreKind::Sqlite, 5);
+        let (_, e) = expected(&s, &Layout::new(&s)).unwrap();
+        // Reflectors: 3 clients + the other reflector; clients: the 2 reflectors.
+        assert_eq!(
+            (e[0].role, e[0].sessions, e[0].routes),
+            (Role::RouteReflector, 4, 3)
+        );
+        assert_eq!(e[0].pod_routes, 0);
+        assert_eq!((e[2].role, e[2].sessions, e[2].routes), (Role::Node, 2, 3));
+        assert_eq!(
+            plan_command(&s),
+            "tabbyctl plan --model route-reflector --nodes 3 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --route-reflectors 2"
+        );
+        let y = resources(&spec(
+            Topology::Mesh,
+            Encap::VxlanCrosssubnet,
+            StoreKind::Sqlite,
+            2,
+        ));
+        assert!(y.contains("vxlanMode: CrossSubnet"), "{y}");
+        assert!(y.contains("nodeToNodeMeshEnabled: true"), "{y}");
+    }
+
+    #[test]
+    fn cni_environment() {
+        let s = spec(Topology::Mesh, Encap::None, StoreKind::Sqlite, 1);
+        let l = Layout::new(&s);
+        let env = l.cni_env(&l.pods[0], "ADD", "/bin");
+        assert!(env.contains(&("CNI_NETNS".into(), "/run/netns/tl-t1-pn1-1".into())));
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "CNI_ARGS" && v.ends_with("K8S_POD_NAME=n1-1"))
+        );
+        let c = l.cni_conf("n1", 1500);
+        assert_eq!(c["datastore"], "sqlite:///run/tl/t1/store.db");
+        assert_eq!(c["nodename"], "n1");
+    }
+}

@@ -1,0 +1,318 @@
+//! What `lab up` is asked to build: the topology (a planner [`Model`] the lab can
+//! build), the encapsulation, the datastore and the cluster's size, checked before
+//! anything is made.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::LabError;
+use crate::plan::Model;
+
+/// The pool every lab uses (inside 100.64.0.0/10, the pods' range).
+pub const POOL_CIDR: &str = "100.64.0.0/16";
+/// The block size used unless `--block-size` says otherwise.
+pub const DEFAULT_BLOCK_SIZE: u8 = 26;
+/// Route reflectors of the `route-reflector` topology.
+pub const ROUTE_REFLECTORS: u32 = 2;
+/// The cluster ID the reflectors share (Calico's documented example).
+pub const RR_CLUSTER_ID: &str = "244.0.0.1";
+/// The cluster's AS number.
+pub const ASN: u32 = 64512;
+/// Most nodes a lab builds (the fabric is a /24 per subnet).
+pub const MAX_NODES: u32 = 100;
+/// Most pods per node (each pod is a namespace and a veth).
+pub const MAX_PODS_PER_NODE: u32 = 50;
+
+/// The BGP topology: the planner models the lab can build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// Every node peers with every other (Calico's node-to-node mesh).
+    Mesh,
+    /// Two of the nodes are dedicated route reflectors (labelled
+    /// `route-reflector=true`, one cluster ID, no pods); the mesh is off and a global
+    /// BGPPeer peers every node with them.
+    RouteReflector,
+}
+
+impl Topology {
+    /// The planner's model for it.
+    pub fn model(self) -> Model {
+        match self {
+            Topology::Mesh => Model::Mesh,
+            Topology::RouteReflector => Model::RouteReflector,
+        }
+    }
+
+    /// Its name, as the planner's model.
+    pub fn name(self) -> &'static str {
+        self.model().name()
+    }
+}
+
+impl TryFrom<Model> for Topology {
+    type Error = LabError;
+
+    fn try_from(m: Model) -> Result<Topology, LabError> {
+        match m {
+            Model::Mesh => Ok(Topology::Mesh),
+            Model::RouteReflector => Ok(Topology::RouteReflector),
+            other => Err(LabError::invalid(
+                "--topology",
+                format!(
+                    "{other} is planned by `tabbyctl plan` but the lab does not build it yet; it builds mesh and route-reflector"
+                ),
+            )),
+        }
+    }
+}
+
+impl FromStr for Topology {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<Topology, LabError> {
+        let m: Model = s.parse().map_err(|e: crate::plan::UnknownModel| {
+            LabError::invalid("--topology", e.to_string())
+        })?;
+        Topology::try_from(m)
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How pod traffic crosses the fabric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encap {
+    /// Native routing (vxlanMode Never): BGP routes to the blocks.
+    None,
+    /// VXLAN between all nodes (vxlanMode Always).
+    Vxlan,
+    /// VXLAN only between subnets (vxlanMode CrossSubnet); the lab puts the nodes in
+    /// two subnets behind a router.
+    VxlanCrosssubnet,
+}
+
+impl Encap {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encap::None => "none",
+            Encap::Vxlan => "vxlan",
+            Encap::VxlanCrosssubnet => "vxlan-crosssubnet",
+        }
+    }
+
+    /// The IPPool's `vxlanMode`.
+    pub fn vxlan_mode(self) -> &'static str {
+        match self {
+            Encap::None => "Never",
+            Encap::Vxlan => "Always",
+            Encap::VxlanCrosssubnet => "CrossSubnet",
+        }
+    }
+
+    /// Whether the nodes sit in two subnets behind a router.
+    pub fn two_subnets(self) -> bool {
+        self == Encap::VxlanCrosssubnet
+    }
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which datastore the lab runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// A SQLite file in the lab's state dir.
+    Sqlite,
+    /// A one-member etcd (from PATH) in its own namespace on the fabric.
+    Etcd,
+}
+
+impl StoreKind {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Etcd => "etcd",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A lab to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabSpec {
+    /// The lab's name: namespaces `tl-<name>-...`, state in `<root>/<name>/`.
+    pub name: String,
+    /// The directory holding every lab's state dir.
+    pub root: PathBuf,
+    /// The BGP topology.
+    pub topology: Topology,
+    /// The encapsulation.
+    pub encap: Encap,
+    /// The datastore.
+    pub store: StoreKind,
+    /// Nodes, route reflectors included.
+    pub nodes: u32,
+    /// Pods on each node (none on dedicated route reflectors).
+    pub pods_per_node: u32,
+    /// The pool's block size.
+    pub block_size: u8,
+    /// How long each wait (sessions, routes) may take, seconds.
+    pub timeout_secs: u64,
+}
+
+impl LabSpec {
+    /// A spec with the defaults: mesh, no encapsulation, SQLite, 3 nodes, 2 pods each.
+    pub fn new(name: &str, root: &Path) -> LabSpec {
+        LabSpec {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            topology: Topology::Mesh,
+            encap: Encap::None,
+            store: StoreKind::Sqlite,
+            nodes: 3,
+            pods_per_node: 2,
+            block_size: DEFAULT_BLOCK_SIZE,
+            timeout_secs: 60,
+        }
+    }
+
+    /// This lab's state dir.
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(&self.name)
+    }
+
+    /// Checks everything the build relies on.
+    pub fn validate(&self) -> Result<(), LabError> {
+        check_name(&self.name)?;
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            return Err(LabError::invalid(
+                "--nodes",
+                format!("{} is outside 1..={MAX_NODES}", self.nodes),
+            ));
+        }
+        if !(1..=MAX_PODS_PER_NODE).contains(&self.pods_per_node) {
+            return Err(LabError::invalid(
+                "--pods-per-node",
+                format!("{} is outside 1..={MAX_PODS_PER_NODE}", self.pods_per_node),
+            ));
+        }
+        if !(20..=32).contains(&self.block_size) {
+            return Err(LabError::invalid(
+                "--block-size",
+                format!("{} is outside 20..=32 for IPv4", self.block_size),
+            ));
+        }
+        if self.topology == Topology::RouteReflector {
+            if self.nodes < ROUTE_REFLECTORS + 1 {
+                return Err(LabError::invalid(
+                    "--nodes",
+                    format!(
+                        "{}: route-reflector makes {ROUTE_REFLECTORS} of the nodes reflectors and needs at least one more for pods",
+                        self.nodes
+                    ),
+                ));
+            }
+            if self.encap != Encap::None {
+                return Err(LabError::invalid(
+                    "--encap",
+                    format!(
+                        "{} with route-reflector is not built yet: the reflectors would take a VXLAN tunnel address, and so a block, which the planner's dedicated reflectors do not have; use --encap none",
+                        self.encap
+                    ),
+                ));
+            }
+        }
+        if self.timeout_secs == 0 {
+            return Err(LabError::invalid("--timeout", "must be at least 1 s"));
+        }
+        Ok(())
+    }
+}
+
+/// Lab names become namespace and file names and the namespace prefix `tl-<name>-`
+/// must not be the prefix of another lab's: lowercase letters and digits only.
+pub fn check_name(name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::invalid(
+            "--name",
+            format!(
+                "{name:?}: use 1..=24 lowercase letters and digits (no '-': namespace tl-<name>-... must not prefix another lab's)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topologies_from_planner_names() {
+        assert_eq!("mesh".parse::<Topology>().unwrap(), Topology::Mesh);
+        assert_eq!(
+            "route-reflector".parse::<Topology>().unwrap(),
+            Topology::RouteReflector
+        );
+        let e = "l2-planes".parse::<Topology>().unwrap_err().to_string();
+        assert!(e.contains("does not build it yet"), "{e}");
+        let e = "ring".parse::<Topology>().unwrap_err().to_string();
+        assert!(e.contains("unknown model"), "{e}");
+    }
+
+    #[test]
+    fn names_checked() {
+        assert!(check_name("lab").is_ok());
+        assert!(check_name("m1234").is_ok());
+        for bad in ["", "a-b", "Lab", "a/b", "a.b", &"x".repeat(25)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn specs_checked() {
+        let ok = LabSpec::new("lab", Path::new("/tmp"));
+        ok.validate().unwrap();
+        assert_eq!(ok.dir(), Path::new("/tmp/lab"));
+        let mut s = ok.clone();
+        s.nodes = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("--nodes"));
+        let mut s = ok.clone();
+        s.topology = Topology::RouteReflector;
+        s.nodes = 2;
+        assert!(s.validate().is_err());
+        s.nodes = 4;
+        s.validate().unwrap();
+        s.encap = Encap::Vxlan;
+        assert!(s.validate().unwrap_err().to_string().contains("--encap"));
+        let mut s = ok;
+        s.block_size = 19;
+        assert!(s.validate().unwrap_err().to_string().contains("20..=32"));
+    }
+}

@@ -1,0 +1,197 @@
+//! `lab.json`: what a lab is and what it made so far (namespaces, processes with
+//! their pids, pods with their addresses), rewritten after every step so that `down`
+//! can undo a build that crashed half-way.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::LabError;
+use super::spec::{Encap, LabSpec, StoreKind, Topology};
+
+/// The state file's name in the lab's dir.
+pub const STATE_FILE: &str = "lab.json";
+
+/// How far `up` got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// `up` is running (or crashed).
+    Building,
+    /// `up` finished and every check passed.
+    Up,
+    /// `up` finished but a check failed; the lab is left for inspection.
+    Failed,
+}
+
+impl Phase {
+    /// Its name in `lab.json` and `lab status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Building => "building",
+            Phase::Up => "up",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// A process the lab started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// What it is: `agent n1`, `etcd`.
+    pub what: String,
+    /// Its pid.
+    pub pid: u32,
+    /// The program's file name, checked against `/proc/<pid>/cmdline` before a signal
+    /// is sent, in case the pid was reused.
+    pub program: String,
+    /// The namespace it runs in.
+    pub ns: String,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+/// A pod the lab added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// Pod name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its namespace.
+    pub ns: String,
+    /// The address IPAM gave it.
+    pub ip: String,
+}
+
+/// A node of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its fabric address with prefix.
+    pub ip: String,
+    /// Whether it is a route reflector.
+    pub route_reflector: bool,
+    /// The agent's control socket.
+    pub socket: PathBuf,
+}
+
+/// The whole state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabState {
+    /// The lab's name.
+    pub name: String,
+    /// How far `up` got.
+    pub phase: Phase,
+    /// The topology.
+    pub topology: Topology,
+    /// The encapsulation.
+    pub encap: Encap,
+    /// The datastore kind.
+    pub store: StoreKind,
+    /// Its URL.
+    pub store_url: String,
+    /// Pods per workload node.
+    pub pods_per_node: u32,
+    /// The pool's block size.
+    pub block_size: u8,
+    /// Namespaces made, in order.
+    pub namespaces: Vec<String>,
+    /// Processes started.
+    pub processes: Vec<ProcessRecord>,
+    /// The nodes.
+    pub nodes: Vec<NodeRecord>,
+    /// The pods added.
+    pub pods: Vec<PodRecord>,
+}
+
+impl LabState {
+    /// The state of a lab about to be built.
+    pub fn new(spec: &LabSpec, store_url: &str) -> LabState {
+        LabState {
+            name: spec.name.clone(),
+            phase: Phase::Building,
+            topology: spec.topology,
+            encap: spec.encap,
+            store: spec.store,
+            store_url: store_url.to_string(),
+            pods_per_node: spec.pods_per_node,
+            block_size: spec.block_size,
+            namespaces: Vec::new(),
+            processes: Vec::new(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    /// Reads `<dir>/lab.json`.
+    pub fn load(dir: &Path) -> Result<LabState, LabError> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text).map_err(|e| LabError::State {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `<dir>/lab.json` atomically (a temporary file renamed over it).
+    pub fn save(&self, dir: &Path) -> Result<(), LabError> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self).expect("the state serializes");
+        std::fs::write(&tmp, text + "\n")
+            .map_err(|e| LabError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            LabError::io(
+                format!("renaming {} to {}", tmp.display(), path.display()),
+                e,
+            )
+        })
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The agent of a node, if it was started.
+    pub fn agent(&self, node: &str) -> Option<&ProcessRecord> {
+        let what = format!("agent {node}");
+        self.processes.iter().find(|p| p.what == what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LabSpec::new("x", dir.path());
+        let mut s = LabState::new(&spec, "sqlite:///x/store.db");
+        s.namespaces.push("tl-x-fab".into());
+        s.processes.push(ProcessRecord {
+            what: "agent n1".into(),
+            pid: 42,
+            program: "tabby-node".into(),
+            ns: "tl-x-n1".into(),
+            log: dir.path().join("n1.log"),
+        });
+        s.save(dir.path()).unwrap();
+        let back = LabState::load(dir.path()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.agent("n1").unwrap().pid, 42);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains("\"phase\": \"building\""), "{text}");
+        assert!(text.contains("\"storeUrl\""), "{text}");
+        std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
+        let e = LabState::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("lab.json"), "{e}");
+    }
+}

@@ -1,0 +1,528 @@
+//! `lab up`: builds the lab step by step (fabric, datastore, configuration, agents,
+//! sessions, pods, routes, traffic), recording everything in `lab.json` as it goes,
+//! then compares every device with the planner and tests every pod pair with a ping.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use super::check::{self, DeviceRow, Matrix, Observed};
+use super::host;
+use super::layout::{self, Expected, Layout};
+use super::spec::{LabSpec, StoreKind};
+use super::state::{LabState, NodeRecord, Phase, PodRecord, ProcessRecord, STATE_FILE};
+use super::{LabError, netns_prefix};
+
+/// The agent's workload interface prefix (its default).
+pub(crate) const WORKLOAD_PREFIX: &str = "cali";
+
+const STEPS: usize = 9;
+const POLL: Duration = Duration::from_millis(250);
+const HINT: &str = "build them with `cargo build -p tabby-node -p tabby-cni` (they are looked for next to tabbyctl first)";
+
+/// What `up` reports at the end.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The summary for stdout: nodes, sessions, routes, the planner check and the
+    /// reachability matrix.
+    pub text: String,
+    /// Everything that is not as planned; empty when the lab is good.
+    pub problems: Vec<String>,
+    /// The lab's state dir.
+    pub dir: PathBuf,
+}
+
+/// Builds the lab `spec` describes. Progress lines (`[3/9] ...`) go to `progress`.
+/// Once the state dir exists, a failure leaves the lab as it is for inspection;
+/// `down` removes it.
+pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summary, LabError> {
+    progress(&format!("[1/{STEPS}] checking prerequisites"));
+    spec.validate()?;
+    if !tabby_testnet::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let layout = Layout::new(spec);
+    layout.check()?;
+    let (_, expected) = layout::expected(spec, &layout)?;
+    let bins = host::find_binaries(&["tabby-node", "tabby", "tabby-ipam"], HINT)?;
+    let etcd_bin = match spec.store {
+        StoreKind::Etcd => Some(find_in_path("etcd")?),
+        StoreKind::Sqlite => None,
+    };
+    check_absent(spec, &layout)?;
+    let dir = layout.dir.clone();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    let mut b = Builder {
+        spec,
+        state: LabState::new(spec, &layout.store_url),
+        layout,
+        agent: bins[0].clone(),
+        cni: bins[1].clone(),
+        cni_path: bins[2]
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        etcd: etcd_bin,
+        children: Vec::new(),
+        problems: Vec::new(),
+    };
+    b.save()?;
+    match b.build(&expected, progress).await {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            b.state.phase = Phase::Failed;
+            let _ = b.save();
+            Err(e)
+        }
+    }
+}
+
+fn find_in_path(name: &str) -> Result<PathBuf, LabError> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::MissingBinary {
+            missing: name.to_string(),
+            looked: "PATH".into(),
+            hint: "install etcd (e.g. `apt-get install etcd-server`) or use --store sqlite".into(),
+        })
+}
+
+/// Refuses to build over an existing lab (state dir or namespaces).
+fn check_absent(spec: &LabSpec, layout: &Layout) -> Result<(), LabError> {
+    let exists = |evidence: String| LabError::Exists {
+        name: spec.name.clone(),
+        evidence,
+    };
+    if layout.dir.join(STATE_FILE).exists() {
+        return Err(exists(format!(
+            "{} exists",
+            layout.dir.join(STATE_FILE).display()
+        )));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(&layout.dir)
+        && entries.next().is_some()
+    {
+        return Err(exists(format!("{} is not empty", layout.dir.display())));
+    }
+    let ns = host::lab_namespaces(&spec.name)?;
+    if !ns.is_empty() {
+        return Err(exists(format!(
+            "namespaces {}* exist: {}",
+            netns_prefix(&spec.name),
+            ns.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+struct Builder<'a> {
+    spec: &'a LabSpec,
+    layout: Layout,
+    state: LabState,
+    agent: PathBuf,
+    cni: PathBuf,
+    cni_path: String,
+    etcd: Option<PathBuf>,
+    /// Processes started by this `up`, to notice one that dies while building.
+    children: Vec<(String, Child, PathBuf)>,
+    problems: Vec<String>,
+}
+
+impl Builder<'_> {
+    fn save(&self) -> Result<(), LabError> {
+        self.state.save(&self.layout.dir)
+    }
+
+    fn netns(&mut self, name: &str) -> Result<(), LabError> {
+        // Recorded first: a half-made namespace is still the lab's to remove.
+        self.state.namespaces.push(name.to_string());
+        self.save()?;
+        host::add_netns(name)
+    }
+
+    fn spawn(
+        &mut self,
+        what: &str,
+        ns: &str,
+        program: PathBuf,
+        args: &[String],
+    ) -> Result<(), LabError> {
+        let log = self.layout.log(&what.replace(' ', "-"));
+        let child = host::spawn(ns, &program, args, &log)?;
+        self.state.processes.push(ProcessRecord {
+            what: what.to_string(),
+            pid: child.id(),
+            program: program
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ns: ns.to_string(),
+            log: log.clone(),
+        });
+        self.children.push((what.to_string(), child, log));
+        self.save()
+    }
+
+    /// An error for the first started process that has exited.
+    fn check_children(&mut self) -> Result<(), LabError> {
+        for (what, child, log) in &mut self.children {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(LabError::Died {
+                    what: what.clone(),
+                    log: log.clone(),
+                    tail: host::tail(log, 20),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn build(
+        &mut self,
+        expected: &[Expected],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Summary, LabError> {
+        let spec = self.spec;
+        let timeout = Duration::from_secs(spec.timeout_secs);
+        let n = self.layout.nodes.len();
+
+        let segments = if spec.encap.two_subnets() {
+            "two subnets behind a router"
+        } else {
+            "one subnet"
+        };
+        progress(&format!(
+            "[2/{STEPS}] building the fabric: {n} node namespaces on {segments}"
+        ));
+        self.fabric()?;
+
+        let store_what = match &self.layout.etcd {
+            Some(e) => format!("etcd at {}:{}", e.leg.address.addr(), layout::ETCD_PORT),
+            None => format!("SQLite {}", self.layout.dir.join("store.db").display()),
+        };
+        progress(&format!("[3/{STEPS}] starting the datastore: {store_what}"));
+        self.datastore()?;
+
+        progress(&format!(
+            "[4/{STEPS}] writing the configuration: IPPool {} /{} vxlanMode {}, BGP {}",
+            super::spec::POOL_CIDR,
+            spec.block_size,
+            spec.encap.vxlan_mode(),
+            spec.topology
+        ));
+        self.configure(timeout).await?;
+
+        progress(&format!("[5/{STEPS}] starting {n} agents"));
+        self.agents(timeout).await?;
+
+        let want: Vec<String> = self
+            .layout
+            .nodes
+            .iter()
+            .zip(expected)
+            .map(|(node, e)| format!("{} {}", node.name, e.sessions))
+            .collect();
+        progress(&format!(
+            "[6/{STEPS}] waiting for BGP sessions ({})",
+            want.join(", ")
+        ));
+        let ok = self
+            .wait(timeout, expected, |o, e| {
+                o.established == e.sessions && o.peers == e.sessions
+            })
+            .await?;
+        if !ok {
+            progress(&format!(
+                "  sessions are not as planned after {} s; going on",
+                timeout.as_secs()
+            ));
+        }
+
+        progress(&format!(
+            "[7/{STEPS}] adding {} pods through the CNI plugin ({} per workload node)",
+            self.layout.pods.len(),
+            spec.pods_per_node
+        ));
+        self.pods()?;
+
+        progress(&format!(
+            "[8/{STEPS}] waiting for routes to match the planner"
+        ));
+        let ok = self
+            .wait(timeout, expected, |o, e| {
+                o.routes.routes == e.routes && o.routes.pod_routes == e.pod_routes
+            })
+            .await?;
+        if !ok {
+            progress(&format!(
+                "  routes are not as planned after {} s; going on",
+                timeout.as_secs()
+            ));
+        }
+        let rows = self.observe_all(expected).await;
+
+        let pairs = self.state.pods.len() * self.state.pods.len().saturating_sub(1);
+        progress(&format!(
+            "[9/{STEPS}] testing reachability: {pairs} pod pairs"
+        ));
+        let matrix = reachability(&self.state.pods);
+
+        for r in &rows {
+            self.problems.extend(r.differences());
+        }
+        for (a, b) in matrix.failures() {
+            self.problems.push(format!("{a} cannot reach {b}"));
+        }
+        self.state.phase = if self.problems.is_empty() {
+            Phase::Up
+        } else {
+            Phase::Failed
+        };
+        self.save()?;
+        Ok(Summary {
+            text: self.render(&rows, &matrix),
+            problems: self.problems.clone(),
+            dir: self.layout.dir.clone(),
+        })
+    }
+
+    fn fabric(&mut self) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        self.netns(&l.fabric_ns)?;
+        for br in &l.bridges {
+            host::add_bridge(&l.fabric_ns, &br.name, br.address.as_ref())?;
+        }
+        if let Some(r) = &l.router {
+            self.netns(&r.ns)?;
+            host::sysctl(&r.ns, "net.ipv4.ip_forward", "1")?;
+            for leg in &r.legs {
+                host::add_leg(&r.ns, leg, &l.fabric_ns)?;
+            }
+        }
+        for node in &l.nodes {
+            self.netns(&node.ns)?;
+            host::add_leg(&node.ns, &node.leg, &l.fabric_ns)?;
+            // Proxy ARP for the pods' 169.254.1.1 answers only for destinations the
+            // node can route: give it a default route.
+            host::ip_in(
+                &node.ns,
+                &["route", "add", "default", "via", &node.gateway.to_string()],
+            )?;
+            self.state.nodes.push(NodeRecord {
+                name: node.name.clone(),
+                ns: node.ns.clone(),
+                ip: node.leg.address.to_string(),
+                route_reflector: node.route_reflector,
+                socket: l.socket(&node.name),
+            });
+        }
+        self.save()
+    }
+
+    fn datastore(&mut self) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        let Some(e) = &l.etcd else {
+            return Ok(());
+        };
+        self.netns(&e.ns)?;
+        host::add_leg(&e.ns, &e.leg, &l.fabric_ns)?;
+        host::ip_in(
+            &e.ns,
+            &["route", "add", "default", "via", &e.gateway.to_string()],
+        )?;
+        let bin = self.etcd.clone().expect("etcd was found for --store etcd");
+        self.spawn("etcd", &e.ns, bin, &l.etcd_args(e))
+    }
+
+    async fn configure(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let yaml = layout::resources(self.spec);
+        let url = self.layout.store_url.clone();
+        let ns = self.layout.etcd.as_ref().map(|e| e.ns.clone());
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The first write is also the wait for etcd to serve.
+            match host::apply_resources(&url, ns.as_deref(), &yaml) {
+                Ok(_) => return Ok(()),
+                Err(_) if ns.is_some() && Instant::now() < deadline => {
+                    self.check_children()?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn agents(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        for node in &l.nodes {
+            let state = l.node_state(&node.name);
+            std::fs::create_dir_all(&state)
+                .map_err(|e| LabError::io(format!("creating {}", state.display()), e))?;
+            self.spawn(
+                &format!("agent {}", node.name),
+                &node.ns,
+                self.agent.clone(),
+                &l.agent_args(node),
+            )?;
+        }
+        let deadline = Instant::now() + timeout;
+        for node in &l.nodes {
+            loop {
+                self.check_children()?;
+                if tabby_node::status::query(&l.socket(&node.name))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LabError::Timeout {
+                        what: format!(
+                            "agent {} answering on {}",
+                            node.name,
+                            l.socket(&node.name).display()
+                        ),
+                        secs: timeout.as_secs(),
+                        detail: host::tail(&l.log(&format!("agent-{}", node.name)), 20),
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn pods(&mut self) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        for pod in &l.pods {
+            self.netns(&pod.ns)?;
+            let node = l.node(&pod.node).expect("pods are on the lab's nodes");
+            let mtu = layout::pod_mtu(&l.node_state(&node.name), self.spec.encap);
+            let conf = l.cni_conf(&node.name, mtu);
+            let env = l.cni_env(pod, "ADD", &self.cni_path);
+            let ip = host::cni_add(&node.ns, &self.cni, &env, &conf, pod)?;
+            self.state.pods.push(PodRecord {
+                name: pod.name.clone(),
+                node: pod.node.clone(),
+                ns: pod.ns.clone(),
+                ip,
+            });
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Polls every node until `done` holds for all of them or `timeout` passes;
+    /// whether it held. A dead agent is an error.
+    async fn wait(
+        &mut self,
+        timeout: Duration,
+        expected: &[Expected],
+        done: impl Fn(&Observed, &Expected) -> bool,
+    ) -> Result<bool, LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_children()?;
+            let rows = self.observe_all(expected).await;
+            if rows.iter().all(|r| done(&r.observed, &r.expected)) {
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn observe_all(&self, expected: &[Expected]) -> Vec<DeviceRow> {
+        let mut rows = Vec::new();
+        for (node, e) in self.layout.nodes.iter().zip(expected) {
+            rows.push(DeviceRow {
+                name: node.name.clone(),
+                address: node.leg.address.to_string(),
+                expected: e.clone(),
+                observed: observe(&node.ns, &self.layout.socket(&node.name)).await,
+            });
+        }
+        rows
+    }
+
+    fn render(&self, rows: &[DeviceRow], matrix: &Matrix) -> String {
+        let spec = self.spec;
+        let count = |n: usize, what: &str| {
+            if n == 1 {
+                format!("1 {what}")
+            } else {
+                format!("{n} {what}s")
+            }
+        };
+        let mut out = format!(
+            "Lab {:?}: topology {}, encap {}, store {} ({}), {}, {}; state in {}\n\n",
+            spec.name,
+            spec.topology,
+            spec.encap,
+            spec.store,
+            self.layout.store_url,
+            count(self.layout.nodes.len(), "node"),
+            count(self.state.pods.len(), "pod"),
+            self.layout.dir.display()
+        );
+        out.push_str(&check::render_nodes(rows, &[]));
+        out.push('\n');
+        out.push_str(&check::render_comparison(rows, &layout::plan_command(spec)));
+        out.push('\n');
+        out.push_str(&matrix.render());
+        out
+    }
+}
+
+/// What a node shows now: its agent's answer and its proto-80 routes.
+pub(crate) async fn observe(ns: &str, socket: &std::path::Path) -> Observed {
+    let report = tabby_node::status::query(socket).await.ok();
+    let routes = host::proto80_routes(ns)
+        .map(|v| check::count_routes(&v, WORKLOAD_PREFIX))
+        .unwrap_or_default();
+    match report {
+        Some(r) => Observed {
+            agent: r.running,
+            established: r.peers.iter().filter(|p| p.state == "Established").count() as u64,
+            peers: r.peers.len() as u64,
+            routes,
+        },
+        None => Observed {
+            routes,
+            ..Observed::default()
+        },
+    }
+}
+
+/// Every pod pings every other pod: one ping per pair, retried twice so that a lost
+/// first packet (neighbour resolution) is not a failure. Each source pod runs its
+/// pings on a thread of its own, so a broken lab fails in seconds, not minutes.
+pub(crate) fn reachability(pods: &[PodRecord]) -> Matrix {
+    let ok = std::thread::scope(|scope| {
+        let rows: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, from)| {
+                scope.spawn(move || {
+                    pods.iter()
+                        .enumerate()
+                        .map(|(j, to)| i != j && (0..3).any(|_| host::ping(&from.ns, &to.ip)))
+                        .collect::<Vec<bool>>()
+                })
+            })
+            .collect();
+        rows.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| vec![false; pods.len()]))
+            .collect()
+    });
+    Matrix {
+        pods: pods.iter().map(|p| p.name.clone()).collect(),
+        ok,
+    }
+}
