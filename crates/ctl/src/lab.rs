@@ -1,13 +1,16 @@
-//! `tabbyctl lab up|status|exec|down`: a Tabby cluster on this machine in network
-//! namespaces (the real agent, CNI plugin and datastore), checked against `tabbyctl
-//! plan` and with pod-to-pod traffic. Progress goes to stderr, the summary to stdout;
-//! `up` exits 1 when a check fails, `exec` with the command's exit code.
+//! `tabbyctl lab up|status|exec|fail|heal|graph|down`: a Tabby cluster on this machine
+//! in network namespaces (the real agent, CNI plugin and datastore), checked against
+//! `tabbyctl plan` and with pod-to-pod traffic; failures made and healed to watch it
+//! converge; an SVG of its sessions. Progress goes to stderr, the summary to stdout;
+//! `up`, `fail` and `heal` exit 1 when a check fails, `exec` with the command's exit
+//! code.
 
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
 use tabby_lab::plan::Model;
 
@@ -37,6 +40,27 @@ enum Action {
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
+    },
+    /// Fail a node (a dead host: its fabric link down, its agent killed) or only its
+    /// link (`link:n2`), then show the rest converge: sessions, reachability, times.
+    Fail {
+        /// A node (`n2`, `rr1`) or a node's fabric link (`link:n2`).
+        target: String,
+        /// Seconds to wait for the rest of the lab to converge.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Undo every failure `lab fail` made and wait for the lab to be as planned again.
+    Heal {
+        /// Seconds to wait for every session, route and pod pair.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// An SVG of the devices and their BGP sessions, coloured by state.
+    Graph {
+        /// Write it to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Remove everything the lab made (a lab that is not there is a no-op).
     Down,
@@ -111,12 +135,54 @@ pub async fn run(args: &LabArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 Err(Exit(code.clamp(1, 255) as u8).into())
             }
         }
+        Action::Fail { target, timeout } => {
+            let r = lab::fail(
+                &args.name,
+                &args.state_dir,
+                target,
+                Duration::from_secs(*timeout),
+            )
+            .await?;
+            converged(&args.name, &format!("fail {target}"), r, out)
+        }
+        Action::Heal { timeout } => {
+            let r = lab::heal(&args.name, &args.state_dir, Duration::from_secs(*timeout)).await?;
+            converged(&args.name, "heal", r, out)
+        }
+        Action::Graph { output } => {
+            let svg = lab::graph(&args.name, &args.state_dir).await?;
+            match output {
+                Some(path) => std::fs::write(path, svg)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => write!(out, "{svg}")?,
+            }
+            Ok(())
+        }
         Action::Down => {
             let r = lab::down(&args.name, &args.state_dir)?;
             write!(out, "{}", r.render(&args.name))?;
             Ok(())
         }
     }
+}
+
+/// Prints a `fail` or `heal` report; an error when the lab did not converge.
+fn converged(
+    name: &str,
+    what: &str,
+    r: lab::ConvergeReport,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    write!(out, "{}", r.text)?;
+    out.flush()?;
+    if !r.problems.is_empty() {
+        bail!(
+            "lab {name:?} did not converge after `lab {what}` ({} problem(s): {}); inspect it with `tabbyctl lab status --name {name}`",
+            r.problems.len(),
+            r.problems.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// The lab's `--store`; the global `--store` shares its value, so a URL that came

@@ -70,7 +70,7 @@ enum Command {
     /// Size a cluster's BGP topology: sessions and routes per device for each model.
     Plan(plan::PlanArgs),
     /// Build a cluster in network namespaces on this machine and check it: `lab up`,
-    /// `lab status`, `lab exec`, `lab down`.
+    /// `lab status`, `lab exec`, `lab fail`, `lab heal`, `lab graph`, `lab down`.
     Lab(lab::LabArgs),
     /// Print the client version.
     Version,

@@ -406,3 +406,222 @@ fn bad_requests_fail_before_building() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to remove"));
 }
+
+impl Lab {
+    /// `lab ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let start = Instant::now();
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "lab {args:?} failed ({}):\n{stdout}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        eprintln!("lab {args:?}: {:.1} s", start.elapsed().as_secs_f64());
+        stdout
+    }
+
+    /// `lab ARGS`, which must fail with exit code 1 and say `says` on stderr.
+    fn refused(&self, args: &[&str], says: &str) {
+        let out = self.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+
+    /// The pid of node `node`'s agent now (`heal` starts a killed one again).
+    fn agent_pid(&self, node: &str) -> u32 {
+        self.state()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["what"] == format!("agent {node}"))
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap() as u32
+    }
+
+    /// A ping every 50 ms from pod `from` to pod `to`, output in the test's root dir.
+    fn start_ping(&self, from: &str, to: &str) -> (std::process::Child, PathBuf) {
+        let log = self.root.path().join(format!("ping-{from}-{to}.txt"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("tl-{}-p{from}", self.name)])
+            .args(["ping", "-n", "-i", "0.05", "-W", "1", &self.pod_ip(to)])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, log)
+    }
+
+    /// Whether one ping from pod `from` to pod `to` is answered within 2 s.
+    fn pings(&self, from: &str, to: &str) -> bool {
+        let to = self.pod_ip(to);
+        self.run(&["exec", from, "--", "ping", "-c", "1", "-W", "2", &to])
+            .status
+            .success()
+    }
+}
+
+/// Stops a `ping` with SIGINT (so that it prints its summary): (sent, received).
+fn stop_ping(mut child: std::process::Child, log: &Path) -> (u64, u64) {
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot signal ping");
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    let summary = text
+        .lines()
+        .find(|l| l.contains(" packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
+    let nums: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn route_reflector_failover() {
+    let lab = Lab::new("f");
+    let out = lab.up(&["--topology", "route-reflector", "--nodes", "5"]);
+    assert!(out.contains("30 pairs: 30 ✓"), "{out}");
+    let rr1 = lab.agent_pid("rr1");
+
+    // Kill one of the two reflectors while two pods on different nodes ping.
+    let (ping, log) = lab.start_ping("n1-1", "n3-2");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = lab.ok(&["fail", "rr1"]);
+    assert!(
+        out.contains("failed rr1 (node: fabric link rr1 down, agent pid"),
+        "{out}"
+    );
+    assert!(out.contains("BGP converged"), "{out}");
+    assert!(
+        out.contains("every remaining pod pair reachable: 30 of 30"),
+        "{out}"
+    );
+    assert!(out.contains("30 pairs: 30 ✓, 0 ✗"), "{out}");
+    // Every client keeps its session with rr2 and has lost the one with rr1.
+    for n in ["n1", "n2", "n3"] {
+        let row = format!("{n}     node   live            1/2           rr1 ");
+        assert!(out.contains(&row), "{row:?} missing:\n{out}");
+    }
+    assert!(out.contains("rr2    RR     live            3/4"), "{out}");
+    assert!(out.contains("probe n1-1 -> n2-1"), "{out}");
+    assert!(!running(rr1), "rr1's agent {rr1} still runs");
+    let state = lab.state();
+    assert_eq!(state["failures"][0]["node"], "rr1");
+    assert_eq!(state["failures"][0]["killedPid"], rr1);
+    let (sent, received) = stop_ping(ping, &log);
+    assert!(sent > 20, "the ping ran only {sent} times");
+    assert!(
+        sent - received <= 5,
+        "{} of {sent} pings lost while rr1 failed",
+        sent - received
+    );
+    assert!(lab.pings("n1-1", "n3-2"));
+
+    let svg = lab.ok(&["graph"]);
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("3/7 sessions Established, failed: rr1"),
+        "{svg}"
+    );
+    let status = lab.ok(&["status"]);
+    assert!(status.contains("failed by `lab fail`: rr1"), "{status}");
+
+    lab.refused(&["fail", "rr1"], "failed already");
+    let out = lab.ok(&["heal"]);
+    assert!(
+        out.contains("rr1: fabric link rr1 up, agent started again"),
+        "{out}"
+    );
+    assert!(
+        out.contains("every session Established and every route as planned"),
+        "{out}"
+    );
+    assert!(out.contains("every pod pair reachable: 30 of 30"), "{out}");
+    assert!(out.contains("planner check: ok"), "{out}");
+    let again = lab.agent_pid("rr1");
+    assert!(
+        again != rr1 && running(again),
+        "rr1's agent was not started again"
+    );
+    assert!(lab.state()["failures"].as_array().unwrap().is_empty());
+    let status = lab.ok(&["status"]);
+    assert_eq!(status.matches("running (pid").count(), 5, "{status}");
+
+    let file = lab.root.path().join("lab.svg");
+    lab.ok(&["graph", "-o", file.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.ends_with("</svg>\n"),
+        "{svg}"
+    );
+    assert!(svg.contains("7/7 sessions Established"), "{svg}");
+
+    let mut pids = lab.pids();
+    pids.push(rr1);
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn mesh_link_failure() {
+    let lab = Lab::new("l");
+    let out = lab.up(&["--nodes", "3", "--pods-per-node", "1"]);
+    assert!(out.contains("6 pairs: 6 ✓"), "{out}");
+    lab.refused(&["fail", "plane:1"], "no L2 planes");
+    lab.refused(&["fail", "n9"], "no node or pod \"n9\"");
+    let n2 = lab.agent_pid("n2");
+
+    let out = lab.ok(&["fail", "link:n2"]);
+    assert!(
+        out.contains("failed n2 (link: fabric link n2 down, agent running)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("every remaining pod pair reachable: 2 of 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pods on failed nodes: n2-1, 4 pair(s) · unreachable as expected"),
+        "{out}"
+    );
+    assert!(
+        out.contains("n1     node   live            1/2           n2 "),
+        "{out}"
+    );
+    assert!(running(n2), "a link failure leaves the agent running");
+    assert!(!lab.pings("n1-1", "n2-1"));
+    assert!(lab.pings("n1-1", "n3-1"));
+    lab.refused(&["fail", "n2"], "failed already");
+
+    let out = lab.ok(&["heal"]);
+    assert!(out.contains("n2: fabric link n2 up\n"), "{out}");
+    assert!(out.contains("every pod pair reachable: 6 of 6"), "{out}");
+    assert_eq!(
+        lab.agent_pid("n2"),
+        n2,
+        "heal keeps the agent of a link failure"
+    );
+    assert!(lab.pings("n1-1", "n2-1"));
+    assert!(lab.ok(&["heal"]).contains("nothing to heal"));
+    let svg = lab.ok(&["graph"]);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("3/3 sessions Established"),
+        "{svg}"
+    );
+
+    let pids = lab.pids();
+    lab.down_and_check_gone(&pids);
+}

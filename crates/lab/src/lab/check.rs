@@ -211,28 +211,46 @@ pub fn render_comparison(rows: &[DeviceRow], plan_command: &str) -> String {
     out
 }
 
-/// Which pod reached which: `ok[from][to]`, the diagonal unused.
+/// Which pod reached which: `ok[from][to]`, the diagonal unused. Pods in `down` are
+/// on failed nodes: a pair with one of them is expected to fail and is no failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Matrix {
     /// Pod names, in order.
     pub pods: Vec<String>,
     /// Results.
     pub ok: Vec<Vec<bool>>,
+    /// Per pod, whether it is on a failed node (empty: none is).
+    pub down: Vec<bool>,
 }
 
 impl Matrix {
+    fn is_down(&self, i: usize) -> bool {
+        self.down.get(i).copied().unwrap_or(false)
+    }
+
+    fn expected_down(&self, i: usize, j: usize) -> bool {
+        self.is_down(i) || self.is_down(j)
+    }
+
     /// Pairs tested.
     pub fn pairs(&self) -> usize {
         let n = self.pods.len();
         n * n.saturating_sub(1)
     }
 
-    /// Pairs that failed, as (from, to) names.
+    /// Pairs between pods on nodes that did not fail.
+    pub fn live_pairs(&self) -> usize {
+        let n = (0..self.pods.len()).filter(|i| !self.is_down(*i)).count();
+        n * n.saturating_sub(1)
+    }
+
+    /// Pairs that failed, as (from, to) names; pairs with a pod on a failed node do
+    /// not count.
     pub fn failures(&self) -> Vec<(String, String)> {
         let mut v = Vec::new();
         for (i, row) in self.ok.iter().enumerate() {
             for (j, ok) in row.iter().enumerate() {
-                if i != j && !ok {
+                if i != j && !ok && !self.expected_down(i, j) {
                     v.push((self.pods[i].clone(), self.pods[j].clone()));
                 }
             }
@@ -240,14 +258,46 @@ impl Matrix {
         v
     }
 
-    /// The grid: a row per source pod, a column per destination.
+    /// Pairs with a pod on a failed node that did not reach each other.
+    pub fn expected_failures(&self) -> usize {
+        let mut n = 0;
+        for (i, row) in self.ok.iter().enumerate() {
+            for (j, ok) in row.iter().enumerate() {
+                if i != j && !ok && self.expected_down(i, j) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// The grid: a row per source pod, a column per destination; `·` marks a pair
+    /// that failed because a pod of it is on a failed node.
     pub fn render(&self) -> String {
         let failed = self.failures().len();
-        let mut out = format!(
-            "Reachability (one ping per pair, {} pairs: {} ✓, {failed} ✗):\n",
-            self.pairs(),
-            self.pairs() - failed
-        );
+        let mut out = if self.down.iter().any(|d| *d) {
+            let live = self.live_pairs();
+            let down_pods: Vec<&str> = self
+                .pods
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.is_down(*i))
+                .map(|(_, p)| p.as_str())
+                .collect();
+            format!(
+                "Reachability (one ping per pair, {} pairs; {live} between pods on live nodes: {} ✓, {failed} ✗; pods on failed nodes: {}, {} pair(s) · unreachable as expected):\n",
+                self.pairs(),
+                live - failed,
+                down_pods.join(", "),
+                self.expected_failures()
+            )
+        } else {
+            format!(
+                "Reachability (one ping per pair, {} pairs: {} ✓, {failed} ✗):\n",
+                self.pairs(),
+                self.pairs() - failed
+            )
+        };
         let mut header = vec!["FROM \\ TO"];
         header.extend(self.pods.iter().map(String::as_str));
         let body: Vec<Vec<String>> = self
@@ -261,6 +311,8 @@ impl Matrix {
                         "-"
                     } else if *ok {
                         "✓"
+                    } else if self.expected_down(i, j) {
+                        "·"
                     } else {
                         "✗"
                     }
@@ -359,6 +411,7 @@ mod tests {
                 vec![true, false, false],
                 vec![true, true, false],
             ],
+            down: Vec::new(),
         };
         assert_eq!(m.pairs(), 6);
         assert_eq!(m.failures(), [("n2-1".to_string(), "n3-1".to_string())]);
@@ -370,6 +423,28 @@ FROM \\ TO   n1-1   n2-1   n3-1
 n1-1        -      ✓      ✓
 n2-1        ✓      -      ✗
 n3-1        ✓      ✓      -
+"
+        );
+        // n3-1 on a failed node: its pairs are expected to fail.
+        let m = Matrix {
+            ok: vec![
+                vec![false, true, false],
+                vec![true, false, false],
+                vec![false, false, false],
+            ],
+            down: vec![false, false, true],
+            ..m
+        };
+        assert_eq!(m.live_pairs(), 2);
+        assert!(m.failures().is_empty());
+        assert_eq!(m.expected_failures(), 4);
+        assert_eq!(
+            m.render(),
+            "Reachability (one ping per pair, 6 pairs; 2 between pods on live nodes: 2 ✓, 0 ✗; pods on failed nodes: n3-1, 4 pair(s) · unreachable as expected):
+FROM \\ TO   n1-1   n2-1   n3-1
+n1-1        -      ✓      ·
+n2-1        ✓      -      ·
+n3-1        ·      ·      -
 "
         );
     }

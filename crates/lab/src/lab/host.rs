@@ -112,6 +112,39 @@ pub(crate) fn add_leg(ns: &str, leg: &Leg, fabric: &str) -> Result<(), LabError>
     ip_in(ns, &["link", "set", "dev", &leg.ifname, "up"]).map(drop)
 }
 
+/// Sets link `dev` in `ns` up or down.
+pub(crate) fn set_link(ns: &str, dev: &str, up: bool) -> Result<(), LabError> {
+    let state = if up { "up" } else { "down" };
+    ip_in(ns, &["link", "set", "dev", dev, state]).map(drop)
+}
+
+/// Starts `ping -i <interval>` from `ns` to `to` with its output in `log` (a file, not
+/// a pipe: a pipe nobody reads would fill and stop it); SIGINT ends it with its
+/// summary.
+pub(crate) fn spawn_ping(
+    ns: &str,
+    to: &str,
+    interval_ms: u64,
+    log: &Path,
+) -> Result<Child, LabError> {
+    let file = std::fs::File::create(log)
+        .map_err(|e| LabError::io(format!("creating {}", log.display()), e))?;
+    let mut c = in_netns(ns, "ping");
+    c.args([
+        "-n",
+        "-W",
+        "1",
+        "-i",
+        &format!("{:.3}", interval_ms as f64 / 1000.0),
+        to,
+    ])
+    .stdin(Stdio::null())
+    .stdout(file)
+    .stderr(Stdio::null());
+    c.spawn()
+        .map_err(|e| LabError::io(format!("starting `{}`", describe(&c)), e))
+}
+
 /// Starts `program args` in `ns`, output appended to `log`. The process gets its own
 /// process group so that it outlives `tabbyctl` and a Ctrl-C of `lab up`.
 pub(crate) fn spawn(

@@ -26,6 +26,9 @@ use crate::plan::{IpNet, Plan, PlanInput, Role, plan};
 pub const ETCD_PORT: u16 = 2379;
 /// The node label that makes a node a route reflector.
 pub const RR_LABEL: &str = "route-reflector=true";
+/// The agents' BGP hold time, seconds (keepalives every third of it): short, so that
+/// a session to a dead peer ends, and the lab converges, within seconds.
+pub const BGP_HOLD_TIME: u16 = 9;
 
 /// A bridge: one L2 segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +297,8 @@ impl Layout {
             "1",
             "--resync-secs",
             "5",
+            "--bgp-hold-time",
+            &BGP_HOLD_TIME.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -543,6 +548,7 @@ mod tests {
         assert_eq!(l.pods[5].container_id, "tabby-lab-t1-n3-2");
         let args = l.agent_args(n3);
         assert!(args.windows(2).any(|w| w == ["--ip", "198.18.0.3/24"]));
+        assert!(args.windows(2).any(|w| w == ["--bgp-hold-time", "9"]));
         assert!(!args.contains(&"--label".to_string()));
     }
 

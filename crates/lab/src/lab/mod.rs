@@ -7,10 +7,14 @@
 //! [`crate::plan::plan`] and renders the summary (pure). [`up`], [`status`],
 //! [`exec`] and [`down`] are the edges that run `ip`, spawn processes and talk to the
 //! store; [`state`] is `lab.json`, what a lab made, so that `down` can undo it.
+//! [`fail`] cuts a node or a link and watches the lab converge around it, [`heal`]
+//! undoes that; [`graph`] draws the devices and sessions as SVG.
 
 pub mod check;
 mod down;
 mod error;
+pub mod fail;
+pub mod graph;
 mod host;
 pub mod layout;
 pub mod spec;
@@ -20,6 +24,8 @@ mod up;
 
 pub use down::{DownReport, down};
 pub use error::LabError;
+pub use fail::{ConvergeReport, fail, heal};
+pub use graph::graph;
 pub use host::exec;
 pub use spec::{Encap, LabSpec, StoreKind, Topology};
 pub use status::{StatusReport, status};

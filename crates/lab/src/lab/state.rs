@@ -49,6 +49,49 @@ pub struct ProcessRecord {
     pub ns: String,
     /// Its log.
     pub log: PathBuf,
+    /// Its whole command line (program path first), so that `heal` can start it
+    /// again as it was.
+    #[serde(default)]
+    pub argv: Vec<String>,
+}
+
+/// What `lab fail` broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// A dead host: its fabric link down and its agent killed.
+    Node,
+    /// Only its fabric link down; the agent runs on, cut off.
+    Link,
+}
+
+impl FailureKind {
+    /// Its name in `lab.json` and the reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Node => "node",
+            FailureKind::Link => "link",
+        }
+    }
+}
+
+/// A failure `lab fail` made, recorded before it is made so that `heal` can undo a
+/// `fail` that stopped half-way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    /// The node.
+    pub node: String,
+    /// What was done to it.
+    pub kind: FailureKind,
+    /// The namespace holding the link that was set down (the fabric's).
+    pub link_ns: String,
+    /// The link set down: the node's port on its bridge.
+    pub link: String,
+    /// The agent's pid that was killed, for a node failure.
+    pub killed_pid: Option<u32>,
+    /// When it was made, Unix milliseconds.
+    pub at_unix_ms: u64,
 }
 
 /// A pod the lab added.
@@ -107,6 +150,9 @@ pub struct LabState {
     pub nodes: Vec<NodeRecord>,
     /// The pods added.
     pub pods: Vec<PodRecord>,
+    /// Failures made by `lab fail` and not yet healed.
+    #[serde(default)]
+    pub failures: Vec<FailureRecord>,
 }
 
 impl LabState {
@@ -125,7 +171,26 @@ impl LabState {
             processes: Vec::new(),
             nodes: Vec::new(),
             pods: Vec::new(),
+            failures: Vec::new(),
         }
+    }
+
+    /// The spec this lab was built from (its wait timeout the default), with its
+    /// state in `<root>/<name>`.
+    pub fn spec(&self, root: &Path) -> LabSpec {
+        let mut spec = LabSpec::new(&self.name, root);
+        spec.topology = self.topology;
+        spec.encap = self.encap;
+        spec.store = self.store;
+        spec.nodes = self.nodes.len() as u32;
+        spec.pods_per_node = self.pods_per_node;
+        spec.block_size = self.block_size;
+        spec
+    }
+
+    /// The recorded failure of a node, if it is failed.
+    pub fn failure(&self, node: &str) -> Option<&FailureRecord> {
+        self.failures.iter().find(|f| f.node == node)
     }
 
     /// Reads `<dir>/lab.json`.
@@ -182,6 +247,15 @@ mod tests {
             program: "tabby-node".into(),
             ns: "tl-x-n1".into(),
             log: dir.path().join("n1.log"),
+            argv: vec!["/bin/tabby-node".into(), "--node-name".into(), "n1".into()],
+        });
+        s.failures.push(FailureRecord {
+            node: "n1".into(),
+            kind: FailureKind::Node,
+            link_ns: "tl-x-fab".into(),
+            link: "n1".into(),
+            killed_pid: Some(42),
+            at_unix_ms: 1,
         });
         s.save(dir.path()).unwrap();
         let back = LabState::load(dir.path()).unwrap();
@@ -190,6 +264,16 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains("\"phase\": \"building\""), "{text}");
         assert!(text.contains("\"storeUrl\""), "{text}");
+        assert!(text.contains("\"kind\": \"node\""), "{text}");
+        assert_eq!(back.failure("n1").unwrap().killed_pid, Some(42));
+        assert_eq!(back.spec(dir.path()).nodes, 0);
+        // A lab.json from before failures and argv were recorded still loads.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("failures");
+        old["processes"][0].as_object_mut().unwrap().remove("argv");
+        std::fs::write(dir.path().join(STATE_FILE), old.to_string()).unwrap();
+        let back = LabState::load(dir.path()).unwrap();
+        assert!(back.failures.is_empty() && back.processes[0].argv.is_empty());
         std::fs::write(dir.path().join(STATE_FILE), "{").unwrap();
         let e = LabState::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("lab.json"), "{e}");

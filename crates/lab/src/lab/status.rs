@@ -7,7 +7,6 @@ use super::LabError;
 use super::check::{self, DeviceRow};
 use super::host;
 use super::layout::{self, Layout};
-use super::spec::LabSpec;
 use super::state::{LabState, STATE_FILE};
 use super::up::observe;
 
@@ -41,13 +40,7 @@ pub async fn status(name: &str, root: &Path) -> Result<StatusReport, LabError> {
         });
     }
     let state = LabState::load(&dir)?;
-    let mut spec = LabSpec::new(name, root);
-    spec.topology = state.topology;
-    spec.encap = state.encap;
-    spec.store = state.store;
-    spec.nodes = state.nodes.len() as u32;
-    spec.pods_per_node = state.pods_per_node;
-    spec.block_size = state.block_size;
+    let spec = state.spec(root);
     let layout = Layout::new(&spec);
 
     let mut rows = Vec::new();
@@ -84,6 +77,16 @@ pub async fn status(name: &str, root: &Path) -> Result<StatusReport, LabError> {
         state.store_url,
         dir.display()
     );
+    for f in &state.failures {
+        out.push_str(&format!(
+            "failed by `lab fail`: {} ({}); undo with `tabbyctl lab heal --name {name}`\n",
+            f.node,
+            super::fail::describe(f)
+        ));
+    }
+    if !state.failures.is_empty() {
+        out.push('\n');
+    }
     out.push_str(&check::render_nodes(&rows, &agents));
     out.push('\n');
     if rows.len() == state.nodes.len() {

@@ -153,6 +153,8 @@ impl Builder<'_> {
     ) -> Result<(), LabError> {
         let log = self.layout.log(&what.replace(' ', "-"));
         let child = host::spawn(ns, &program, args, &log)?;
+        let mut argv = vec![program.display().to_string()];
+        argv.extend(args.iter().cloned());
         self.state.processes.push(ProcessRecord {
             what: what.to_string(),
             pid: child.id(),
@@ -162,6 +164,7 @@ impl Builder<'_> {
                 .unwrap_or_default(),
             ns: ns.to_string(),
             log: log.clone(),
+            argv,
         });
         self.children.push((what.to_string(), child, log));
         self.save()
@@ -269,7 +272,7 @@ impl Builder<'_> {
         progress(&format!(
             "[9/{STEPS}] testing reachability: {pairs} pod pairs"
         ));
-        let matrix = reachability(&self.state.pods);
+        let matrix = reachability(&self.state.pods, &[]);
 
         for r in &rows {
             self.problems.extend(r.differences());
@@ -503,7 +506,9 @@ pub(crate) async fn observe(ns: &str, socket: &std::path::Path) -> Observed {
 /// Every pod pings every other pod: one ping per pair, retried twice so that a lost
 /// first packet (neighbour resolution) is not a failure. Each source pod runs its
 /// pings on a thread of its own, so a broken lab fails in seconds, not minutes.
-pub(crate) fn reachability(pods: &[PodRecord]) -> Matrix {
+/// Pairs with a pod marked in `down` (on a failed node) get a single try.
+pub(crate) fn reachability(pods: &[PodRecord], down: &[bool]) -> Matrix {
+    let is_down = |i: usize| down.get(i).copied().unwrap_or(false);
     let ok = std::thread::scope(|scope| {
         let rows: Vec<_> = pods
             .iter()
@@ -512,7 +517,10 @@ pub(crate) fn reachability(pods: &[PodRecord]) -> Matrix {
                 scope.spawn(move || {
                     pods.iter()
                         .enumerate()
-                        .map(|(j, to)| i != j && (0..3).any(|_| host::ping(&from.ns, &to.ip)))
+                        .map(|(j, to)| {
+                            let tries = if is_down(i) || is_down(j) { 1 } else { 3 };
+                            i != j && (0..tries).any(|_| host::ping(&from.ns, &to.ip))
+                        })
                         .collect::<Vec<bool>>()
                 })
             })
@@ -524,5 +532,6 @@ pub(crate) fn reachability(pods: &[PodRecord]) -> Matrix {
     Matrix {
         pods: pods.iter().map(|p| p.name.clone()).collect(),
         ok,
+        down: down.to_vec(),
     }
 }
