@@ -64,6 +64,15 @@ pub struct Client {
     store: Arc<dyn Datastore>,
 }
 
+/// A short random pause before retry `attempt` of a lost compare-and-swap, growing
+/// with the attempt, so writers hammering one key take turns instead of one of them
+/// losing every race (up to 1 ms times the attempt, at most 20 ms).
+async fn conflict_backoff(attempt: usize) {
+    let cap_us = (attempt.min(20) as u64) * 1000;
+    let us = rand::random_range(0..=cap_us);
+    tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+}
+
 /// The store key of a resource.
 pub fn key_of(kind: Kind, namespace: Option<&str>, name: &str) -> String {
     let ns = if kind.namespaced() {
@@ -310,7 +319,10 @@ impl Client {
         F: FnMut(&mut Resource) -> Result<()>,
     {
         let key = key_of(kind, namespace, name);
-        for _ in 0..MAX_CAS_RETRIES {
+        for attempt in 0..MAX_CAS_RETRIES {
+            if attempt > 0 {
+                conflict_backoff(attempt).await;
+            }
             let Some(kv) = self.store.get(&key).await? else {
                 return Err(ClientError::NotFound {
                     kind,
