@@ -41,10 +41,11 @@ enum Action {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Fail a node (a dead host: its fabric link down, its agent killed) or only its
-    /// link (`link:n2`), then show the rest converge: sessions, reachability, times.
+    /// Fail a node (a dead host: its fabric link down, its agent killed), only its
+    /// link (`link:n2`) or an L2 plane (`plane:1`: every port of its bridge), then show
+    /// the rest converge: sessions, reachability, times.
     Fail {
-        /// A node (`n2`, `rr1`) or a node's fabric link (`link:n2`).
+        /// A node (`n2`, `rr1`), a node's fabric link (`link:n2`) or a plane (`plane:1`).
         target: String,
         /// Seconds to wait for the rest of the lab to converge.
         #[arg(long, default_value_t = 60)]
@@ -68,13 +69,18 @@ enum Action {
 
 #[derive(clap::Args, Debug)]
 struct UpArgs {
-    /// BGP topology, a planner model: mesh or route-reflector (2 of the nodes become
-    /// dedicated reflectors).
+    /// BGP topology, a planner model: mesh, route-reflector (2 of the nodes become
+    /// dedicated reflectors) or l2-planes (a bridge per plane, every node on each, a
+    /// dedicated reflector per plane).
     #[arg(long, default_value = "mesh", value_name = "MODEL")]
     topology: Model,
-    /// Nodes, route reflectors included.
+    /// Nodes, route reflectors included (l2-planes: the hosts; the planes' reflectors
+    /// come on top).
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// L2 planes of the l2-planes topology, 2..=4 (default 4).
+    #[arg(long)]
+    planes: Option<u32>,
     /// Pods on each workload node.
     #[arg(long, default_value_t = 2)]
     pods_per_node: u32,
@@ -202,6 +208,15 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
     let mut spec = LabSpec::new(&args.name, &args.state_dir);
     spec.topology = Topology::try_from(a.topology)?;
     spec.nodes = a.nodes;
+    if let Some(p) = a.planes {
+        if spec.topology != Topology::L2Planes {
+            bail!(
+                "lab up --planes {p}: planes are of --topology l2-planes (not {})",
+                spec.topology
+            );
+        }
+        spec.planes = p;
+    }
     spec.pods_per_node = a.pods_per_node;
     spec.store = store_kind(a.store.as_deref())?;
     spec.encap = match a.encap {

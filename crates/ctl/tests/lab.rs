@@ -382,8 +382,12 @@ fn bad_requests_fail_before_building() {
     let lab = Lab::new("b");
     for (args, says) in [
         (
-            vec!["up", "--topology", "l2-planes"],
+            vec!["up", "--topology", "as-per-server"],
             "does not build it yet",
+        ),
+        (
+            vec!["up", "--topology", "l2-planes", "--planes", "5"],
+            "--planes",
         ),
         (vec!["up", "--nodes", "0"], "--nodes"),
         (
@@ -621,6 +625,74 @@ fn mesh_link_failure() {
         svg.starts_with("<svg") && svg.contains("3/3 sessions Established"),
         "{svg}"
     );
+
+    let pids = lab.pids();
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
+fn l2_planes_cut_a_plane() {
+    let lab = Lab::new("p");
+    let out = lab.up(&[
+        "--topology",
+        "l2-planes",
+        "--planes",
+        "2",
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+    ]);
+    assert!(out.contains("6 pairs: 6 ✓"), "{out}");
+    assert!(out.contains("--planes 2`"), "{out}");
+    // A reflector per plane with the plane's 3 hosts; each host one session per plane.
+    assert!(out.contains("rr2    RR     3/3        3/3"), "{out}");
+    assert!(out.contains("n3     node   2/2        3/3"), "{out}");
+    lab.refused(&["fail", "plane:3"], "has planes 1..=2");
+    // Every block is learned once per plane: one ECMP route, a next hop per plane.
+    let routes = lab.run(&["exec", "n1", "--", "ip", "route", "show", "proto", "80"]);
+    let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+    assert!(
+        routes.contains("nexthop via 198.18.1.2 dev p1")
+            && routes.contains("nexthop via 198.18.2.2 dev p2"),
+        "{routes}"
+    );
+
+    let (ping, log) = lab.start_ping("n1-1", "n3-1");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = lab.ok(&["fail", "plane:1"]);
+    assert!(
+        out.contains("failed plane:1 (plane: the 4 ports of bridge br1 down"),
+        "{out}"
+    );
+    assert!(out.contains("BGP converged"), "{out}");
+    assert!(
+        out.contains("every remaining pod pair reachable: 6 of 6"),
+        "{out}"
+    );
+    for n in ["n1", "n2", "n3"] {
+        let row = format!("{n}     node   live             1/2           rr1 ");
+        assert!(out.contains(&row), "{row:?} missing:\n{out}");
+    }
+    assert!(out.contains("rr2    RR     live             3/3"), "{out}");
+    let (sent, received) = stop_ping(ping, &log);
+    assert!(sent > 20, "the ping ran only {sent} times");
+    assert!(
+        sent - received <= 5,
+        "{} of {sent} pings lost while plane 1 was cut",
+        sent - received
+    );
+    assert_eq!(lab.state()["failures"][0]["node"], "plane:1");
+    lab.refused(&["fail", "plane:1"], "failed already");
+
+    let out = lab.ok(&["heal"]);
+    assert!(
+        out.contains("plane:1: the 4 ports of bridge br1 up"),
+        "{out}"
+    );
+    assert!(out.contains("every pod pair reachable: 6 of 6"), "{out}");
+    assert!(out.contains("planner check: ok"), "{out}");
+    assert!(lab.state()["failures"].as_array().unwrap().is_empty());
 
     let pids = lab.pids();
     lab.down_and_check_gone(&pids);

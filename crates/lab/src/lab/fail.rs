@@ -1,5 +1,6 @@
 //! `lab fail` and `lab heal`: cut a node (a dead host: its fabric link down, then its
-//! agent killed) or only its link, record that in `lab.json`, and watch the rest of
+//! agent killed), only its link, or a whole L2 plane (every port of its bridge down),
+//! record that in `lab.json`, and watch the rest of
 //! the lab converge around it; `heal` undoes every recorded failure and waits for the
 //! lab to be as planned again. What converged means, and the reports, are pure
 //! functions; the edges set links, send signals, start agents and ping.
@@ -14,7 +15,7 @@ use nix::sys::signal::Signal;
 use super::LabError;
 use super::check::{self, DeviceRow, Matrix, RouteCounts};
 use super::host;
-use super::layout::{self, Expected, Layout};
+use super::layout::{self, Expected, Layout, plane_bridge, plane_subnet};
 use super::state::{FailureKind, FailureRecord, LabState, Phase, STATE_FILE};
 use super::up::{WORKLOAD_PREFIX, observe, reachability};
 
@@ -31,28 +32,38 @@ pub enum Target {
     Node(String),
     /// A node's fabric link (`link:n2`); its agent runs on.
     Link(String),
+    /// An L2 plane (`plane:1`): every port of its bridge.
+    Plane(u32),
 }
 
 impl Target {
-    /// `NODE` or `link:NODE`; `plane:...` names what the lab does not build.
+    /// `NODE`, `link:NODE` or `plane:K`.
     pub fn parse(s: &str) -> Result<Target, LabError> {
         let what = "lab fail";
         match s.split_once(':') {
-            None if s == "plane" => Err(plane_error()),
             None if !s.is_empty() => Ok(Target::Node(s.to_string())),
             Some(("link", node)) if !node.is_empty() => Ok(Target::Link(node.to_string())),
-            Some(("plane", _)) => Err(plane_error()),
+            Some(("plane", k)) => match k.parse::<u32>() {
+                Ok(k) if k > 0 => Ok(Target::Plane(k)),
+                _ => Err(LabError::invalid(
+                    what,
+                    format!("{s:?}: give a plane by its number, from 1 (`plane:1`)"),
+                )),
+            },
             _ => Err(LabError::invalid(
                 what,
-                format!("{s:?}: give a node (`n2`, `rr1`) or a node's link (`link:n2`)"),
+                format!(
+                    "{s:?}: give a node (`n2`, `rr1`), a node's link (`link:n2`) or an L2 plane (`plane:1`)"
+                ),
             )),
         }
     }
 
-    /// The node it is about.
-    pub fn node(&self) -> &str {
+    /// The name its failure is recorded under: the node, or `plane:K`.
+    pub fn node(&self) -> String {
         match self {
-            Target::Node(n) | Target::Link(n) => n,
+            Target::Node(n) | Target::Link(n) => n.clone(),
+            Target::Plane(k) => format!("plane:{k}"),
         }
     }
 
@@ -61,15 +72,17 @@ impl Target {
         match self {
             Target::Node(_) => FailureKind::Node,
             Target::Link(_) => FailureKind::Link,
+            Target::Plane(_) => FailureKind::Plane,
         }
     }
 }
 
-fn plane_error() -> LabError {
-    LabError::invalid(
-        "lab fail",
-        "the lab builds no L2 planes yet (mesh and route-reflector have one fabric); fail a node (`n2`, `rr1`) or a link (`link:n2`)",
-    )
+/// The plane a `plane:K` failure record names.
+fn failed_plane(f: &FailureRecord) -> Option<u32> {
+    if f.kind != FailureKind::Plane {
+        return None;
+    }
+    f.node.strip_prefix("plane:")?.parse().ok()
 }
 
 /// A failure in words: `node: fabric link rr1 down, agent pid 42 killed`.
@@ -80,7 +93,29 @@ pub fn describe(f: &FailureRecord) -> String {
         }
         (FailureKind::Node, None) => format!("node: fabric link {} down, no agent ran", f.link),
         (FailureKind::Link, _) => format!("link: fabric link {} down, agent running", f.link),
+        (FailureKind::Plane, _) => format!(
+            "plane: the {} ports of bridge {} down ({})",
+            f.ports.len(),
+            f.link,
+            f.ports.join(", ")
+        ),
     }
+}
+
+/// Sets the links of failure `f` down (`up` false) or up again.
+fn set_failed_links(f: &FailureRecord, up: bool) -> Result<(), LabError> {
+    if f.ports.is_empty() {
+        return host::set_link(&f.link_ns, &f.link, up);
+    }
+    // Every port, even past an error, so that a heal is as complete as it can be.
+    let mut first = Ok(());
+    for p in &f.ports {
+        let r = host::set_link(&f.link_ns, p, up);
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
 }
 
 /// One BGP session as a node reports it, the peer named as the lab's node when it is
@@ -91,6 +126,8 @@ pub struct PeerView {
     pub peer: String,
     /// The FSM state (`Established`, `Active`, ...).
     pub state: String,
+    /// Whether the session runs over a failed L2 plane (and so must be down).
+    pub on_failed_plane: bool,
 }
 
 /// One node as the lab sees it now.
@@ -112,12 +149,34 @@ pub struct NodeView {
 
 /// Asks every node of `state` for its sessions and reads its routes.
 pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
+    // Every address of every node (L2-plane hosts have one per plane); only names
+    // and addresses of the layout are used, which do not depend on the root.
+    let layout = Layout::new(&state.spec(Path::new("/")));
     let name_of = |addr: &str| {
         state
             .nodes
             .iter()
             .find(|n| strip_len(&n.ip) == addr)
-            .map_or_else(|| addr.to_string(), |n| n.name.clone())
+            .map(|n| n.name.clone())
+            .or_else(|| {
+                layout
+                    .nodes
+                    .iter()
+                    .find(|n| n.legs().any(|l| l.address.addr().to_string() == addr))
+                    .map(|n| n.name.clone())
+            })
+            .unwrap_or_else(|| addr.to_string())
+    };
+    let cut: Vec<ipnet::Ipv4Net> = state
+        .failures
+        .iter()
+        .filter_map(failed_plane)
+        .map(plane_subnet)
+        .collect();
+    let on_cut = |addr: &str| {
+        strip_len(addr)
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| cut.iter().any(|c| c.contains(&a)))
     };
     let mut v = Vec::new();
     for n in &state.nodes {
@@ -129,13 +188,18 @@ pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
             name: n.name.clone(),
             address: strip_len(&n.ip).to_string(),
             route_reflector: n.route_reflector,
-            failed: state.failure(&n.name).map(|f| f.kind),
+            // A cut plane's reflector is cut off with it.
+            failed: state
+                .failure(&n.name)
+                .map(|f| f.kind)
+                .or_else(|| (n.route_reflector && on_cut(&n.ip)).then_some(FailureKind::Plane)),
             peers: report.map(|r| {
                 r.peers
                     .iter()
                     .map(|p| PeerView {
                         peer: name_of(&p.address.to_string()),
                         state: p.state.clone(),
+                        on_failed_plane: on_cut(&p.address.to_string()),
                     })
                     .collect()
             }),
@@ -151,7 +215,8 @@ fn strip_len(ip: &str) -> &str {
 
 /// What keeps the live nodes from having converged around the failed ones: each
 /// live node's agent answers, has the planner's number of sessions configured, and
-/// has every session Established except those with failed nodes, which must be down.
+/// has every session Established except those with failed nodes or over a failed
+/// plane, which must be down.
 /// Empty when converged. `expected` is in the order of `views`.
 pub fn unsettled(views: &[NodeView], expected: &[Expected]) -> Vec<String> {
     let failed: BTreeSet<&str> = views
@@ -178,12 +243,13 @@ pub fn unsettled(views: &[NodeView], expected: &[Expected]) -> Vec<String> {
         }
         for p in peers {
             let up = p.state == "Established";
-            if failed.contains(p.peer.as_str()) && up {
+            let cut = failed.contains(p.peer.as_str()) || p.on_failed_plane;
+            if cut && up {
                 out.push(format!(
                     "{}: the session with failed {} is still Established",
                     v.name, p.peer
                 ));
-            } else if !failed.contains(p.peer.as_str()) && !up {
+            } else if !cut && !up {
                 out.push(format!(
                     "{}: the session with {} is {}",
                     v.name, p.peer, p.state
@@ -466,19 +532,8 @@ pub async fn fail(
             format!("lab {name:?} is still being built (or its `up` crashed)"),
         ));
     }
-    let node = target.node();
-    let Some(lnode) = layout.node(node) else {
-        return Err(LabError::NoTarget {
-            lab: name.to_string(),
-            target: node.to_string(),
-            known: state
-                .nodes
-                .iter()
-                .map(|n| n.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
+    let key = target.node();
+    let node = key.as_str();
     if let Some(f) = state.failure(node) {
         return Err(LabError::invalid(
             "lab fail",
@@ -488,20 +543,9 @@ pub async fn fail(
             ),
         ));
     }
-    let agent = state.agent(node).cloned();
-    let record = FailureRecord {
-        node: node.to_string(),
-        kind: target.kind(),
-        link_ns: layout.fabric_ns.clone(),
-        link: lnode.leg.port.clone(),
-        killed_pid: match target.kind() {
-            FailureKind::Node => agent
-                .as_ref()
-                .filter(|a| host::alive(a.pid, &a.program))
-                .map(|a| a.pid),
-            FailureKind::Link => None,
-        },
-        at_unix_ms: now_ms(),
+    let (record, agent) = match &target {
+        Target::Plane(k) => (plane_record(name, &state, &layout, *k)?, None),
+        _ => node_record(name, &state, &layout, &target)?,
     };
     // Recorded first: `heal` undoes a `fail` that stops half-way.
     state.failures.push(record.clone());
@@ -516,7 +560,7 @@ pub async fn fail(
     let deadline = t0 + timeout;
     // A dead host says nothing: the link goes first, so the agent's death sends no
     // FIN and the peers notice by their hold timer.
-    let cut = host::set_link(&record.link_ns, &record.link, false);
+    let cut = set_failed_links(&record, false);
     if let (Ok(()), Some(pid), Some(a)) = (&cut, record.killed_pid, &agent) {
         host::signal(pid, Signal::SIGKILL);
         let gone = Instant::now() + Duration::from_secs(5);
@@ -559,9 +603,12 @@ pub async fn fail(
 
     let mut out = format!("lab {name:?}: failed {node} ({})\n", describe(&record));
     if problems.iter().all(|p| !p.starts_with("BGP")) {
-        let down = match target.kind() {
-            FailureKind::Node => format!("sessions with {node} down"),
-            FailureKind::Link => format!("sessions with {node} down (it is cut off)"),
+        let down = match &target {
+            Target::Node(_) => format!("sessions with {node} down"),
+            Target::Link(_) => format!("sessions with {node} down (it is cut off)"),
+            Target::Plane(k) => {
+                format!("sessions over plane {k} down (its reflector rr{k} is cut off)")
+            }
         };
         out.push_str(&format!(
             "BGP converged {} after the failure: {down}, every other session Established\n",
@@ -582,6 +629,85 @@ pub async fn fail(
     Ok(ConvergeReport {
         text: out,
         problems,
+    })
+}
+
+/// The record of cutting node `target` (a node or its link), and its agent.
+fn node_record(
+    name: &str,
+    state: &LabState,
+    layout: &Layout,
+    target: &Target,
+) -> Result<(FailureRecord, Option<super::state::ProcessRecord>), LabError> {
+    let node = target.node();
+    let Some(lnode) = layout.node(&node) else {
+        return Err(LabError::NoTarget {
+            lab: name.to_string(),
+            target: node.to_string(),
+            known: state
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let agent = state.agent(&node).cloned();
+    let record = FailureRecord {
+        node: node.to_string(),
+        kind: target.kind(),
+        link_ns: layout.fabric_ns.clone(),
+        link: lnode.leg.port.clone(),
+        ports: Vec::new(),
+        killed_pid: match target.kind() {
+            FailureKind::Node => agent
+                .as_ref()
+                .filter(|a| host::alive(a.pid, &a.program))
+                .map(|a| a.pid),
+            FailureKind::Link | FailureKind::Plane => None,
+        },
+        at_unix_ms: now_ms(),
+    };
+    Ok((record, agent))
+}
+
+/// The record of cutting plane `k`: every port of its bridge.
+fn plane_record(
+    name: &str,
+    state: &LabState,
+    layout: &Layout,
+    k: u32,
+) -> Result<FailureRecord, LabError> {
+    if layout.planes == 0 {
+        return Err(LabError::invalid(
+            "lab fail",
+            format!(
+                "plane:{k}: lab {name:?} has no L2 planes (its topology is {}, one fabric); fail a node (`n2`, `rr1`) or a link (`link:n2`), or build `--topology l2-planes`",
+                state.topology
+            ),
+        ));
+    }
+    if k > layout.planes {
+        return Err(LabError::invalid(
+            "lab fail",
+            format!("plane:{k}: lab {name:?} has planes 1..={}", layout.planes),
+        ));
+    }
+    let bridge = plane_bridge(k);
+    Ok(FailureRecord {
+        node: format!("plane:{k}"),
+        kind: FailureKind::Plane,
+        link_ns: layout.fabric_ns.clone(),
+        ports: layout
+            .nodes
+            .iter()
+            .flat_map(|n| n.legs())
+            .filter(|l| l.bridge == bridge)
+            .map(|l| l.port.clone())
+            .collect(),
+        link: bridge,
+        killed_pid: None,
+        at_unix_ms: now_ms(),
     })
 }
 
@@ -608,8 +734,17 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
     let mut done = Vec::new();
     let mut children: Vec<(String, Child, PathBuf)> = Vec::new();
     while let Some(f) = state.failures.last().cloned() {
-        host::set_link(&f.link_ns, &f.link, true)?;
-        let mut what = format!("{}: fabric link {} up", f.node, f.link);
+        set_failed_links(&f, true)?;
+        let mut what = if f.ports.is_empty() {
+            format!("{}: fabric link {} up", f.node, f.link)
+        } else {
+            format!(
+                "{}: the {} ports of bridge {} up",
+                f.node,
+                f.ports.len(),
+                f.link
+            )
+        };
         if f.kind == FailureKind::Node
             && let Some(i) = state
                 .processes
@@ -743,8 +878,12 @@ mod tests {
             let e = Target::parse(bad).unwrap_err().to_string();
             assert!(e.contains("link:n2"), "{bad:?}: {e}");
         }
-        let e = Target::parse("plane:1").unwrap_err().to_string();
-        assert!(e.contains("no L2 planes"), "{e}");
+        assert_eq!(Target::parse("plane:2").unwrap(), Target::Plane(2));
+        assert_eq!(Target::parse("plane:2").unwrap().node(), "plane:2");
+        for bad in ["plane:", "plane:0", "plane:x"] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("plane:1"), "{bad:?}: {e}");
+        }
     }
 
     fn view(name: &str, failed: Option<FailureKind>, peers: &[(&str, &str)]) -> NodeView {
@@ -759,6 +898,7 @@ mod tests {
                     .map(|(p, s)| PeerView {
                         peer: p.to_string(),
                         state: s.to_string(),
+                        on_failed_plane: false,
                     })
                     .collect(),
             ),
@@ -864,6 +1004,7 @@ From 100.64.0.1 icmp_seq=3 Destination Host Unreachable
             kind: FailureKind::Node,
             link_ns: "tl-x-fab".into(),
             link: "rr1".into(),
+            ports: Vec::new(),
             killed_pid: Some(42),
             at_unix_ms: 0,
         };

@@ -368,6 +368,7 @@ mod tests {
                     .map(|(p, s)| PeerView {
                         peer: p.to_string(),
                         state: s.to_string(),
+                        on_failed_plane: false,
                     })
                     .collect()
             }),

@@ -8,7 +8,11 @@
 //! (`vxlan-crosssubnet`): nodes alternate between 198.18.1.0/24 (`br1`) and
 //! 198.18.2.0/24 (`br2`), `198.18.<s>.<10+i>`, behind router namespace `rtr` at
 //! `198.18.<s>.1`. etcd, when asked for, runs in its own namespace at .250 of the first
-//! subnet. Bridges live in namespace `fab`; nothing is made in the host's namespace.
+//! subnet. L2 planes (`--topology l2-planes`): plane k is bridge `br<k>` with
+//! 198.18.k.0/24; node i is 198.18.k.i on its interface `p<k>` of every plane (its
+//! Node address the plane-1 one), the plane's reflector `rr<k>` is 198.18.k.250 and
+//! the bridge 198.18.k.254, the nodes' default gateways (one ECMP default route).
+//! Bridges live in namespace `fab`; nothing is made in the host's namespace.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use super::spec::{
     ASN, Encap, LabSpec, POOL_CIDR, ROUTE_REFLECTORS, RR_CLUSTER_ID, StoreKind, Topology,
 };
 use super::{LabError, netns_prefix};
-use crate::plan::{IpNet, Plan, PlanInput, Role, plan};
+use crate::plan::{IpNet, Model, Plan, PlanInput, Role, plan};
 
 /// The etcd client port.
 pub const ETCD_PORT: u16 = 2379;
@@ -61,12 +65,24 @@ pub struct Node {
     pub name: String,
     /// Its namespace.
     pub ns: String,
-    /// Its fabric link (`eth0`).
+    /// Its fabric link (`eth0`; with L2 planes its link to the first plane it is
+    /// in, whose address is its Node address).
     pub leg: Leg,
-    /// Its default gateway.
-    pub gateway: Ipv4Addr,
+    /// Its links to further planes (L2 planes only).
+    pub more_legs: Vec<Leg>,
+    /// Its default gateways (several make one ECMP default route).
+    pub gateways: Vec<Ipv4Addr>,
     /// Whether it is a dedicated route reflector (no pods).
     pub route_reflector: bool,
+    /// A reflector's cluster ID.
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+impl Node {
+    /// Every fabric link: `leg` first.
+    pub fn legs(&self) -> impl Iterator<Item = &Leg> {
+        std::iter::once(&self.leg).chain(&self.more_legs)
+    }
 }
 
 /// One pod.
@@ -117,6 +133,8 @@ pub struct Layout {
     pub router: Option<Router>,
     /// The etcd namespace, with `--store etcd`.
     pub etcd: Option<Etcd>,
+    /// L2 planes (0 unless the topology is `l2-planes`).
+    pub planes: u32,
     /// The nodes, reflectors first.
     pub nodes: Vec<Node>,
     /// The pods, by node.
@@ -129,11 +147,100 @@ fn net(addr: Ipv4Addr, len: u8) -> Ipv4Net {
     Ipv4Net::new(addr, len).expect("prefix lengths here are <= 32")
 }
 
+/// Host `.250` of a plane: its route reflector.
+pub const PLANE_RR_HOST: u8 = 250;
+/// Host `.254` of a plane: its bridge, the nodes' gateway.
+pub const PLANE_GATEWAY_HOST: u8 = 254;
+
+/// Plane `k`'s subnet, 198.18.k.0/24.
+pub fn plane_subnet(k: u32) -> Ipv4Net {
+    net(Ipv4Addr::new(198, 18, k as u8, 0), 24)
+}
+
+/// Host `host` of plane `k`.
+pub fn plane_addr(k: u32, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, k as u8, host)
+}
+
+/// Plane `k`'s bridge.
+pub fn plane_bridge(k: u32) -> String {
+    format!("br{k}")
+}
+
+/// The cluster ID of plane `k`'s reflector: one cluster per plane.
+pub fn plane_cluster_id(k: u32) -> Ipv4Addr {
+    Ipv4Addr::new(244, 0, 0, k as u8)
+}
+
+/// The L2-planes layout: a bridge per plane, the reflectors (one leg on their plane)
+/// then the hosts (one leg on every plane).
+fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, Vec<Node>) {
+    let planes = 1..=spec.planes;
+    let bridges = planes
+        .clone()
+        .map(|k| Bridge {
+            name: plane_bridge(k),
+            subnet: plane_subnet(k),
+            address: Some(net(plane_addr(k, PLANE_GATEWAY_HOST), 24)),
+        })
+        .collect();
+    let mut nodes: Vec<Node> = planes
+        .clone()
+        .map(|k| {
+            let name = format!("rr{k}");
+            Node {
+                ns: ns(&name),
+                leg: Leg {
+                    ifname: format!("p{k}"),
+                    address: net(plane_addr(k, PLANE_RR_HOST), 24),
+                    bridge: plane_bridge(k),
+                    port: name.clone(),
+                },
+                more_legs: Vec::new(),
+                gateways: vec![plane_addr(k, PLANE_GATEWAY_HOST)],
+                route_reflector: true,
+                cluster_id: Some(plane_cluster_id(k)),
+                name,
+            }
+        })
+        .collect();
+    for i in 1..=spec.nodes {
+        let name = format!("n{i}");
+        let mut legs: Vec<Leg> = planes
+            .clone()
+            .map(|k| Leg {
+                ifname: format!("p{k}"),
+                address: net(plane_addr(k, i as u8), 24),
+                bridge: plane_bridge(k),
+                port: format!("{name}p{k}"),
+            })
+            .collect();
+        let leg = legs.remove(0);
+        nodes.push(Node {
+            ns: ns(&name),
+            leg,
+            more_legs: legs,
+            gateways: planes
+                .clone()
+                .map(|k| plane_addr(k, PLANE_GATEWAY_HOST))
+                .collect(),
+            route_reflector: false,
+            cluster_id: None,
+            name,
+        });
+    }
+    (bridges, nodes)
+}
+
 impl Layout {
     /// Lays out `spec` (which must be valid).
     pub fn new(spec: &LabSpec) -> Layout {
         let prefix = netns_prefix(&spec.name);
         let ns = |suffix: &str| format!("{prefix}{suffix}");
+        if spec.topology == Topology::L2Planes {
+            let (bridges, nodes) = planes_layout(spec, &ns);
+            return Layout::finish(spec, ns("fab"), bridges, None, None, nodes, spec.planes);
+        }
         let two = spec.encap.two_subnets();
         let subnets: Vec<u8> = if two { vec![1, 2] } else { vec![0] };
         let subnet = |s: u8| net(Ipv4Addr::new(198, 18, s, 0), 24);
@@ -167,6 +274,7 @@ impl Layout {
         let rrs = match spec.topology {
             Topology::Mesh => 0,
             Topology::RouteReflector => ROUTE_REFLECTORS as usize,
+            Topology::L2Planes => unreachable!("laid out by planes_layout"),
         };
         let mut nodes = Vec::new();
         for i in 0..spec.nodes as usize {
@@ -187,21 +295,12 @@ impl Layout {
                     bridge: format!("br{s}"),
                     port: name.clone(),
                 },
-                gateway: gateway(s),
+                more_legs: Vec::new(),
+                gateways: vec![gateway(s)],
                 route_reflector: rr,
+                cluster_id: rr.then(|| RR_CLUSTER_ID.parse().expect("a dotted quad")),
                 name,
             });
-        }
-        let mut pods = Vec::new();
-        for n in nodes.iter().filter(|n| !n.route_reflector) {
-            for i in 1..=spec.pods_per_node {
-                pods.push(Pod {
-                    name: format!("{}-{i}", n.name),
-                    node: n.name.clone(),
-                    ns: ns(&format!("p{}-{i}", n.name)),
-                    container_id: format!("tabby-lab-{}-{}-{i}", spec.name, n.name),
-                });
-            }
         }
         let first = subnets[0];
         let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
@@ -214,6 +313,32 @@ impl Layout {
             },
             gateway: gateway(first),
         });
+        Layout::finish(spec, ns("fab"), bridges, router, etcd, nodes, 0)
+    }
+
+    /// The pods of the workload nodes and the store, around the fabric.
+    fn finish(
+        spec: &LabSpec,
+        fabric_ns: String,
+        bridges: Vec<Bridge>,
+        router: Option<Router>,
+        etcd: Option<Etcd>,
+        nodes: Vec<Node>,
+        planes: u32,
+    ) -> Layout {
+        let prefix = netns_prefix(&spec.name);
+        let ns = |suffix: &str| format!("{prefix}{suffix}");
+        let mut pods = Vec::new();
+        for n in nodes.iter().filter(|n| !n.route_reflector) {
+            for i in 1..=spec.pods_per_node {
+                pods.push(Pod {
+                    name: format!("{}-{i}", n.name),
+                    node: n.name.clone(),
+                    ns: ns(&format!("p{}-{i}", n.name)),
+                    container_id: format!("tabby-lab-{}-{}-{i}", spec.name, n.name),
+                });
+            }
+        }
         let dir = spec.dir();
         let store_url = match &etcd {
             Some(e) => format!("etcd://{}:{ETCD_PORT}", e.leg.address.addr()),
@@ -222,10 +347,11 @@ impl Layout {
         Layout {
             name: spec.name.clone(),
             dir,
-            fabric_ns: ns("fab"),
+            fabric_ns,
             bridges,
             router,
             etcd,
+            planes,
             nodes,
             pods,
             store_url,
@@ -244,7 +370,7 @@ impl Layout {
 
     /// Checks every address is in the lab's ranges and every interface name fits.
     pub fn check(&self) -> Result<(), LabError> {
-        let mut legs: Vec<&Leg> = self.nodes.iter().map(|n| &n.leg).collect();
+        let mut legs: Vec<&Leg> = self.nodes.iter().flat_map(Node::legs).collect();
         legs.extend(self.router.iter().flat_map(|r| &r.legs));
         legs.extend(self.etcd.iter().map(|e| &e.leg));
         for leg in legs {
@@ -303,13 +429,13 @@ impl Layout {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if node.route_reflector {
+        if let Some(id) = node.cluster_id {
             v.extend(
                 [
                     "--label",
                     RR_LABEL,
                     "--route-reflector-cluster-id",
-                    RR_CLUSTER_ID,
+                    &id.to_string(),
                 ]
                 .map(String::from),
             );
@@ -387,6 +513,14 @@ impl Layout {
 
 /// The resources the lab writes before the agents start: the pool, the cluster's BGP
 /// settings and, for route reflectors, the peering with them.
+///
+/// L2 planes: every host peers with each plane's reflector over that plane, from its
+/// address there (`sourceAddress: None` lets the kernel pick it; the Node address is
+/// on plane 1 only), so that a route reflected on plane k keeps the originator's
+/// plane-k address as its next hop. Peer selectors would peer with Node addresses,
+/// so the sessions are spelled out by address, each side its own BGPPeer
+/// (`reversePeering: Manual`: the automatic reverse side would use Node addresses
+/// too).
 pub fn resources(spec: &LabSpec) -> String {
     let mesh = spec.topology == Topology::Mesh;
     let mut y = format!(
@@ -415,6 +549,30 @@ spec:
 ",
         );
     }
+    if spec.topology == Topology::L2Planes {
+        for k in 1..=spec.planes {
+            let rr = plane_addr(k, PLANE_RR_HOST);
+            y.push_str(&format!(
+                "---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {{name: plane-{k}}}
+spec: {{nodeSelector: \"!has(route-reflector)\", peerIP: \"{rr}\", asNumber: {ASN}, sourceAddress: None, reversePeering: Manual}}
+"
+            ));
+            for i in 1..=spec.nodes {
+                y.push_str(&format!(
+                    "---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {{name: plane-{k}-n{i}}}
+spec: {{node: rr{k}, peerIP: \"{}\", asNumber: {ASN}, reversePeering: Manual}}
+",
+                    plane_addr(k, i as u8)
+                ));
+            }
+        }
+    }
     y
 }
 
@@ -425,6 +583,18 @@ pub fn plan_input(spec: &LabSpec) -> PlanInput {
     let rrs = match spec.topology {
         Topology::Mesh => 0,
         Topology::RouteReflector => ROUTE_REFLECTORS,
+        Topology::L2Planes => {
+            return PlanInput {
+                nodes: spec.nodes,
+                pods_per_node: spec.pods_per_node,
+                block_size: Some(spec.block_size),
+                pools: vec![POOL_CIDR.parse().expect("the lab pool is a CIDR")],
+                planes: spec.planes,
+                planes_per_host: None,
+                models: vec![Model::L2Planes],
+                ..PlanInput::default()
+            };
+        }
     };
     PlanInput {
         nodes: spec.nodes - rrs,
@@ -447,6 +617,9 @@ pub fn plan_command(spec: &LabSpec) -> String {
     );
     if spec.topology == Topology::RouteReflector {
         s.push_str(&format!(" --route-reflectors {}", i.route_reflectors));
+    }
+    if spec.topology == Topology::L2Planes {
+        s.push_str(&format!(" --planes {}", i.planes));
     }
     if i.tunnel_addresses > 0 {
         s.push_str(&format!(" --tunnel-addresses {}", i.tunnel_addresses));
@@ -541,7 +714,7 @@ mod tests {
         assert_eq!(l.bridges[0].address.unwrap().to_string(), "198.18.0.254/24");
         let n3 = l.node("n3").unwrap();
         assert_eq!(n3.leg.address.to_string(), "198.18.0.3/24");
-        assert_eq!(n3.gateway.to_string(), "198.18.0.254");
+        assert_eq!(n3.gateways, [Ipv4Addr::new(198, 18, 0, 254)]);
         assert_eq!(n3.leg.port, "n3");
         assert_eq!(l.store_url, "sqlite:///run/tl/t1/store.db");
         assert_eq!(l.pods[5].name, "n3-2");
@@ -571,7 +744,7 @@ mod tests {
                 "198.18.2.13/24"
             ]
         );
-        assert_eq!(l.nodes[1].gateway.to_string(), "198.18.2.1");
+        assert_eq!(l.nodes[1].gateways, [Ipv4Addr::new(198, 18, 2, 1)]);
         assert!(l.bridges.iter().all(|b| b.address.is_none()));
         let e = l.etcd.as_ref().unwrap();
         assert_eq!(e.leg.address.to_string(), "198.18.1.250/24");
@@ -637,6 +810,56 @@ mod tests {
         ));
         assert!(y.contains("vxlanMode: CrossSubnet"), "{y}");
         assert!(y.contains("nodeToNodeMeshEnabled: true"), "{y}");
+    }
+
+    #[test]
+    fn l2_planes() {
+        let mut s = spec(Topology::L2Planes, Encap::None, StoreKind::Sqlite, 3);
+        s.planes = 2;
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let names: Vec<&str> = l.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["rr1", "rr2", "n1", "n2", "n3"]);
+        assert_eq!(l.bridges.len(), 2);
+        assert_eq!(l.bridges[1].address.unwrap().to_string(), "198.18.2.254/24");
+        let rr2 = l.node("rr2").unwrap();
+        assert_eq!(rr2.leg.address.to_string(), "198.18.2.250/24");
+        assert_eq!(rr2.leg.bridge, "br2");
+        assert!(rr2.more_legs.is_empty());
+        let args = l.agent_args(rr2);
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--route-reflector-cluster-id", "244.0.0.2"])
+        );
+        let n3 = l.node("n3").unwrap();
+        let legs: Vec<String> = n3
+            .legs()
+            .map(|g| format!("{} {} {}", g.ifname, g.address, g.port))
+            .collect();
+        assert_eq!(legs, ["p1 198.18.1.3/24 n3p1", "p2 198.18.2.3/24 n3p2"]);
+        assert_eq!(n3.gateways.len(), 2);
+        assert!(
+            l.agent_args(n3)
+                .windows(2)
+                .any(|w| w == ["--ip", "198.18.1.3/24"])
+        );
+        assert_eq!(l.pods.len(), 6);
+        let y = resources(&s);
+        assert!(y.contains("peerIP: \"198.18.2.250\""), "{y}");
+        assert!(y.contains("metadata: {name: plane-2-n3}"), "{y}");
+        let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+        assert_eq!(docs.len(), 2 + 2 * (1 + 3));
+        let (_, e) = expected(&s, &l).unwrap();
+        // Reflectors: the plane's 3 hosts; hosts: one reflector per plane.
+        assert_eq!(
+            (e[0].role, e[0].sessions, e[0].routes),
+            (Role::RouteReflector, 3, 3)
+        );
+        assert_eq!((e[2].role, e[2].sessions, e[2].routes), (Role::Node, 2, 3));
+        assert_eq!(
+            plan_command(&s),
+            "tabbyctl plan --model l2-planes --nodes 3 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --planes 2"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub const DEFAULT_BLOCK_SIZE: u8 = 26;
 pub const ROUTE_REFLECTORS: u32 = 2;
 /// The cluster ID the reflectors share (Calico's documented example).
 pub const RR_CLUSTER_ID: &str = "244.0.0.1";
+/// Planes of the `l2-planes` topology unless `--planes` says otherwise.
+pub const DEFAULT_PLANES: u32 = 4;
+/// The planes `l2-planes` builds: each is a /24 of 198.18.0.0/16 numbered by plane.
+pub const PLANES: std::ops::RangeInclusive<u32> = 2..=4;
 /// The cluster's AS number.
 pub const ASN: u32 = 64512;
 /// Most nodes a lab builds (the fabric is a /24 per subnet).
@@ -36,6 +40,11 @@ pub enum Topology {
     /// `route-reflector=true`, one cluster ID, no pods); the mesh is off and a global
     /// BGPPeer peers every node with them.
     RouteReflector,
+    /// A layer-2 fabric of several planes (one bridge and subnet each); every node is
+    /// in every plane and peers with each plane's dedicated route reflector (one per
+    /// plane, its own cluster ID, no pods), so it learns each route once per plane
+    /// and installs ECMP over the planes.
+    L2Planes,
 }
 
 impl Topology {
@@ -44,6 +53,7 @@ impl Topology {
         match self {
             Topology::Mesh => Model::Mesh,
             Topology::RouteReflector => Model::RouteReflector,
+            Topology::L2Planes => Model::L2Planes,
         }
     }
 
@@ -60,10 +70,11 @@ impl TryFrom<Model> for Topology {
         match m {
             Model::Mesh => Ok(Topology::Mesh),
             Model::RouteReflector => Ok(Topology::RouteReflector),
+            Model::L2Planes => Ok(Topology::L2Planes),
             other => Err(LabError::invalid(
                 "--topology",
                 format!(
-                    "{other} is planned by `tabbyctl plan` but the lab does not build it yet; it builds mesh and route-reflector"
+                    "{other} is planned by `tabbyctl plan` but the lab does not build it yet; it builds mesh, route-reflector and l2-planes"
                 ),
             )),
         }
@@ -170,8 +181,11 @@ pub struct LabSpec {
     pub encap: Encap,
     /// The datastore.
     pub store: StoreKind,
-    /// Nodes, route reflectors included.
+    /// Nodes, route reflectors included (`l2-planes`: the hosts, its reflectors,
+    /// one per plane, come on top).
     pub nodes: u32,
+    /// Planes of the `l2-planes` topology (ignored by the others).
+    pub planes: u32,
     /// Pods on each node (none on dedicated route reflectors).
     pub pods_per_node: u32,
     /// The pool's block size.
@@ -190,6 +204,7 @@ impl LabSpec {
             encap: Encap::None,
             store: StoreKind::Sqlite,
             nodes: 3,
+            planes: DEFAULT_PLANES,
             pods_per_node: 2,
             block_size: DEFAULT_BLOCK_SIZE,
             timeout_secs: 60,
@@ -242,6 +257,34 @@ impl LabSpec {
                 ));
             }
         }
+        if self.topology == Topology::L2Planes {
+            if !PLANES.contains(&self.planes) {
+                return Err(LabError::invalid(
+                    "--planes",
+                    format!(
+                        "{} is outside {}..={}",
+                        self.planes,
+                        PLANES.start(),
+                        PLANES.end()
+                    ),
+                ));
+            }
+            if self.encap != Encap::None {
+                return Err(LabError::invalid(
+                    "--encap",
+                    format!(
+                        "{} with l2-planes is not built yet: VXLAN tunnels to a node's one address, which is on one plane, so cutting that plane would cut the tunnels; use --encap none",
+                        self.encap
+                    ),
+                ));
+            }
+            if self.store == StoreKind::Etcd {
+                return Err(LabError::invalid(
+                    "--store",
+                    "etcd with l2-planes is not built yet: etcd would sit on one plane and cutting it would cut the agents off their datastore; use --store sqlite",
+                ));
+            }
+        }
         if self.timeout_secs == 0 {
             return Err(LabError::invalid("--timeout", "must be at least 1 s"));
         }
@@ -280,7 +323,8 @@ mod tests {
             "route-reflector".parse::<Topology>().unwrap(),
             Topology::RouteReflector
         );
-        let e = "l2-planes".parse::<Topology>().unwrap_err().to_string();
+        assert_eq!("l2-planes".parse::<Topology>().unwrap(), Topology::L2Planes);
+        let e = "as-per-server".parse::<Topology>().unwrap_err().to_string();
         assert!(e.contains("does not build it yet"), "{e}");
         let e = "ring".parse::<Topology>().unwrap_err().to_string();
         assert!(e.contains("unknown model"), "{e}");
@@ -311,6 +355,14 @@ mod tests {
         s.validate().unwrap();
         s.encap = Encap::Vxlan;
         assert!(s.validate().unwrap_err().to_string().contains("--encap"));
+        let mut s = ok.clone();
+        s.topology = Topology::L2Planes;
+        s.validate().unwrap();
+        s.planes = 5;
+        assert!(s.validate().unwrap_err().to_string().contains("2..=4"));
+        s.planes = 2;
+        s.store = StoreKind::Etcd;
+        assert!(s.validate().unwrap_err().to_string().contains("--store"));
         let mut s = ok;
         s.block_size = 19;
         assert!(s.validate().unwrap_err().to_string().contains("20..=32"));

@@ -35,6 +35,10 @@ impl Phase {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A process the lab started.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
@@ -63,6 +67,8 @@ pub enum FailureKind {
     Node,
     /// Only its fabric link down; the agent runs on, cut off.
     Link,
+    /// An L2 plane cut: every port of its bridge down (`node` is `plane:K`).
+    Plane,
 }
 
 impl FailureKind {
@@ -71,6 +77,7 @@ impl FailureKind {
         match self {
             FailureKind::Node => "node",
             FailureKind::Link => "link",
+            FailureKind::Plane => "plane",
         }
     }
 }
@@ -80,14 +87,17 @@ impl FailureKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRecord {
-    /// The node.
+    /// The node (`plane:K` for a plane).
     pub node: String,
     /// What was done to it.
     pub kind: FailureKind,
     /// The namespace holding the link that was set down (the fabric's).
     pub link_ns: String,
-    /// The link set down: the node's port on its bridge.
+    /// The link set down: the node's port on its bridge (a plane's bridge).
     pub link: String,
+    /// A plane's bridge ports set down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
     /// The agent's pid that was killed, for a node failure.
     pub killed_pid: Option<u32>,
     /// When it was made, Unix milliseconds.
@@ -142,6 +152,9 @@ pub struct LabState {
     pub pods_per_node: u32,
     /// The pool's block size.
     pub block_size: u8,
+    /// L2 planes (`l2-planes` only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planes: u32,
     /// Namespaces made, in order.
     pub namespaces: Vec<String>,
     /// Processes started.
@@ -167,6 +180,11 @@ impl LabState {
             store_url: store_url.to_string(),
             pods_per_node: spec.pods_per_node,
             block_size: spec.block_size,
+            planes: if spec.topology == Topology::L2Planes {
+                spec.planes
+            } else {
+                0
+            },
             namespaces: Vec::new(),
             processes: Vec::new(),
             nodes: Vec::new(),
@@ -183,6 +201,11 @@ impl LabState {
         spec.encap = self.encap;
         spec.store = self.store;
         spec.nodes = self.nodes.len() as u32;
+        if self.topology == Topology::L2Planes {
+            // The planes' reflectors come on top of the hosts.
+            spec.nodes = self.nodes.iter().filter(|n| !n.route_reflector).count() as u32;
+            spec.planes = self.planes;
+        }
         spec.pods_per_node = self.pods_per_node;
         spec.block_size = self.block_size;
         spec
@@ -254,6 +277,7 @@ mod tests {
             kind: FailureKind::Node,
             link_ns: "tl-x-fab".into(),
             link: "n1".into(),
+            ports: Vec::new(),
             killed_pid: Some(42),
             at_unix_ms: 1,
         });

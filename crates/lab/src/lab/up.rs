@@ -193,10 +193,12 @@ impl Builder<'_> {
         let timeout = Duration::from_secs(spec.timeout_secs);
         let n = self.layout.nodes.len();
 
-        let segments = if spec.encap.two_subnets() {
-            "two subnets behind a router"
+        let segments = if self.layout.planes > 0 {
+            format!("{} L2 planes", self.layout.planes)
+        } else if spec.encap.two_subnets() {
+            "two subnets behind a router".to_string()
         } else {
-            "one subnet"
+            "one subnet".to_string()
         };
         progress(&format!(
             "[2/{STEPS}] building the fabric: {n} node namespaces on {segments}"
@@ -308,13 +310,30 @@ impl Builder<'_> {
         }
         for node in &l.nodes {
             self.netns(&node.ns)?;
-            host::add_leg(&node.ns, &node.leg, &l.fabric_ns)?;
+            for leg in node.legs() {
+                host::add_leg(&node.ns, leg, &l.fabric_ns)?;
+            }
+            if l.planes > 0 {
+                // A cut plane's links lose carrier; the kernel then skips their
+                // next hops in ECMP routes at once, before BGP withdraws them.
+                host::sysctl(
+                    &node.ns,
+                    "net.ipv4.conf.all.ignore_routes_with_linkdown",
+                    "1",
+                )?;
+            }
             // Proxy ARP for the pods' 169.254.1.1 answers only for destinations the
-            // node can route: give it a default route.
-            host::ip_in(
-                &node.ns,
-                &["route", "add", "default", "via", &node.gateway.to_string()],
-            )?;
+            // node can route: give it a default route (over every plane).
+            let mut args = vec!["route".to_string(), "add".into(), "default".into()];
+            if let [gw] = node.gateways.as_slice() {
+                args.extend(["via".to_string(), gw.to_string()]);
+            } else {
+                for gw in &node.gateways {
+                    args.extend(["nexthop".to_string(), "via".into(), gw.to_string()]);
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            host::ip_in(&node.ns, &args)?;
             self.state.nodes.push(NodeRecord {
                 name: node.name.clone(),
                 ns: node.ns.clone(),

@@ -1,0 +1,712 @@
+//! The policy inputs as plain data: endpoints, policies, profiles, network sets and
+//! tiers, built from `tabby_api` resources with Calico's defaults applied (tier,
+//! `types`, tier order and defaultAction) and every selector parsed up front.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use tabby_api::Resource;
+use tabby_api::net::{Port, Protocol};
+use tabby_api::policy::{
+    self as api, Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, PolicyType, TierAction, TierSpec,
+};
+use tabby_selector::{Expr, Selector};
+
+/// The label Calico puts on namespaced endpoints and network sets.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+/// Prefix of namespace labels as profiles apply them (`kns.<ns>`).
+pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
+/// Prefix of service-account labels as profiles apply them (`ksa.<ns>.<sa>`).
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+
+/// Why resources could not be turned into a model; names the resource and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A selector that does not parse.
+    #[error("{resource}: {field}: {message}")]
+    Selector {
+        /// `Kind/namespace/name`.
+        resource: String,
+        /// The field path, e.g. `spec.ingress[0].source.selector`.
+        field: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value the model cannot use (unknown protocol, bad ICMP type, ...).
+    #[error("{resource}: {field}: {message}")]
+    Invalid {
+        /// `Kind/namespace/name`.
+        resource: String,
+        /// The field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A workload or host endpoint as policy sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// Resource name.
+    pub name: String,
+    /// Namespace of a workload endpoint; `None` for host endpoints.
+    pub namespace: Option<String>,
+    /// Whether this is a host endpoint.
+    pub host: bool,
+    /// Own labels merged over the profiles' `labelsToApply`, plus the namespace label.
+    pub labels: BTreeMap<String, String>,
+    /// Profiles in order.
+    pub profiles: Vec<String>,
+    /// Addresses.
+    pub ips: Vec<IpNet>,
+    /// Host-side interface name.
+    pub interface: Option<String>,
+    /// Named ports.
+    pub named_ports: Vec<NamedPort>,
+    /// Service account name (workloads).
+    pub service_account: Option<String>,
+}
+
+impl Endpoint {
+    /// `namespace/name`, or `name` for endpoints without a namespace.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// A named port of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    /// The name rules use.
+    pub name: String,
+    /// Protocol number (TCP when unset).
+    pub protocol: u8,
+    /// Port number.
+    pub port: u16,
+}
+
+/// A (Global)NetworkSet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSet {
+    /// Resource name.
+    pub name: String,
+    /// `None` for GlobalNetworkSets.
+    pub namespace: Option<String>,
+    /// Labels, with the namespace label for namespaced sets.
+    pub labels: BTreeMap<String, String>,
+    /// The CIDRs.
+    pub nets: Vec<IpNet>,
+}
+
+/// A tier with defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tier {
+    /// Name.
+    pub name: String,
+    /// Order; `None` sorts last.
+    pub order: Option<f64>,
+    /// What happens when no policy in the tier decides.
+    pub default_action: TierAction,
+}
+
+/// A port match in a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// Inclusive range (a single port is `min == max`).
+    Range(u16, u16),
+    /// A named port, resolved against endpoints by the compiler.
+    Named(String),
+}
+
+/// ICMP type and optional code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    /// ICMP type.
+    pub type_: u8,
+    /// ICMP code.
+    pub code: Option<u8>,
+}
+
+/// Selects a group of endpoints and network sets (one side of a rule).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityMatch {
+    /// Literal CIDRs (any of).
+    pub nets: Vec<IpNet>,
+    /// Literal CIDRs (none of).
+    pub not_nets: Vec<IpNet>,
+    /// Label selector (already scoped to the policy's namespace when it is namespaced).
+    pub selector: Option<Selector>,
+    /// Negated label selector.
+    pub not_selector: Option<Selector>,
+    /// Where selected entities must live: a namespace, or namespaces matching a
+    /// selector (rewritten Calico-style to match `pcns.` labels / `global()`).
+    pub scope: Scope,
+    /// Ports (any of); empty means any.
+    pub ports: Vec<PortSpec>,
+    /// Ports (none of).
+    pub not_ports: Vec<PortSpec>,
+    /// Service account names (any of); empty means no restriction.
+    pub service_account_names: Vec<String>,
+    /// Service account label selector (against `pcsa.` labels).
+    pub service_account_selector: Option<Selector>,
+    /// Whether the rule used a feature the model cannot enforce (`services`): such
+    /// an entity matches nothing.
+    pub unsupported: Option<String>,
+}
+
+impl EntityMatch {
+    /// Whether any label-based part (selectors, namespace, service accounts) is set,
+    /// i.e. whether the IPs must come from selected endpoints and network sets.
+    pub fn selects(&self) -> bool {
+        self.selector.is_some()
+            || self.not_selector.is_some()
+            || !matches!(self.scope, Scope::Any)
+            || !self.service_account_names.is_empty()
+            || self.service_account_selector.is_some()
+    }
+}
+
+/// Namespace restriction of an entity match.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scope {
+    /// Anything (global policy, no namespaceSelector, or no selector at all).
+    Any,
+    /// Only entities in this namespace (namespaced policy without namespaceSelector).
+    Namespace(String),
+    /// Entities whose namespace labels (`pcns.`-prefixed, plus the namespace label)
+    /// match.
+    NamespaceSelector(Selector),
+}
+
+/// A rule with its protocol and ICMP fields resolved to numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Allow, Deny, Log or Pass.
+    pub action: Action,
+    /// 4 or 6.
+    pub ip_version: Option<u8>,
+    /// Protocol number.
+    pub protocol: Option<u8>,
+    /// Excluded protocol number.
+    pub not_protocol: Option<u8>,
+    /// ICMP type/code to match.
+    pub icmp: Option<Icmp>,
+    /// ICMP type/code to exclude.
+    pub not_icmp: Option<Icmp>,
+    /// Source side.
+    pub source: EntityMatch,
+    /// Destination side.
+    pub destination: EntityMatch,
+}
+
+/// A NetworkPolicy or GlobalNetworkPolicy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Name (without namespace).
+    pub name: String,
+    /// `Some` for namespaced NetworkPolicies.
+    pub namespace: Option<String>,
+    /// Tier name.
+    pub tier: String,
+    /// Order in the tier; `None` sorts last.
+    pub order: Option<f64>,
+    /// Which endpoints it applies to (without the namespace condition).
+    pub selector: Selector,
+    /// GlobalNetworkPolicy `namespaceSelector` (rewritten).
+    pub namespace_selector: Option<Selector>,
+    /// `serviceAccountSelector` (against `pcsa.` labels).
+    pub service_account_selector: Option<Selector>,
+    /// Directions it applies to (Calico-defaulted).
+    pub types: Vec<PolicyType>,
+    /// Ingress rules.
+    pub ingress: Vec<Rule>,
+    /// Egress rules.
+    pub egress: Vec<Rule>,
+}
+
+impl Policy {
+    /// `namespace/name` or `name`, the id used in reports and chain names.
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// A profile (rules applied when no tier decides, and labels applied to endpoints).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    /// Name, e.g. `kns.default`.
+    pub name: String,
+    /// Ingress rules.
+    pub ingress: Vec<Rule>,
+    /// Egress rules.
+    pub egress: Vec<Rule>,
+    /// Labels applied to endpoints using it.
+    pub labels_to_apply: BTreeMap<String, String>,
+}
+
+/// Everything policy evaluation needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    /// Endpoints, sorted by key.
+    pub endpoints: Vec<Endpoint>,
+    /// Policies (unsorted; the compiler orders them).
+    pub policies: Vec<Policy>,
+    /// Profiles by name, including synthesized `kns.<ns>` ones.
+    pub profiles: BTreeMap<String, Profile>,
+    /// Network sets.
+    pub network_sets: Vec<NetworkSet>,
+    /// Tiers by name, including `default`.
+    pub tiers: BTreeMap<String, Tier>,
+}
+
+fn res_id(r: &Resource) -> String {
+    match &r.metadata.namespace {
+        Some(ns) => format!("{}/{ns}/{}", r.spec.kind(), r.metadata.name),
+        None => format!("{}/{}", r.spec.kind(), r.metadata.name),
+    }
+}
+
+struct Ctx<'a> {
+    resource: &'a str,
+    namespace: Option<&'a str>,
+}
+
+impl Ctx<'_> {
+    fn selector(&self, field: &str, s: Option<&String>) -> Result<Option<Selector>, PolicyError> {
+        match s.map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => Selector::parse(s)
+                .map(Some)
+                .map_err(|e| PolicyError::Selector {
+                    resource: self.resource.to_string(),
+                    field: field.to_string(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    fn invalid(&self, field: &str, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            resource: self.resource.to_string(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn protocol(&self, field: &str, p: Option<&Protocol>) -> Result<Option<u8>, PolicyError> {
+        match p {
+            None => Ok(None),
+            Some(p) => match p.number() {
+                Some(n) if n > 0 => Ok(Some(n)),
+                _ => Err(self.invalid(field, format!("{p} is not a protocol"))),
+            },
+        }
+    }
+
+    fn icmp(&self, field: &str, f: Option<&api::IcmpFields>) -> Result<Option<Icmp>, PolicyError> {
+        let Some(f) = f else { return Ok(None) };
+        let byte = |v: Option<i32>, name: &str, max: i32| -> Result<Option<u8>, PolicyError> {
+            match v {
+                None => Ok(None),
+                Some(v) if (0..=max).contains(&v) => Ok(Some(v as u8)),
+                Some(v) => Err(self.invalid(
+                    &format!("{field}.{name}"),
+                    format!("{v} is outside 0..={max}"),
+                )),
+            }
+        };
+        let type_ = byte(f.type_, "type", 254)?;
+        let code = byte(f.code, "code", 255)?;
+        match type_ {
+            Some(type_) => Ok(Some(Icmp { type_, code })),
+            None if code.is_some() => Err(self.invalid(&format!("{field}.code"), "needs a type")),
+            None => Ok(None),
+        }
+    }
+
+    fn entity(&self, field: &str, e: Option<&api::EntityRule>) -> Result<EntityMatch, PolicyError> {
+        let empty = api::EntityRule::default();
+        let e = e.unwrap_or(&empty);
+        let selector = self.selector(&format!("{field}.selector"), e.selector.as_ref())?;
+        let not_selector =
+            self.selector(&format!("{field}.notSelector"), e.not_selector.as_ref())?;
+        let ns_selector = self.selector(
+            &format!("{field}.namespaceSelector"),
+            e.namespace_selector.as_ref(),
+        )?;
+        let (sa_names, sa_selector) = match &e.service_accounts {
+            None => (Vec::new(), None),
+            Some(sa) => (
+                sa.names.clone(),
+                self.selector(
+                    &format!("{field}.serviceAccounts.selector"),
+                    sa.selector.as_ref(),
+                )?
+                .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+            ),
+        };
+        let labelled = selector.is_some()
+            || not_selector.is_some()
+            || !sa_names.is_empty()
+            || sa_selector.is_some();
+        let scope = match (ns_selector, self.namespace) {
+            (Some(s), _) => Scope::NamespaceSelector(namespace_selector(&s)),
+            (None, Some(ns)) if labelled => Scope::Namespace(ns.to_string()),
+            _ => Scope::Any,
+        };
+        let ports = |list: &[Port]| -> Vec<PortSpec> {
+            list.iter()
+                .map(|p| match p {
+                    Port::Number(n) => PortSpec::Range(*n, *n),
+                    Port::Range { min, max } => PortSpec::Range(*min, *max),
+                    Port::Named(n) => PortSpec::Named(n.clone()),
+                })
+                .collect()
+        };
+        Ok(EntityMatch {
+            nets: e.nets.clone(),
+            not_nets: e.not_nets.clone(),
+            selector,
+            not_selector,
+            scope,
+            ports: ports(&e.ports),
+            not_ports: ports(&e.not_ports),
+            service_account_names: sa_names,
+            service_account_selector: sa_selector,
+            unsupported: e
+                .services
+                .as_ref()
+                .map(|_| format!("{field}.services is not supported")),
+        })
+    }
+
+    fn rules(&self, field: &str, rules: &[api::Rule]) -> Result<Vec<Rule>, PolicyError> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.rule(&format!("{field}[{i}]"), r))
+            .collect()
+    }
+
+    fn rule(&self, path: &str, r: &api::Rule) -> Result<Rule, PolicyError> {
+        let action = r
+            .action
+            .ok_or_else(|| self.invalid(&format!("{path}.action"), "is required"))?;
+        let ip_version = match r.ip_version {
+            None => None,
+            Some(v @ (4 | 6)) => Some(v as u8),
+            Some(v) => {
+                return Err(
+                    self.invalid(&format!("{path}.ipVersion"), format!("{v} is not 4 or 6"))
+                );
+            }
+        };
+        let mut source = self.entity(&format!("{path}.source"), r.source.as_ref())?;
+        let destination = self.entity(&format!("{path}.destination"), r.destination.as_ref())?;
+        if r.http.is_some() && source.unsupported.is_none() {
+            source.unsupported = Some(format!("{path}.http is not supported"));
+        }
+        Ok(Rule {
+            action,
+            ip_version,
+            protocol: self.protocol(&format!("{path}.protocol"), r.protocol.as_ref())?,
+            not_protocol: self.protocol(&format!("{path}.notProtocol"), r.not_protocol.as_ref())?,
+            icmp: self.icmp(&format!("{path}.icmp"), r.icmp.as_ref())?,
+            not_icmp: self.icmp(&format!("{path}.notICMP"), r.not_icmp.as_ref())?,
+            source,
+            destination,
+        })
+    }
+}
+
+/// Calico's namespaceSelector rewrite: `global()` means "not namespaced", `all()`
+/// means "any namespace", anything else matches `pcns.`-prefixed namespace labels.
+fn namespace_selector(s: &Selector) -> Selector {
+    match s.expr() {
+        Expr::Global => Selector::from_expr(Expr::Not(Box::new(Expr::Has {
+            label: NAMESPACE_LABEL.to_string(),
+        }))),
+        Expr::All => Selector::from_expr(Expr::Has {
+            label: NAMESPACE_LABEL.to_string(),
+        }),
+        _ => s.with_label_prefix(NAMESPACE_LABEL_PREFIX),
+    }
+}
+
+/// The profile Calico's Kubernetes backend makes for each namespace: allow all in
+/// both directions and apply the namespace name as a `pcns.` label.
+pub fn namespace_profile(ns: &str) -> Profile {
+    let allow = || Rule {
+        action: Action::Allow,
+        ip_version: None,
+        protocol: None,
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        source: EntityMatch::any(),
+        destination: EntityMatch::any(),
+    };
+    Profile {
+        name: format!("kns.{ns}"),
+        ingress: vec![allow()],
+        egress: vec![allow()],
+        labels_to_apply: BTreeMap::from([(
+            format!("{NAMESPACE_LABEL_PREFIX}projectcalico.org/name"),
+            ns.to_string(),
+        )]),
+    }
+}
+
+impl EntityMatch {
+    /// Matches everything.
+    pub fn any() -> EntityMatch {
+        EntityMatch {
+            nets: Vec::new(),
+            not_nets: Vec::new(),
+            selector: None,
+            not_selector: None,
+            scope: Scope::Any,
+            ports: Vec::new(),
+            not_ports: Vec::new(),
+            service_account_names: Vec::new(),
+            service_account_selector: None,
+            unsupported: None,
+        }
+    }
+}
+
+impl Model {
+    /// Builds the model from resources of any kinds (other kinds are ignored).
+    /// Endpoint labels get the namespace label and the profiles' `labelsToApply`
+    /// (the endpoint's own labels win); a `kns.<ns>` profile that is not given is
+    /// synthesized as Calico's Kubernetes backend does (allow all).
+    pub fn from_resources(resources: &[Resource]) -> Result<Model, PolicyError> {
+        let mut m = Model::default();
+        m.tiers.insert(
+            DEFAULT_TIER.to_string(),
+            Tier {
+                name: DEFAULT_TIER.to_string(),
+                order: Some(DEFAULT_TIER_ORDER),
+                default_action: TierAction::Deny,
+            },
+        );
+        let mut raw_endpoints = Vec::new();
+        for r in resources {
+            let id = res_id(r);
+            let name = r.metadata.name.clone();
+            let ns = r.metadata.namespace.clone().filter(|n| !n.is_empty());
+            let mut labels = r.metadata.labels.clone();
+            let cx = Ctx {
+                resource: &id,
+                namespace: None,
+            };
+            if let Some(s) = r.spec.as_workload_endpoint() {
+                if let Some(ns) = &ns {
+                    labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
+                }
+                let mut named_ports = Vec::new();
+                for (i, p) in s.ports.iter().enumerate() {
+                    named_ports.push(NamedPort {
+                        name: p.name.clone(),
+                        protocol: cx
+                            .protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_ref())?
+                            .unwrap_or(6),
+                        port: p.port,
+                    });
+                }
+                raw_endpoints.push(Endpoint {
+                    name,
+                    namespace: ns,
+                    host: false,
+                    labels,
+                    profiles: s.profiles.clone(),
+                    ips: s.ip_networks.clone(),
+                    interface: s.interface_name.clone(),
+                    named_ports,
+                    service_account: s.service_account_name.clone(),
+                });
+            } else if let Some(s) = r.spec.as_host_endpoint() {
+                let mut ips = Vec::new();
+                for (i, ip) in s.expected_ips.iter().enumerate() {
+                    let addr: std::net::IpAddr = ip.parse().map_err(|_| {
+                        cx.invalid(
+                            &format!("spec.expectedIPs[{i}]"),
+                            format!("{ip:?} is not an IP"),
+                        )
+                    })?;
+                    ips.push(IpNet::from(addr));
+                }
+                let mut named_ports = Vec::new();
+                for (i, p) in s.ports.iter().enumerate() {
+                    named_ports.push(NamedPort {
+                        name: p.name.clone(),
+                        protocol: cx
+                            .protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_ref())?
+                            .unwrap_or(6),
+                        port: p.port,
+                    });
+                }
+                raw_endpoints.push(Endpoint {
+                    name,
+                    namespace: None,
+                    host: true,
+                    labels,
+                    profiles: s.profiles.clone(),
+                    ips,
+                    interface: s.interface_name.clone(),
+                    named_ports,
+                    service_account: None,
+                });
+            } else if let Some(s) = r.spec.as_network_policy() {
+                let ns = ns.unwrap_or_else(|| "default".to_string());
+                let cx = Ctx {
+                    resource: &id,
+                    namespace: Some(&ns),
+                };
+                m.policies.push(Policy {
+                    name,
+                    namespace: Some(ns.clone()),
+                    tier: s.effective_tier().to_string(),
+                    order: s.order,
+                    selector: cx
+                        .selector("spec.selector", s.selector.as_ref())?
+                        .unwrap_or_default(),
+                    namespace_selector: None,
+                    service_account_selector: cx
+                        .selector(
+                            "spec.serviceAccountSelector",
+                            s.service_account_selector.as_ref(),
+                        )?
+                        .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+                    types: s.effective_types(),
+                    ingress: cx.rules("spec.ingress", &s.ingress)?,
+                    egress: cx.rules("spec.egress", &s.egress)?,
+                });
+            } else if let Some(s) = r.spec.as_global_network_policy() {
+                m.policies.push(Policy {
+                    name,
+                    namespace: None,
+                    tier: s.effective_tier().to_string(),
+                    order: s.order,
+                    selector: cx
+                        .selector("spec.selector", s.selector.as_ref())?
+                        .unwrap_or_default(),
+                    namespace_selector: cx
+                        .selector("spec.namespaceSelector", s.namespace_selector.as_ref())?
+                        .map(|s| namespace_selector(&s)),
+                    service_account_selector: cx
+                        .selector(
+                            "spec.serviceAccountSelector",
+                            s.service_account_selector.as_ref(),
+                        )?
+                        .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+                    types: s.effective_types(),
+                    ingress: cx.rules("spec.ingress", &s.ingress)?,
+                    egress: cx.rules("spec.egress", &s.egress)?,
+                });
+            } else if let Some(s) = r
+                .spec
+                .as_network_set()
+                .or_else(|| r.spec.as_global_network_set())
+            {
+                let ns = if r.spec.as_network_set().is_some() {
+                    ns
+                } else {
+                    None
+                };
+                if let Some(ns) = &ns {
+                    labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
+                }
+                m.network_sets.push(NetworkSet {
+                    name,
+                    namespace: ns,
+                    labels,
+                    nets: s.nets.clone(),
+                });
+            } else if let Some(s) = r.spec.as_profile() {
+                m.profiles.insert(
+                    name.clone(),
+                    Profile {
+                        name,
+                        ingress: cx.rules("spec.ingress", &s.ingress)?,
+                        egress: cx.rules("spec.egress", &s.egress)?,
+                        labels_to_apply: s.labels_to_apply.clone(),
+                    },
+                );
+            } else if let Some(s) = r.spec.as_tier() {
+                let mut s: TierSpec = s.clone();
+                s.apply_defaults(&name);
+                m.tiers.insert(
+                    name.clone(),
+                    Tier {
+                        name,
+                        order: s.order,
+                        default_action: s.default_action.unwrap_or(TierAction::Deny),
+                    },
+                );
+            }
+        }
+        for e in &raw_endpoints {
+            if let Some(ns) = &e.namespace {
+                let p = format!("kns.{ns}");
+                if e.profiles.contains(&p) && !m.profiles.contains_key(&p) {
+                    m.profiles.insert(p, namespace_profile(ns));
+                }
+            }
+        }
+        for mut e in raw_endpoints {
+            let mut labels = BTreeMap::new();
+            for p in &e.profiles {
+                if let Some(p) = m.profiles.get(p) {
+                    labels.extend(p.labels_to_apply.clone());
+                }
+            }
+            labels.extend(std::mem::take(&mut e.labels));
+            e.labels = labels;
+            m.endpoints.push(e);
+        }
+        m.endpoints.sort_by_key(Endpoint::key);
+        Ok(m)
+    }
+
+    /// Finds an endpoint by `namespace/name`, name, or interface name.
+    pub fn endpoint(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| e.key() == id)
+            .or_else(|| self.endpoints.iter().find(|e| e.name == id))
+            .or_else(|| {
+                self.endpoints
+                    .iter()
+                    .find(|e| e.interface.as_deref() == Some(id))
+            })
+    }
+
+    /// The labels a namespaceSelector is evaluated against for an entity in `ns`:
+    /// the namespace label plus the `pcns.` labels of the `kns.<ns>` profile.
+    pub fn namespace_labels(&self, ns: Option<&str>) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        if let Some(ns) = ns {
+            labels.insert(NAMESPACE_LABEL.to_string(), ns.to_string());
+            labels.insert(
+                format!("{NAMESPACE_LABEL_PREFIX}projectcalico.org/name"),
+                ns.to_string(),
+            );
+            if let Some(p) = self.profiles.get(&format!("kns.{ns}")) {
+                labels.extend(
+                    p.labels_to_apply
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(NAMESPACE_LABEL_PREFIX))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+            }
+        }
+        labels
+    }
+}
