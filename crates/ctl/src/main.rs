@@ -12,6 +12,7 @@ mod lab;
 mod node;
 mod output;
 mod plan;
+mod policy;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Size a cluster's BGP topology: sessions and routes per device for each model.
     Plan(plan::PlanArgs),
+    /// Network policy: `policy explain` says which tier, policy and rule decide a flow.
+    Policy(policy::PolicyArgs),
     /// Build a cluster in network namespaces on this machine and check it: `lab up`,
     /// `lab status`, `lab exec`, `lab fail`, `lab heal`, `lab graph`, `lab down`.
     Lab(lab::LabArgs),
@@ -153,6 +156,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Node(args) => node::run(&args, out).await,
         Command::Plan(args) => plan::run(&args, out),
+        Command::Policy(args) => policy::run(&conn, &args, out).await,
         Command::Lab(args) => lab::run(&args, out).await,
         Command::Version => {
             writeln!(out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"))?;
