@@ -80,7 +80,9 @@ async fn reconcile(
 ) -> anyhow::Result<(Applied, Duration)> {
     let mut out = Applied::default();
     let start = Instant::now();
-    rec.apply_routes(desired, &BTreeSet::new(), false, &mut out)
+    // Listing the links is part of a pass, as in the agent.
+    let links = rec.links().await?;
+    rec.apply_routes(desired, &links, &BTreeSet::new(), false, &mut out)
         .await;
     let took = start.elapsed();
     if let Some(e) = out.errors.first() {

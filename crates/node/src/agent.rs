@@ -309,10 +309,9 @@ pub async fn ensure_default_pool(client: &Client, pool: &DefaultPool) -> anyhow:
 /// Makes sure the node has a VXLAN tunnel address (and MAC) when a pool needs one.
 async fn ensure_vxlan_tunnel(
     client: &Client,
-    view: &StoreView,
+    snap: &desired::Snapshot,
     node: &str,
 ) -> anyhow::Result<bool> {
-    let snap = view.snapshot();
     let vxlan_pools: Vec<String> = snap
         .pools
         .iter()
@@ -542,7 +541,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
     let nft = NftCli { netns: None };
     let mut last_nat: Option<String> = None;
-    let mut view: Option<StoreView> = None;
+    let mut view: Option<(StoreView, desired::Snapshot)> = None;
     let mut bgp: Option<BgpState> = None;
     let learned: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>> = Arc::default();
     let started = Instant::now();
@@ -591,14 +590,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 Ok(v) => {
                     metrics.set_store_connected(true);
                     store_dirty = false;
-                    match ensure_vxlan_tunnel(&client, &v, &cfg.node_name).await {
+                    // Converted once per load, not on every kernel or BGP wake-up.
+                    let snap = v.snapshot();
+                    match ensure_vxlan_tunnel(&client, &snap, &cfg.node_name).await {
                         Ok(true) => {
                             // The Node changed; its own watch event brings the new view.
                         }
                         Ok(false) => {}
                         Err(e) => warn!(error = %format!("{e:#}"), "VXLAN tunnel address"),
                     }
-                    view = Some(v);
+                    view = Some((v, snap));
                 }
                 Err(e) => {
                     metrics.inc_store_errors();
@@ -612,7 +613,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         }
-        let Some(v) = &view else { continue };
+        let Some((v, snap)) = &view else { continue };
 
         // BGP: peers and instance from the store.
         if cfg.bgp {
@@ -645,13 +646,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         let settings = Settings {
             node: cfg.node_name.clone(),
-            interface_prefix: cfg.interface_prefix.clone(),
             ipip_supported,
             host_mtu,
             mtu_override: cfg.mtu,
             bgp_enabled: cfg.bgp,
         };
-        let snap = v.snapshot();
         if !snap.nodes.iter().any(|n| n.name == cfg.node_name) {
             // Our Node was deleted under us. Programming from a view without it would
             // remove every route; keep the data plane and register again.
@@ -670,7 +669,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             continue;
         }
         let learned_now = learned.lock().expect("lock poisoned").clone();
-        let mut d: Desired = desired::compute(&snap, &settings, &kernel, &learned_now);
+        let mut d: Desired = desired::compute(snap, &settings, &kernel, &learned_now);
         if d.problems != last_problems {
             for p in &d.problems {
                 warn!("{p}");
@@ -697,16 +696,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 let _ = tx.send(Wake::Kernel).await;
             });
         }
-        let mut applied = reconciler.apply(&d, &workload_ifaces, grace).await;
+        let mut applied = reconciler.apply(&d, &links, &workload_ifaces, grace).await;
         if d.vxlan.is_some() && !links.contains_key(VXLAN_DEVICE) {
             // The device is new: routes over it can be resolved now.
-            let links = reconciler.links().await.unwrap_or_default();
+            let fresh = reconciler.links().await.unwrap_or_default();
             let kernel = KernelView {
-                links,
+                links: fresh.clone(),
                 uplink: Some(uplink),
             };
-            d = desired::compute(&snap, &settings, &kernel, &learned_now);
-            let again = reconciler.apply(&d, &workload_ifaces, grace).await;
+            d = desired::compute(snap, &settings, &kernel, &learned_now);
+            let again = reconciler.apply(&d, &fresh, &workload_ifaces, grace).await;
             applied.routes_changed += again.routes_changed;
             applied.routes_installed = again.routes_installed;
             applied.errors = again.errors;

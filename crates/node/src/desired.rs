@@ -111,8 +111,6 @@ pub struct Snapshot {
 pub struct Settings {
     /// This node's name.
     pub node: String,
-    /// Workload interface prefix (`cali`).
-    pub interface_prefix: String,
     /// Whether the kernel can make IPIP links.
     pub ipip_supported: bool,
     /// MTU of the host's uplink.
@@ -517,7 +515,6 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             node: "n1".into(),
-            interface_prefix: "cali".into(),
             ipip_supported: false,
             host_mtu: 1500,
             mtu_override: None,

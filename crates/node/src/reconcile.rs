@@ -100,20 +100,13 @@ pub fn plan_routes(
                 if !have.iter().any(|a| route_matches(want, a)) {
                     plan.replace.push(want.clone());
                 }
-                // Extra routes of ours to the same destination (other metrics) go.
-                let mut kept_one = false;
-                for a in have {
-                    if a.protocol != TABBY_ROUTE_PROTOCOL {
-                        continue;
-                    }
-                    if route_matches(want, a) && !kept_one {
-                        kept_one = true;
-                        continue;
-                    }
-                    if kept_one && route_matches(want, a) {
-                        plan.delete.push((*a).clone());
-                    }
-                }
+                // Copies of ours beyond the first (other metrics) go.
+                plan.delete.extend(
+                    have.iter()
+                        .filter(|a| a.protocol == TABBY_ROUTE_PROTOCOL && route_matches(want, a))
+                        .skip(1)
+                        .map(|a| (*a).clone()),
+                );
             }
         }
     }
@@ -344,6 +337,7 @@ impl Reconciler {
     pub async fn apply_routes(
         &self,
         desired: &BTreeMap<IpNet, Route>,
+        links: &BTreeMap<String, u32>,
         workload_ifaces: &BTreeSet<u32>,
         keep_learned: bool,
         out: &mut Applied,
@@ -358,7 +352,6 @@ impl Reconciler {
                 }
             }
         }
-        let links = self.links().await.unwrap_or_default();
         let prefix = self.interface_prefix.clone();
         let workload_dev: BTreeSet<u32> = links
             .iter()
@@ -416,17 +409,24 @@ impl Reconciler {
     }
 
     /// One full pass: the VXLAN device first (routes over it need its index), then
-    /// the routes.
+    /// the routes. `links` are the interfaces by name, as listed for this pass.
     pub async fn apply(
         &self,
         desired: &Desired,
+        links: &BTreeMap<String, u32>,
         workload_ifaces: &BTreeSet<u32>,
         keep_learned: bool,
     ) -> Applied {
         let mut out = Applied::default();
         self.apply_vxlan(desired.vxlan.as_ref(), &mut out).await;
-        self.apply_routes(&desired.routes, workload_ifaces, keep_learned, &mut out)
-            .await;
+        self.apply_routes(
+            &desired.routes,
+            links,
+            workload_ifaces,
+            keep_learned,
+            &mut out,
+        )
+        .await;
         out
     }
 }
@@ -503,12 +503,26 @@ mod tests {
                 Route::via_onlink(dst, "198.18.0.2".parse().unwrap(), eth),
             );
         }
-        let out = rec.apply(&desired, &BTreeSet::new(), false).await;
+        let out = rec
+            .apply(
+                &desired,
+                &rec.links().await.unwrap(),
+                &BTreeSet::new(),
+                false,
+            )
+            .await;
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert_eq!(out.routes_changed, 50);
         assert_eq!(world.routes("n").len(), 50);
         // A second pass changes nothing.
-        let out = rec.apply(&desired, &BTreeSet::new(), false).await;
+        let out = rec
+            .apply(
+                &desired,
+                &rec.links().await.unwrap(),
+                &BTreeSet::new(),
+                false,
+            )
+            .await;
         assert_eq!((out.routes_changed, out.routes_deleted), (0, 0));
         // Drift: a route deleted by hand comes back, a stray one of ours goes.
         let victim = desired.routes.values().next().unwrap().clone();
@@ -516,7 +530,14 @@ mod tests {
         nl.add_route(&Route::blackhole(net("100.65.0.0/26")))
             .await
             .unwrap();
-        let out = rec.apply(&desired, &BTreeSet::new(), false).await;
+        let out = rec
+            .apply(
+                &desired,
+                &rec.links().await.unwrap(),
+                &BTreeSet::new(),
+                false,
+            )
+            .await;
         assert_eq!((out.routes_changed, out.routes_deleted), (1, 1));
         assert_eq!(world.routes("n").len(), 50);
     }

@@ -4,7 +4,6 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::IpNet;
 use tabby_api::bgp::BGPConfigurationSpec;
 use tabby_api::ippool::EncapMode;
 use tabby_api::{Kind, Resource, Spec};
@@ -182,17 +181,10 @@ pub fn parse_community(s: &str) -> Option<Community> {
     }
 }
 
-/// The node's IPv4 subnet, for CrossSubnet decisions and the uplink lookup.
-pub fn node_ipv4(view: &StoreView, name: &str) -> Option<IpNet> {
-    view.nodes.iter().find_map(|r| match &r.spec {
-        Spec::Node(n) if r.name() == name => n.bgp.as_ref().and_then(|b| b.ipv4_net()),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::IpNet;
 
     #[test]
     fn communities_parse() {
@@ -255,6 +247,5 @@ spec:
             vec![(65000 << 16) | 7]
         );
         assert_eq!(s.prefix_communities[0].1.large_communities, vec![(1, 2, 3)]);
-        assert_eq!(node_ipv4(&v, "n1"), Some("198.18.0.1/24".parse().unwrap()));
     }
 }

@@ -153,29 +153,13 @@ pub fn render_table_at(r: &StatusReport, now_unix: u64) -> String {
 /// `HH:MM:SS` (UTC) when `since` is on the same UTC day as `now`, else `YYYY-MM-DD`,
 /// as BIRD prints protocol times.
 pub fn format_since(since: u64, now_unix: u64) -> String {
-    let day = since / 86_400;
-    if day == now_unix / 86_400 {
-        let secs = since % 86_400;
-        format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    // `YYYY-MM-DDTHH:MM:SSZ`: the date or the time of day.
+    let stamp = tabby_client::time::rfc3339(since);
+    if since / 86_400 == now_unix / 86_400 {
+        stamp[11..19].to_string()
     } else {
-        let (y, m, d) = civil_from_days(day as i64);
-        format!("{y:04}-{m:02}-{d:02}")
+        stamp[..10].to_string()
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// A go-pretty default-style box: `+---+` rules, one space of padding, centred
