@@ -114,6 +114,8 @@ pub struct AgentConfig {
     pub bgp_hold_time: u16,
     /// Program natOutgoing with nftables.
     pub nat: bool,
+    /// Enforce network policy with nftables.
+    pub policy: bool,
     /// How long learned routes survive a restart before peers must have re-sent them.
     pub restart_grace: Duration,
     /// Where `nodename` and `mtu` are written for the CNI plugin (Calico's
@@ -149,6 +151,7 @@ impl AgentConfig {
             bgp_connect_retry: 5,
             bgp_hold_time: 90,
             nat: true,
+            policy: true,
             restart_grace: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/tabby"),
         }
@@ -540,7 +543,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
     let nft = NftCli { netns: None };
-    let mut last_nat: Option<String> = None;
+    let mut last_fw: Option<serde_json::Value> = None;
+    let mut policy: Option<tabby_policy::compile::Compiled> = None;
     let mut view: Option<(StoreView, desired::Snapshot)> = None;
     let mut bgp: Option<BgpState> = None;
     let learned: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>> = Arc::default();
@@ -598,6 +602,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                         }
                         Ok(false) => {}
                         Err(e) => warn!(error = %format!("{e:#}"), "VXLAN tunnel address"),
+                    }
+                    if cfg.policy {
+                        policy = compile_policy(&v, &snap, &cfg.node_name, policy.take());
                     }
                     view = Some((v, snap));
                 }
@@ -714,15 +721,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         if let Some(b) = &mut bgp {
             sync_exports(b, &d.exports).await;
         }
-        // natOutgoing.
-        if cfg.nat {
-            let script = crate::nat::render(&d.nat);
+        // natOutgoing and network policy: one table per family, one transaction.
+        if cfg.nat || cfg.policy {
+            let batch = crate::firewall::render(cfg.nat.then_some(&d.nat), policy.as_ref());
             // Someone may have flushed the table: look on resync passes only (each look
             // is an `nft` process).
             let missing = resync && matches!(nft.list_table("ip"), Ok(None));
-            if last_nat.as_deref() != Some(script.as_str()) || missing {
-                match nft.apply(&script) {
-                    Ok(()) => last_nat = Some(script),
+            if last_fw.as_ref() != Some(&batch) || missing {
+                let t = Instant::now();
+                match nft.apply_json(&batch) {
+                    Ok(()) => {
+                        debug!(secs = t.elapsed().as_secs_f64(), "nftables applied");
+                        last_fw = Some(batch);
+                    }
                     Err(e) => applied.errors.push(format!("nftables: {e}")),
                 }
             }
@@ -1008,6 +1019,31 @@ async fn sync_exports(b: &mut BgpState, want: &BTreeMap<IpNet, Advertisement>) {
             for n in nets {
                 b.exports.insert(n, adv.clone());
             }
+        }
+    }
+}
+
+/// Compiles the policy for the local workloads; on a bad model keeps `previous`
+/// (enforcement never silently disappears because one resource is wrong).
+fn compile_policy(
+    v: &StoreView,
+    snap: &desired::Snapshot,
+    node: &str,
+    previous: Option<tabby_policy::compile::Compiled>,
+) -> Option<tabby_policy::compile::Compiled> {
+    let local: std::collections::BTreeSet<String> = snap
+        .workloads
+        .iter()
+        .filter(|w| w.node == node)
+        .map(|w| w.interface.clone())
+        .collect();
+    let mut resources = v.workloads.clone();
+    resources.extend(v.policy.iter().cloned());
+    match crate::firewall::compile_local(&resources, &local) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "network policy: keeping the last good rules");
+            previous
         }
     }
 }

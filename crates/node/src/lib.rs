@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod desired;
 pub mod filters;
+pub mod firewall;
 pub mod metrics;
 pub mod nat;
 pub mod peers;

@@ -197,6 +197,8 @@ pub fn delete_script() -> String {
 pub trait Nft: Send + Sync {
     /// Runs an nft script as one transaction.
     fn apply(&self, script: &str) -> Result<(), NatError>;
+    /// Runs an nft JSON batch (`{"nftables": [...]}`) as one transaction.
+    fn apply_json(&self, batch: &serde_json::Value) -> Result<(), NatError>;
     /// `nft -j list table <family> tabby`, or `None` if the table does not exist.
     fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError>;
     /// Removes the `tabby` tables of both families (absent ones are fine).
@@ -308,6 +310,11 @@ impl Nft for NftCli {
         if out.ok { Ok(()) } else { Err(out.failed()) }
     }
 
+    fn apply_json(&self, batch: &serde_json::Value) -> Result<(), NatError> {
+        let out = self.run(&["-j", "-f", "-"], &batch.to_string())?;
+        if out.ok { Ok(()) } else { Err(out.failed()) }
+    }
+
     fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError> {
         let out = self.run(&["-j", "list", "table", family, TABLE], "")?;
         if !out.ok {
@@ -335,6 +342,8 @@ impl Nft for NftCli {
 pub enum NftCall {
     /// [`Nft::apply`] with this script.
     Apply(String),
+    /// [`Nft::apply_json`] with this batch.
+    ApplyJson(serde_json::Value),
     /// [`Nft::list_table`] of this family.
     List(String),
     /// [`Nft::delete_tables`].
@@ -352,6 +361,7 @@ pub struct FakeNft {
 struct FakeState {
     calls: Vec<NftCall>,
     current: Option<String>,
+    current_json: Option<serde_json::Value>,
     fail_next: Option<String>,
 }
 
@@ -387,6 +397,11 @@ impl FakeNft {
         self.state().current.clone()
     }
 
+    /// The JSON batch in effect: the last one applied since the last delete.
+    pub fn current_json(&self) -> Option<serde_json::Value> {
+        self.state().current_json.clone()
+    }
+
     /// Makes the next call fail with `message`.
     pub fn fail_next(&self, message: impl Into<String>) {
         self.state().fail_next = Some(message.into());
@@ -406,6 +421,16 @@ impl Nft for FakeNft {
         st.calls.push(NftCall::Apply(script.to_string()));
         FakeNft::take_failure(&mut st)?;
         st.current = Some(script.to_string());
+        st.current_json = None;
+        Ok(())
+    }
+
+    fn apply_json(&self, batch: &serde_json::Value) -> Result<(), NatError> {
+        let mut st = self.state();
+        st.calls.push(NftCall::ApplyJson(batch.clone()));
+        FakeNft::take_failure(&mut st)?;
+        st.current_json = Some(batch.clone());
+        st.current = None;
         Ok(())
     }
 
@@ -414,10 +439,19 @@ impl Nft for FakeNft {
         st.calls.push(NftCall::List(family.to_string()));
         FakeNft::take_failure(&mut st)?;
         let marker = format!("table {family} {TABLE} {{\n");
+        let in_json = st.current_json.as_ref().is_some_and(|b| {
+            b["nftables"].as_array().is_some_and(|cmds| {
+                cmds.iter().any(|c| {
+                    c["add"]["table"]["family"] == family && c["add"]["table"]["name"] == TABLE
+                })
+            })
+        });
         Ok(st
             .current
             .as_ref()
             .filter(|s| s.contains(&marker))
+            .map(|_| ())
+            .or(in_json.then_some(()))
             .map(|_| {
                 serde_json::json!({ "nftables": [
                     { "table": { "family": family, "name": TABLE } }
@@ -430,6 +464,7 @@ impl Nft for FakeNft {
         st.calls.push(NftCall::DeleteTables);
         FakeNft::take_failure(&mut st)?;
         st.current = None;
+        st.current_json = None;
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ pub struct StoreView {
     pub workloads: Vec<Resource>,
     /// IPAM blocks.
     pub blocks: Vec<AllocationBlock>,
+    /// Network policy resources ([`crate::firewall::POLICY_KINDS`]).
+    pub policy: Vec<Resource>,
 }
 
 impl StoreView {
@@ -46,6 +48,13 @@ impl StoreView {
             filters: client.list(Kind::BGPFilter, None).await?,
             workloads: client.list(Kind::WorkloadEndpoint, None).await?,
             blocks: ipam.list_blocks(None).await?,
+            policy: {
+                let mut all = Vec::new();
+                for kind in crate::firewall::POLICY_KINDS {
+                    all.extend(client.list(kind, None).await?);
+                }
+                all
+            },
         })
     }
 

@@ -17,7 +17,7 @@ use tabby_store::StoreUrl;
 #[command(
     name = "tabby-node",
     version,
-    about = "Tabby's per-node agent: routes, VXLAN, natOutgoing and BGP from the datastore"
+    about = "Tabby's per-node agent: routes, VXLAN, natOutgoing, network policy and BGP from the datastore"
 )]
 struct Args {
     /// Node name (default: the host name).
@@ -77,6 +77,9 @@ struct Args {
     /// Do not program natOutgoing.
     #[arg(long)]
     no_nat: bool,
+    /// Do not enforce network policy (workload traffic is then not filtered).
+    #[arg(long)]
+    no_policy: bool,
     /// BGP router ID (default: the node's IPv4 address).
     #[arg(long, env = "TABBY_ROUTER_ID")]
     router_id: Option<Ipv4Addr>,
@@ -158,6 +161,7 @@ fn config(a: Args) -> anyhow::Result<(AgentConfig, bool)> {
     c.secrets_dir = a.secrets_dir;
     c.bgp = !a.no_bgp;
     c.nat = !a.no_nat;
+    c.policy = !a.no_policy;
     c.router_id = a.router_id;
     c.bgp_connect_retry = a.bgp_connect_retry;
     c.bgp_hold_time = a.bgp_hold_time;

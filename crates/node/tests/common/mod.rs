@@ -350,6 +350,8 @@ impl Cluster {
             endpoint: Some("eth0".into()),
             ip_networks: std::iter::once(ip).chain(ip6).map(IpNet::from).collect(),
             interface_name: Some(spec.host_ifname.clone()),
+            // As the CNI plugin sets it: the namespace's allow-all profile.
+            profiles: vec!["kns.default".into()],
             ..Default::default()
         };
         let r = Resource::with_spec(
