@@ -540,6 +540,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
     let nft = NftCli { netns: None };
+    // Bandwidth limits (issue 8): see crate::qos.
+    let tc = tabby_dataplane::tc::TcCli::new();
+    let mut qos_state = crate::qos::QosState::default();
     let mut last_nat: Option<String> = None;
     let mut view: Option<(StoreView, desired::Snapshot)> = None;
     let mut bgp: Option<BgpState> = None;
@@ -727,6 +730,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         }
+        // Bandwidth limits (issue 8): tc on the local workloads' interfaces.
+        let qos_plan = crate::qos::desired(&v.workloads, &cfg.node_name);
+        let qos = crate::qos::sync(
+            &tc,
+            &mut qos_state,
+            &qos_plan,
+            &links,
+            &cfg.interface_prefix,
+            resync,
+        );
+        applied.errors.extend(qos.errors);
         if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
             applied.errors.push(format!("{e:#}"));
         }
