@@ -6,8 +6,9 @@
 //!
 //! [`TrafficControl`] reads back, applies (idempotently: only what differs is
 //! changed) and removes that shaping; [`TcCli`] runs the `tc` and `ip` binaries,
-//! [`FakeTc`] keeps it in memory. Packet rates would need the `police` action,
-//! which this adapter does not use (the node agent warns about them).
+//! [`FakeTc`] keeps it in memory. Ours is told apart by the root tbf's handle
+//! ([`TBF_HANDLE`]) and the ifb's alias ([`IFB_ALIAS_PREFIX`]). Packet rates would
+//! need the `police` action (not used here; the node agent warns about them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ pub const IFB_ALIAS_PREFIX: &str = "tabby-qos:";
 /// The most time a packet may wait in a tbf queue (what sizes its limit), in µs;
 /// the CNI bandwidth plugin's 25 ms.
 pub const LATENCY_US: u32 = 25_000;
+/// The handle of the root tbf qdiscs we make ("7ab", tab): a root qdisc with another
+/// handle is someone else's and is left alone unless we need the root ourselves.
+pub const TBF_HANDLE: &str = "7ab:";
 /// Longest interface name the kernel takes.
 const IFNAMSIZ_MAX: usize = 15;
 
@@ -291,6 +295,7 @@ impl TcCli {
     fn root_tbf(&self, dev: &str, qdiscs: &[Value]) -> Result<Option<Tbf>, TcError> {
         let Some(q) = qdiscs.iter().find(|q| {
             q["kind"] == "tbf"
+                && q["handle"] == TBF_HANDLE
                 && q["root"].as_bool() == Some(true)
                 && q.get("dev").is_none_or(|d| d == dev)
         }) else {
@@ -411,14 +416,19 @@ impl TrafficControl for TcCli {
         match (&want.ingress, &have.root_tbf) {
             (Some(w), Some(h)) if w.matches(h) => {}
             (Some(w), _) => {
-                let mut args = vec!["qdisc", "replace", "dev", iface, "root", "handle", "1:"];
+                let mut args = vec![
+                    "qdisc", "replace", "dev", iface, "root", "handle", TBF_HANDLE,
+                ];
                 let tbf = w.args();
                 args.extend(tbf.iter().map(String::as_str));
                 self.run("tc", &args)?;
                 changed = true;
             }
             (None, Some(_)) => {
-                self.run("tc", &["qdisc", "del", "dev", iface, "root"])?;
+                self.run(
+                    "tc",
+                    &["qdisc", "del", "dev", iface, "root", "handle", TBF_HANDLE],
+                )?;
                 changed = true;
             }
             (None, None) => {}
@@ -437,7 +447,9 @@ impl TrafficControl for TcCli {
                     changed = true;
                 }
                 if !have.ifb_tbf.as_ref().is_some_and(|h| w.matches(h)) {
-                    let mut args = vec!["qdisc", "replace", "dev", &ifb, "root", "handle", "1:"];
+                    let mut args = vec![
+                        "qdisc", "replace", "dev", &ifb, "root", "handle", TBF_HANDLE,
+                    ];
                     let tbf = w.args();
                     args.extend(tbf.iter().map(String::as_str));
                     self.run("tc", &args)?;
@@ -464,7 +476,9 @@ impl TrafficControl for TcCli {
                 }
             }
             None => {
-                if have.ingress_qdisc {
+                // Only our redirect goes; an ingress qdisc redirecting elsewhere is
+                // someone else's.
+                if have.ingress_qdisc && have.redirect_to.as_deref() == Some(ifb.as_str()) {
                     self.run("tc", &["qdisc", "del", "dev", iface, "ingress"])?;
                     changed = true;
                 }

@@ -178,3 +178,35 @@ fn errors_name_the_interface() {
         .to_string();
     assert!(e.contains("calinone"), "{e}");
 }
+
+#[test]
+fn someone_elses_qdiscs_are_left_alone_until_we_need_the_root() {
+    let (ns, tc) = setup("foreign");
+    // A tbf and an ingress redirect made by another tool (handle 1:, ifb "other").
+    ns.exec(&[
+        "tc", "qdisc", "add", "dev", "calitq1", "root", "handle", "1:", "tbf", "rate", "1mbit",
+        "burst", "10k", "latency", "50ms",
+    ])
+    .unwrap();
+    ns.ip(&["link", "add", "other", "type", "ifb"]).unwrap();
+    ns.exec(&[
+        "tc", "qdisc", "add", "dev", "calitq1", "handle", "ffff:", "ingress",
+    ])
+    .unwrap();
+    ns.exec(&[
+        "tc", "filter", "add", "dev", "calitq1", "parent", "ffff:", "protocol", "all", "u32",
+        "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "other",
+    ])
+    .unwrap();
+    assert!(tc.read("calitq1").unwrap().is_empty(), "not ours");
+    assert!(tc.read_all().unwrap().is_empty(), "not ours");
+    assert!(!tc.apply("calitq1", &Shaping::default()).unwrap());
+    assert_eq!(root_tbf(&ns, "calitq1").map(|t| t.0), Some(125_000));
+    assert!(has_ingress_qdisc(&ns, "calitq1"));
+    // Limits for the workload take the root and the ingress hook over.
+    let want = limits(20_000_000, 10_000_000);
+    assert!(tc.apply("calitq1", &want).unwrap());
+    assert!(want.matches(&tc.read("calitq1").unwrap()));
+    assert_eq!(root_tbf(&ns, "calitq1").map(|t| t.0), Some(2_500_000));
+    assert!(!tc.apply("calitq1", &want).unwrap());
+}

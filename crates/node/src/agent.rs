@@ -740,6 +740,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             &cfg.interface_prefix,
             resync,
         );
+        metrics.set_bandwidth(qos_state.limited() as u64, qos.changed.len() as u64);
         applied.errors.extend(qos.errors);
         if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
             applied.errors.push(format!("{e:#}"));

@@ -19,8 +19,9 @@ pub const EGRESS_ANNOTATION: &str = "kubernetes.io/egress-bandwidth";
 const MIN_ANNOTATION_RATE: u64 = 1_000;
 /// Largest annotation rate Kubernetes accepts (1 Pbit/s).
 const MAX_ANNOTATION_RATE: u64 = 1_000_000_000_000_000;
-/// Default bucket: 20 ms of traffic at the rate...
-const DEFAULT_BURST_MS: u64 = 20;
+/// Default bucket: 100 ms of traffic at the rate, so a shaper woken late on a busy
+/// host catches up (over a second it lets through at most a tenth more)...
+const DEFAULT_BURST_MS: u64 = 100;
 /// ... but never under 32 KiB (a few GSO segments), so short bursts are not cut.
 const MIN_BURST_BYTES: u64 = 32 * 1024;
 /// Peak-rate bucket when `*Minburst` is not set: one Ethernet frame and some room.
@@ -36,7 +37,7 @@ pub struct QosPlan {
     pub warnings: Vec<String>,
 }
 
-/// The bucket size for `rate` bits/s when none is given: 20 ms of traffic, at
+/// The bucket size for `rate` bits/s when none is given: 100 ms of traffic, at
 /// least 32 KiB.
 pub fn default_burst(rate: u64) -> u32 {
     let bytes = (rate / 8).saturating_mul(DEFAULT_BURST_MS) / 1000;
@@ -235,6 +236,13 @@ pub struct QosState {
     last_warnings: Vec<String>,
 }
 
+impl QosState {
+    /// Interfaces carrying limits we applied.
+    pub fn limited(&self) -> usize {
+        self.applied.values().filter(|(_, s)| !s.is_empty()).count()
+    }
+}
+
 /// What one bandwidth pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QosOutcome {
@@ -425,7 +433,7 @@ mod tests {
             s.ingress,
             Some(Tbf {
                 rate: 20_000_000,
-                burst: 50_000,
+                burst: 250_000,
                 peak: Some(Peak {
                     rate: 40_000_000,
                     minburst: DEFAULT_MINBURST_BYTES
@@ -445,10 +453,10 @@ mod tests {
     }
 
     #[test]
-    fn default_burst_is_20ms_but_at_least_32k() {
-        assert_eq!(default_burst(20_000_000), 50_000);
+    fn default_burst_is_100ms_but_at_least_32k() {
+        assert_eq!(default_burst(20_000_000), 250_000);
         assert_eq!(default_burst(1_000_000), 32 * 1024);
-        assert_eq!(default_burst(1_000_000_000), 2_500_000);
+        assert_eq!(default_burst(1_000_000_000), 12_500_000);
     }
 
     #[test]
@@ -538,6 +546,7 @@ mod tests {
         let out = sync(&tc, &mut st, &plan, &l, "cali", true);
         assert_eq!(out.changed, vec!["calia"]);
         assert!(out.errors.is_empty());
+        assert_eq!(st.limited(), 1);
         // Nothing to do the second time, full or not.
         tc.clear_calls();
         assert!(
@@ -563,6 +572,7 @@ mod tests {
         assert_eq!(out.changed, vec!["calia"]);
         assert!(tc.read_all().unwrap().is_empty());
         assert!(tc.owned_ifbs().unwrap().is_empty());
+        assert_eq!(st.limited(), 0);
     }
 
     #[test]

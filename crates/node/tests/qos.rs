@@ -47,17 +47,17 @@ impl Drop for IperfServer {
     }
 }
 
-/// Received bits/s of a 3 s TCP test (after 1 s left out) from `client` to
-/// `server`, or with `reverse` from `server` to `client`.
-fn measure(client: &Workload, server: &Workload, reverse: bool) -> f64 {
-    let to = server.ip.to_string();
-    let mut args = vec!["iperf3", "-c", &to, "-p", PORT, "-t", "3", "-O", "1", "-J"];
-    if reverse {
-        args.push("-R");
-    }
+/// Received bits/s of a 3 s TCP test (after 1 s left out) from `from` to `to`.
+/// The client runs in `to` with `-R` (the server in `from` sends), so the rate is
+/// the client's own receive-side count, not the server's report.
+fn measure(from: &Workload, to: &Workload) -> f64 {
+    let server = from.ip.to_string();
+    let args = [
+        "iperf3", "-c", &server, "-p", PORT, "-t", "3", "-O", "1", "-J", "-R",
+    ];
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = client.ns.try_output(&args).unwrap();
+        let out = to.ns.try_output(&args).unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
@@ -75,17 +75,11 @@ fn measure(client: &Workload, server: &Workload, reverse: bool) -> f64 {
 
 /// Measures and asserts `limit * 0.9 < rate < limit * 1.1`; a rate under the
 /// bound is measured once more (the machine is shared), the bound never moves.
-fn assert_limited(
-    client: &Workload,
-    server: &Workload,
-    reverse: bool,
-    limit: f64,
-    what: &str,
-) -> f64 {
-    let mut rate = measure(client, server, reverse);
+fn assert_limited(from: &Workload, to: &Workload, limit: f64, what: &str) -> f64 {
+    let mut rate = measure(from, to);
     if rate < limit * 0.9 {
         eprintln!("{what}: {rate:.0} bit/s is under 90% of {limit}; measuring again");
-        rate = measure(client, server, reverse);
+        rate = measure(from, to);
     }
     eprintln!("{what}: configured {limit:.0} bit/s, measured {rate:.0} bit/s");
     assert!(
@@ -158,12 +152,15 @@ async fn bandwidth_limits_shape_real_traffic() {
     let t0 = Instant::now();
     let mut c = Cluster::new("qos", 1, Layout::OneSubnet, Store::Sqlite).await;
     c.apply(POOL).await;
+    c.nodes[0]
+        .flags
+        .extend(["--metrics-listen", "127.0.0.1:9099"].map(String::from));
     c.start_all();
     let a = c.add_workload(0, "qa").await;
     let b = c.add_workload(0, "qb").await;
     c.wait_full_reachability(Duration::from_secs(40));
     let (qa, qb) = (&c.workloads[a], &c.workloads[b]);
-    let _server = IperfServer::start(qb);
+    let _servers = (IperfServer::start(qa), IperfServer::start(qb));
 
     // qosControls: 20 Mbit/s towards qa, 10 Mbit/s from it.
     set_wep(&c, "qa", |r| {
@@ -186,10 +183,18 @@ async fn bandwidth_limits_shape_real_traffic() {
     );
     assert_eq!(tbf_rate(&c, "caliqb"), None, "qb has no limits");
     // From qa (egress, through the ifb) and towards qa (ingress).
-    assert_limited(qa, qb, false, 10e6, "qosControls egress 10M");
-    assert_limited(qa, qb, true, 20e6, "qosControls ingress 20M");
+    assert_limited(qa, qb, 10e6, "qosControls egress 10M");
+    assert_limited(qb, qa, 20e6, "qosControls ingress 20M");
     let log = std::fs::read_to_string(c.dir.join("n1.log")).unwrap();
     assert!(log.contains("bandwidth limits applied"), "{log}");
+    let metrics = c.nodes[0]
+        .ns
+        .output(&["curl", "-sf", "http://127.0.0.1:9099/metrics"])
+        .unwrap();
+    assert!(
+        metrics.contains("\ntabby_bandwidth_limited_interfaces 1\n"),
+        "{metrics}"
+    );
 
     // A change is followed.
     set_wep(&c, "qa", |r| {
@@ -210,8 +215,8 @@ async fn bandwidth_limits_shape_real_traffic() {
         Some(5_000_000),
         Duration::from_secs(15),
     );
-    assert_limited(qa, qb, false, 5e6, "changed egress 5M");
-    assert_limited(qa, qb, true, 30e6, "changed ingress 30M");
+    assert_limited(qa, qb, 5e6, "changed egress 5M");
+    assert_limited(qb, qa, 30e6, "changed ingress 30M");
 
     // Drift: the qdiscs deleted by hand come back on the next resync (5 s here).
     c.nodes[0]
@@ -234,8 +239,8 @@ async fn bandwidth_limits_shape_real_traffic() {
     // Limits removed: the qdiscs and the ifb go, throughput is far above.
     set_wep(&c, "qa", |r| qos(r, None)).await;
     wait_tc(&c, "caliqa", None, None, Duration::from_secs(15));
-    let free_out = measure(qa, qb, false);
-    let free_in = measure(qa, qb, true);
+    let free_out = measure(qa, qb);
+    let free_in = measure(qb, qa);
     eprintln!("unlimited: from qa {free_out:.0} bit/s, towards qa {free_in:.0} bit/s");
     assert!(
         free_out > 3.0 * 10e6,
@@ -270,8 +275,8 @@ async fn bandwidth_limits_shape_real_traffic() {
         Some(8_388_608),
         Duration::from_secs(15),
     );
-    assert_limited(qa, qb, false, 8_388_608.0, "annotation egress 8Mi");
-    assert_limited(qa, qb, true, 15e6, "annotation ingress 15M");
+    assert_limited(qa, qb, 8_388_608.0, "annotation egress 8Mi");
+    assert_limited(qb, qa, 15e6, "annotation ingress 15M");
     assert_eq!(
         tbf_rate(&c, "caliqb"),
         None,
