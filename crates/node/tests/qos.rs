@@ -308,6 +308,23 @@ async fn bandwidth_limits_shape_real_traffic() {
         Some(12_000_000),
         Duration::from_secs(15),
     );
+
+    // The pod goes (CNI DEL deletes the veth and the endpoint): its ifb is deleted
+    // on the next resync.
+    c.nodes[0].ns.ip(&["link", "del", "caliqa"]).unwrap();
+    c.client
+        .delete(
+            Kind::WorkloadEndpoint,
+            Some("default"),
+            "n1-k8s-qa-eth0",
+            None,
+        )
+        .await
+        .unwrap();
+    let gone = tabby_testnet::wait::wait_until(Duration::from_secs(15), || {
+        c.nodes[0].ns.ip(&["link", "show", "bwcaliqa"]).is_err()
+    });
+    assert!(gone, "bwcaliqa outlived its pod\n{}", c.logs());
     eprintln!(
         "bandwidth_limits_shape_real_traffic took {:?}",
         t0.elapsed()
