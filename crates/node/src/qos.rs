@@ -419,6 +419,40 @@ mod tests {
     }
 
     #[test]
+    fn quantity_parser_never_panics_and_scales_exactly() {
+        // Deterministic pseudo-random strings over the quantity alphabet.
+        let alphabet: Vec<char> = "0123456789.+-eEkKMGTPimnu x".chars().collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for i in 0..(x % 12) {
+                t.push(alphabet[((x >> (i * 5)) % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse_quantity(&t);
+        }
+        for (suffix, mult) in [
+            ("", 1u64),
+            ("k", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+        ] {
+            for n in [0u64, 1, 7, 999, 123_456] {
+                assert_eq!(
+                    parse_quantity(&format!("{n}{suffix}")),
+                    Ok(n * mult),
+                    "{n}{suffix}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn qos_controls_become_buckets() {
         let rs = weps(&wep(
             "a",
