@@ -10,7 +10,8 @@
 //!
 //! For the node agent the trait also covers blackhole, onlink and ECMP routes,
 //! pipelined bulk route changes ([`Netlink::add_routes`]), the VXLAN device with its
-//! neighbours and FDB, and [`events::monitor`] streams kernel changes.
+//! neighbours and FDB, and [`events::monitor`] streams kernel changes. [`tc`] sets
+//! a workload's bandwidth limits (tbf, and an ifb for traffic from the pod).
 
 pub mod error;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod netns;
 pub mod rtnl;
 pub mod sysctl;
+pub mod tc;
 pub mod workload;
 
 pub use error::{Error, Result};

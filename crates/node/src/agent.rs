@@ -545,6 +545,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let nft = NftCli { netns: None };
     let mut last_fw: Option<serde_json::Value> = None;
     let mut policy: Option<tabby_policy::compile::Compiled> = None;
+    // Bandwidth limits (issue 8): see crate::qos.
+    let tc = tabby_dataplane::tc::TcCli::new();
+    let mut qos_state = crate::qos::QosState::default();
     let mut view: Option<(StoreView, desired::Snapshot)> = None;
     let mut bgp: Option<BgpState> = None;
     let learned: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>> = Arc::default();
@@ -738,6 +741,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
         }
+        // Bandwidth limits (issue 8): tc on the local workloads' interfaces.
+        let qos_plan = crate::qos::desired(&v.workloads, &cfg.node_name);
+        let qos = crate::qos::sync(
+            &tc,
+            &mut qos_state,
+            &qos_plan,
+            &links,
+            &cfg.interface_prefix,
+            resync,
+        );
+        metrics.set_bandwidth(qos_state.limited() as u64, qos.changed.len() as u64);
+        applied.errors.extend(qos.errors);
         if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
             applied.errors.push(format!("{e:#}"));
         }

@@ -29,6 +29,10 @@ pub struct Metrics {
     reconcile_buckets: [AtomicU64; RECONCILE_BUCKETS.len() + 1],
     /// f64 bits of the sum of observed durations.
     reconcile_sum: AtomicU64,
+    /// Workload interfaces carrying bandwidth limits (issue 8).
+    bandwidth_limited: AtomicU64,
+    /// Bandwidth shaping changes made (set, replaced, removed).
+    bandwidth_changes: AtomicU64,
 }
 
 impl Metrics {
@@ -82,6 +86,12 @@ impl Metrics {
     /// Whether the datastore is reachable.
     pub fn set_store_connected(&self, up: bool) {
         self.store_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Bandwidth limits: interfaces limited now, and changes made in the last pass.
+    pub fn set_bandwidth(&self, limited: u64, changes: u64) {
+        self.bandwidth_limited.store(limited, Ordering::Relaxed);
+        self.bandwidth_changes.fetch_add(changes, Ordering::Relaxed);
     }
 
     /// Established BGP sessions (as last set).
@@ -149,6 +159,20 @@ impl Metrics {
             "Failed reconcile passes.",
             "counter",
             load(&self.reconcile_errors),
+        );
+        gauge(
+            &mut s,
+            "tabby_bandwidth_limited_interfaces",
+            "Workload interfaces carrying bandwidth limits.",
+            "gauge",
+            load(&self.bandwidth_limited),
+        );
+        gauge(
+            &mut s,
+            "tabby_bandwidth_changes_total",
+            "Bandwidth shaping changes made (set, replaced or removed).",
+            "counter",
+            load(&self.bandwidth_changes),
         );
 
         let name = "tabby_reconcile_duration_seconds";
@@ -396,6 +420,8 @@ mod tests {
         m.inc_reconcile_errors();
         m.inc_reconcile_errors();
         m.set_store_connected(true);
+        m.set_bandwidth(1, 2);
+        m.set_bandwidth(1, 1);
         let s = m.render();
         for (name, kind, value) in [
             ("tabby_up", "gauge", "1"),
@@ -405,6 +431,8 @@ mod tests {
             ("tabby_routes_installed", "gauge", "7"),
             ("tabby_store_errors_total", "counter", "1"),
             ("tabby_reconcile_errors_total", "counter", "2"),
+            ("tabby_bandwidth_limited_interfaces", "gauge", "1"),
+            ("tabby_bandwidth_changes_total", "counter", "3"),
         ] {
             assert!(s.contains(&format!("# HELP {name} ")), "{name}\n{s}");
             assert!(
