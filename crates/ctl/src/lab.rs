@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
+use tabby_lab::lab::{self, Encap, LabSpec, RouterKind, StoreKind, Topology};
 use tabby_lab::plan::Model;
 
 #[derive(clap::Args, Debug)]
@@ -70,8 +70,9 @@ enum Action {
 #[derive(clap::Args, Debug)]
 struct UpArgs {
     /// BGP topology, a planner model: mesh, route-reflector (2 of the nodes become
-    /// dedicated reflectors) or l2-planes (a bridge per plane, every node on each, a
-    /// dedicated reflector per plane).
+    /// dedicated reflectors), l2-planes (a bridge per plane, every node on each, a
+    /// dedicated reflector per plane), or a ToR design with a router per rack:
+    /// as-per-rack-l2-spine, as-per-rack-l3-spine, as-per-server, downward-default.
     #[arg(long, default_value = "mesh", value_name = "MODEL")]
     topology: Model,
     /// Nodes, route reflectors included (l2-planes: the hosts; the planes' reflectors
@@ -81,6 +82,17 @@ struct UpArgs {
     /// L2 planes of the l2-planes topology, 2..=4 (default 4).
     #[arg(long)]
     planes: Option<u32>,
+    /// Racks of the ToR topologies, 1..=8 (default 2); the nodes fill them in order,
+    /// the same number in each.
+    #[arg(long)]
+    racks: Option<u32>,
+    /// Spine routers of as-per-rack-l3-spine, as-per-server and downward-default,
+    /// 1..=4 (default 1).
+    #[arg(long)]
+    spines: Option<u32>,
+    /// The daemon of the ToR and spine routers: bird (BIRD 2, the default) or frr.
+    #[arg(long, value_name = "bird|frr")]
+    router: Option<String>,
     /// Pods on each workload node.
     #[arg(long, default_value_t = 2)]
     pods_per_node: u32,
@@ -216,6 +228,34 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
             );
         }
         spec.planes = p;
+    }
+    let fabric_only = |flag: &str, v: String| -> anyhow::Result<()> {
+        if spec.topology.is_fabric() {
+            Ok(())
+        } else {
+            bail!(
+                "lab up --{flag} {v}: it is an option of the ToR topologies (as-per-rack-l2-spine, as-per-rack-l3-spine, as-per-server, downward-default), not of {}",
+                spec.topology
+            )
+        }
+    };
+    if let Some(r) = a.racks {
+        fabric_only("racks", r.to_string())?;
+        spec.racks = r;
+    }
+    if let Some(s) = a.spines {
+        fabric_only("spines", s.to_string())?;
+        if !spec.topology.has_spines() {
+            bail!(
+                "lab up --spines {s}: {} has an L2 spine (a bridge), no spine routers",
+                spec.topology
+            );
+        }
+        spec.spines = s;
+    }
+    if let Some(r) = &a.router {
+        fabric_only("router", r.clone())?;
+        spec.router = r.parse::<RouterKind>()?;
     }
     spec.pods_per_node = a.pods_per_node;
     spec.store = store_kind(a.store.as_deref())?;

@@ -165,6 +165,13 @@ pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
                     .find(|n| n.legs().any(|l| l.address.addr().to_string() == addr))
                     .map(|n| n.name.clone())
             })
+            .or_else(|| {
+                layout
+                    .routers
+                    .iter()
+                    .find(|r| r.legs.iter().any(|l| l.address.addr().to_string() == addr))
+                    .map(|r| r.name.clone())
+            })
             .unwrap_or_else(|| addr.to_string())
     };
     let cut: Vec<ipnet::Ipv4Net> = state
@@ -204,6 +211,29 @@ pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
                     .collect()
             }),
             routes,
+        });
+    }
+    // The ToR and spine routers, after the nodes (as the planner's figures are).
+    for rec in &state.routers {
+        let Some(r) = layout.fabric_router(&rec.name) else {
+            continue;
+        };
+        let (observed, sessions) = super::router::observe(rec.daemon, r, &rec.control);
+        v.push(NodeView {
+            name: rec.name.clone(),
+            address: rec.ip.clone(),
+            route_reflector: true,
+            failed: state.failure(&rec.name).map(|f| f.kind),
+            peers: sessions.map(|s| {
+                s.into_iter()
+                    .map(|p| PeerView {
+                        peer: p.peer,
+                        state: p.state,
+                        on_failed_plane: false,
+                    })
+                    .collect()
+            }),
+            routes: observed.routes,
         });
     }
     v
@@ -291,7 +321,16 @@ pub fn render_sessions(views: &[NodeView]) -> String {
             };
             vec![
                 v.name.clone(),
-                if v.route_reflector { "RR" } else { "node" }.to_string(),
+                if v.name.starts_with("tor") {
+                    "ToR"
+                } else if v.name.starts_with("spine") {
+                    "spine"
+                } else if v.route_reflector {
+                    "RR"
+                } else {
+                    "node"
+                }
+                .to_string(),
                 state,
                 up,
                 down,
@@ -801,6 +840,17 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
                 expected: e.clone(),
                 observed: observe(&n.ns, &n.socket).await,
             });
+        }
+        let router_expected = expected.get(state.nodes.len()..).unwrap_or_default();
+        for (rec, e) in state.routers.iter().zip(router_expected) {
+            if let Some(r) = layout.fabric_router(&rec.name) {
+                rows.push(DeviceRow {
+                    name: rec.name.clone(),
+                    address: rec.ip.clone(),
+                    expected: e.clone(),
+                    observed: super::router::observe(rec.daemon, r, &rec.control).0,
+                });
+            }
         }
         if rows.iter().all(DeviceRow::matches) {
             break;
