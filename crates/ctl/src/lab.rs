@@ -35,7 +35,8 @@ enum Action {
     Status,
     /// Run a command in a node's or pod's namespace: `lab exec n1 -- ip route`.
     Exec {
-        /// A node (`n1`, `rr1`), a pod (`n1-1`), or `fab`, `rtr`, `etcd`.
+        /// A node (`n1`, `rr1`), a pod (`n1-1`), or `fab`, `rtr`, `etcd`, `tor1`,
+        /// `spine1`.
         target: String,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -45,7 +46,9 @@ enum Action {
     /// link (`link:n2`) or an L2 plane (`plane:1`: every port of its bridge), then show
     /// the rest converge: sessions, reachability, times.
     Fail {
-        /// A node (`n2`, `rr1`), a node's fabric link (`link:n2`) or a plane (`plane:1`).
+        /// A node (`n2`, `rr1`), a node's fabric link (`link:n2`), a plane (`plane:1`)
+        /// or a ToR or spine router (`tor1`, `spine1`: its links down, its BGP daemon
+        /// killed).
         target: String,
         /// Seconds to wait for the rest of the lab to converge.
         #[arg(long, default_value_t = 60)]

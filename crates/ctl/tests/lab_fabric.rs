@@ -337,6 +337,32 @@ fn as_per_rack_l3_spine_frr() {
     assert_row(&out, "tor2", "ToR", 3, 4, 0);
     assert_row(&out, "spine1", "spine", 2, 4, 0);
     assert!(out.contains("12 pairs: 12 ✓"), "{out}");
+    // A dead ToR: its links down, its bgpd killed; its rack is cut off, the other
+    // rack's pods still reach each other, and heal starts bgpd again.
+    let fail = lab.run(&["fail", "tor2", "--timeout", "40"]);
+    let text = String::from_utf8_lossy(&fail.stdout);
+    assert!(fail.status.success(), "{fail:?}");
+    assert!(
+        text.contains("router: links eth0, sp1 down, BGP daemon pid"),
+        "{text}"
+    );
+    assert!(text.contains("sessions with tor2 down"), "{text}");
+    assert!(text.contains("pods on failed nodes: n3-1, n4-1"), "{text}");
+    assert!(
+        text.contains("2 between pods on live nodes: 2 ✓, 0 ✗"),
+        "{text}"
+    );
+    let heal = lab.run(&["heal", "--timeout", "40"]);
+    let text = String::from_utf8_lossy(&heal.stdout);
+    assert!(heal.status.success(), "{heal:?}");
+    assert!(
+        text.contains("tor2: links eth0, sp1 up, bgpd started again"),
+        "{text}"
+    );
+    assert!(
+        text.contains("every pod pair reachable: 12 of 12"),
+        "{text}"
+    );
     // zebra and bgpd per router.
     status_graph_down(&lab, &["tor1", "tor2", "spine1"], "zebra", 4 + 3 * 2);
 }
