@@ -968,6 +968,69 @@ mod tests {
     }
 
     #[test]
+    fn fabric_topologies() {
+        let mut s = spec(Topology::AsPerServer, Encap::None, StoreKind::Sqlite, 4);
+        s.spines = 2;
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        assert_eq!(
+            l.namespaces()[..5],
+            [
+                "tl-t1-fab",
+                "tl-t1-tor1",
+                "tl-t1-tor2",
+                "tl-t1-spine1",
+                "tl-t1-spine2"
+            ]
+        );
+        assert_eq!(l.device_names().len(), 8);
+        let args = l.agent_args(l.node("n3").unwrap());
+        assert!(
+            args.windows(2).any(|w| w == ["--label", "rack=r2"]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--as", "4200000003"]),
+            "{args:?}"
+        );
+        assert_eq!(l.router_dir("tor1"), Path::new("/run/tl/t1/tor1"));
+        let y = resources(&s);
+        assert!(y.contains("nodeToNodeMeshEnabled: false"), "{y}");
+        assert!(
+            y.contains("peerIP: \"198.18.1.254\", asNumber: 65001"),
+            "{y}"
+        );
+        let (_, e) = expected(&s, &l).unwrap();
+        // Nodes: their ToR; ToRs: 2 nodes and 2 spines; spines: the 2 ToRs.
+        let got: Vec<(Role, u64, u64)> = e.iter().map(|e| (e.role, e.sessions, e.routes)).collect();
+        assert_eq!(
+            got,
+            [
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Tor, 4, 4),
+                (Role::Tor, 4, 4),
+                (Role::Spine, 2, 4),
+                (Role::Spine, 2, 4),
+            ]
+        );
+        assert_eq!(
+            plan_command(&s),
+            "tabbyctl plan --model as-per-server --nodes 4 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --racks 2 --spines 2"
+        );
+        // Downward default: a node holds its block and the default, a ToR its rack's
+        // two blocks and the default; no static default route on the nodes.
+        let s = spec(Topology::DownwardDefault, Encap::None, StoreKind::Sqlite, 4);
+        let l = Layout::new(&s);
+        assert!(l.nodes.iter().all(|n| n.gateways.is_empty()));
+        assert!(!l.agent_args(&l.nodes[0]).contains(&"--as".to_string()));
+        let (_, e) = expected(&s, &l).unwrap();
+        assert_eq!((e[0].routes, e[4].routes, e[6].routes), (2, 3, 4));
+    }
+
+    #[test]
     fn cni_environment() {
         let s = spec(Topology::Mesh, Encap::None, StoreKind::Sqlite, 1);
         let l = Layout::new(&s);

@@ -1,6 +1,7 @@
-//! `lab up`: builds the lab step by step (fabric, datastore, configuration, agents,
-//! sessions, pods, routes, traffic), recording everything in `lab.json` as it goes,
-//! then compares every device with the planner and tests every pod pair with a ping.
+//! `lab up`: builds the lab step by step (fabric, datastore, configuration, ToR and
+//! spine routers, agents, sessions, pods, routes, traffic), recording everything in
+//! `lab.json` as it goes, then compares every device with the planner and tests every
+//! pod pair with a ping.
 
 use std::path::PathBuf;
 use std::process::Child;
