@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
+use tabby_lab::lab::{self, Encap, LabSpec, RouterKind, StoreKind, Topology};
 use tabby_lab::plan::Model;
 
 #[derive(clap::Args, Debug)]
@@ -35,7 +35,8 @@ enum Action {
     Status,
     /// Run a command in a node's or pod's namespace: `lab exec n1 -- ip route`.
     Exec {
-        /// A node (`n1`, `rr1`), a pod (`n1-1`), or `fab`, `rtr`, `etcd`.
+        /// A node (`n1`, `rr1`), a pod (`n1-1`), or `fab`, `rtr`, `etcd`, `tor1`,
+        /// `spine1`.
         target: String,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -45,7 +46,9 @@ enum Action {
     /// link (`link:n2`) or an L2 plane (`plane:1`: every port of its bridge), then show
     /// the rest converge: sessions, reachability, times.
     Fail {
-        /// A node (`n2`, `rr1`), a node's fabric link (`link:n2`) or a plane (`plane:1`).
+        /// A node (`n2`, `rr1`), a node's fabric link (`link:n2`), a plane (`plane:1`)
+        /// or a ToR or spine router (`tor1`, `spine1`: its links down, its BGP daemon
+        /// killed).
         target: String,
         /// Seconds to wait for the rest of the lab to converge.
         #[arg(long, default_value_t = 60)]
@@ -70,8 +73,9 @@ enum Action {
 #[derive(clap::Args, Debug)]
 struct UpArgs {
     /// BGP topology, a planner model: mesh, route-reflector (2 of the nodes become
-    /// dedicated reflectors) or l2-planes (a bridge per plane, every node on each, a
-    /// dedicated reflector per plane).
+    /// dedicated reflectors), l2-planes (a bridge per plane, every node on each, a
+    /// dedicated reflector per plane), or a ToR design with a router per rack:
+    /// as-per-rack-l2-spine, as-per-rack-l3-spine, as-per-server, downward-default.
     #[arg(long, default_value = "mesh", value_name = "MODEL")]
     topology: Model,
     /// Nodes, route reflectors included (l2-planes: the hosts; the planes' reflectors
@@ -81,6 +85,17 @@ struct UpArgs {
     /// L2 planes of the l2-planes topology, 2..=4 (default 4).
     #[arg(long)]
     planes: Option<u32>,
+    /// Racks of the ToR topologies, 1..=8 (default 2); the nodes fill them in order,
+    /// the same number in each.
+    #[arg(long)]
+    racks: Option<u32>,
+    /// Spine routers of as-per-rack-l3-spine, as-per-server and downward-default,
+    /// 1..=4 (default 1).
+    #[arg(long)]
+    spines: Option<u32>,
+    /// The daemon of the ToR and spine routers: bird (BIRD 2, the default) or frr.
+    #[arg(long, value_name = "bird|frr")]
+    router: Option<String>,
     /// Pods on each workload node.
     #[arg(long, default_value_t = 2)]
     pods_per_node: u32,
@@ -216,6 +231,34 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
             );
         }
         spec.planes = p;
+    }
+    let fabric_only = |flag: &str, v: String| -> anyhow::Result<()> {
+        if spec.topology.is_fabric() {
+            Ok(())
+        } else {
+            bail!(
+                "lab up --{flag} {v}: it is an option of the ToR topologies (as-per-rack-l2-spine, as-per-rack-l3-spine, as-per-server, downward-default), not of {}",
+                spec.topology
+            )
+        }
+    };
+    if let Some(r) = a.racks {
+        fabric_only("racks", r.to_string())?;
+        spec.racks = r;
+    }
+    if let Some(s) = a.spines {
+        fabric_only("spines", s.to_string())?;
+        if !spec.topology.has_spines() {
+            bail!(
+                "lab up --spines {s}: {} has an L2 spine (a bridge), no spine routers",
+                spec.topology
+            );
+        }
+        spec.spines = s;
+    }
+    if let Some(r) = &a.router {
+        fabric_only("router", r.clone())?;
+        spec.router = r.parse::<RouterKind>()?;
     }
     spec.pods_per_node = a.pods_per_node;
     spec.store = store_kind(a.store.as_deref())?;

@@ -382,8 +382,8 @@ fn bad_requests_fail_before_building() {
     let lab = Lab::new("b");
     for (args, says) in [
         (
-            vec!["up", "--topology", "as-per-server"],
-            "does not build it yet",
+            vec!["up", "--topology", "as-per-server", "--nodes", "3"],
+            "the same number of nodes in every rack",
         ),
         (
             vec!["up", "--topology", "l2-planes", "--planes", "5"],

@@ -135,8 +135,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The nodes as the lab sees them: agent, sessions, proto-80 routes. `agents` adds
-/// to the AGENT cell of each row (e.g. its pid).
+/// The nodes as the lab sees them: agent, sessions, proto-80 routes (for ToR and
+/// spine routers: the routes their daemon installed). `agents` adds to the AGENT cell
+/// of each row (e.g. its pid, or a router's daemons and pids).
 pub fn render_nodes(rows: &[DeviceRow], agents: &[String]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()

@@ -114,7 +114,8 @@ pub fn down(name: &str, root: &Path) -> Result<DownReport, LabError> {
 
 /// Whether `dir` holds only what a lab makes (so that removing it cannot take anything
 /// else with it, even when `lab.json` is gone): the state file, the store, logs,
-/// control sockets, etcd's data and the agents' state dirs (`n1`, `rr1`).
+/// control sockets, etcd's data, the agents' state dirs (`n1`, `rr1`) and the
+/// routers' dirs (`tor1`, `spine1`).
 fn is_lab_dir(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
@@ -126,7 +127,7 @@ fn is_lab_dir(dir: &Path) -> bool {
 
 fn lab_file(name: &str) -> bool {
     let node_dir = |n: &str| {
-        ["n", "rr"].iter().any(|p| {
+        ["n", "rr", "tor", "spine"].iter().any(|p| {
             n.strip_prefix(p)
                 .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
         })
@@ -152,6 +153,9 @@ mod tests {
             "n1.ctl",
             "n12",
             "rr2",
+            "tor1",
+            "spine2",
+            "bird-tor1.log",
             "etcd-data",
         ] {
             assert!(lab_file(ok), "{ok}");

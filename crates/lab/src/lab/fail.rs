@@ -87,7 +87,15 @@ fn failed_plane(f: &FailureRecord) -> Option<u32> {
 
 /// A failure in words: `node: fabric link rr1 down, agent pid 42 killed`.
 pub fn describe(f: &FailureRecord) -> String {
+    let router_links = f.ports.join(", ");
     match (f.kind, f.killed_pid) {
+        // A ToR or spine router: its own links, set down in its namespace.
+        (FailureKind::Node, Some(pid)) if !f.ports.is_empty() => {
+            format!("router: links {router_links} down, BGP daemon pid {pid} killed")
+        }
+        (FailureKind::Node | FailureKind::Link, _) if !f.ports.is_empty() => {
+            format!("router: links {router_links} down")
+        }
         (FailureKind::Node, Some(pid)) => {
             format!("node: fabric link {} down, agent pid {pid} killed", f.link)
         }
@@ -165,6 +173,13 @@ pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
                     .find(|n| n.legs().any(|l| l.address.addr().to_string() == addr))
                     .map(|n| n.name.clone())
             })
+            .or_else(|| {
+                layout
+                    .routers
+                    .iter()
+                    .find(|r| r.legs.iter().any(|l| l.address.addr().to_string() == addr))
+                    .map(|r| r.name.clone())
+            })
             .unwrap_or_else(|| addr.to_string())
     };
     let cut: Vec<ipnet::Ipv4Net> = state
@@ -204,6 +219,29 @@ pub(crate) async fn views(state: &LabState) -> Vec<NodeView> {
                     .collect()
             }),
             routes,
+        });
+    }
+    // The ToR and spine routers, after the nodes (as the planner's figures are).
+    for rec in &state.routers {
+        let Some(r) = layout.fabric_router(&rec.name) else {
+            continue;
+        };
+        let (observed, sessions) = super::router::observe(rec.daemon, r, &rec.control);
+        v.push(NodeView {
+            name: rec.name.clone(),
+            address: rec.ip.clone(),
+            route_reflector: true,
+            failed: state.failure(&rec.name).map(|f| f.kind),
+            peers: sessions.map(|s| {
+                s.into_iter()
+                    .map(|p| PeerView {
+                        peer: p.peer,
+                        state: p.state,
+                        on_failed_plane: false,
+                    })
+                    .collect()
+            }),
+            routes: observed.routes,
         });
     }
     v
@@ -291,7 +329,16 @@ pub fn render_sessions(views: &[NodeView]) -> String {
             };
             vec![
                 v.name.clone(),
-                if v.route_reflector { "RR" } else { "node" }.to_string(),
+                if v.name.starts_with("tor") {
+                    "ToR"
+                } else if v.name.starts_with("spine") {
+                    "spine"
+                } else if v.route_reflector {
+                    "RR"
+                } else {
+                    "node"
+                }
+                .to_string(),
                 state,
                 up,
                 down,
@@ -425,10 +472,18 @@ fn secs(d: Duration) -> String {
 
 /// Per pod, whether it is on a failed node.
 fn down_pods(state: &LabState) -> Vec<bool> {
+    // A failed ToR takes its rack's nodes off the network with it.
+    let layout = Layout::new(&state.spec(Path::new("/")));
+    let tor_failed = |node: &str| {
+        layout
+            .node(node)
+            .and_then(|n| n.rack)
+            .is_some_and(|r| state.failure(&format!("tor{r}")).is_some())
+    };
     state
         .pods
         .iter()
-        .map(|p| state.failure(&p.node).is_some())
+        .map(|p| state.failure(&p.node).is_some() || tor_failed(&p.node))
         .collect()
 }
 
@@ -441,10 +496,13 @@ struct Running {
 }
 
 fn start_probe(state: &LabState, dir: &Path) -> Option<Running> {
+    let down = down_pods(state);
     let live: Vec<_> = state
         .pods
         .iter()
-        .filter(|p| state.failure(&p.node).is_none())
+        .zip(&down)
+        .filter(|(_, d)| !**d)
+        .map(|(p, _)| p)
         .collect();
     let from = live.first()?;
     let to = live.iter().find(|p| p.node != from.node)?;
@@ -640,6 +698,9 @@ fn node_record(
     target: &Target,
 ) -> Result<(FailureRecord, Option<super::state::ProcessRecord>), LabError> {
     let node = target.node();
+    if let Some(r) = layout.fabric_router(&node) {
+        return Ok(router_record(state, layout, r, target));
+    }
     let Some(lnode) = layout.node(&node) else {
         return Err(LabError::NoTarget {
             lab: name.to_string(),
@@ -648,6 +709,7 @@ fn node_record(
                 .nodes
                 .iter()
                 .map(|n| n.name.clone())
+                .chain(layout.routers.iter().map(|r| r.name.clone()))
                 .collect::<Vec<_>>()
                 .join(", "),
         });
@@ -669,6 +731,46 @@ fn node_record(
         at_unix_ms: now_ms(),
     };
     Ok((record, agent))
+}
+
+/// The record of cutting a ToR or spine router: every one of its links set down from
+/// inside its namespace (so that the bridge ports and the spines' ends lose carrier)
+/// and, for a dead router, its BGP daemon (`bird`, or FRR's `bgpd`) killed.
+fn router_record(
+    state: &LabState,
+    layout: &Layout,
+    r: &super::fabric::FabricRouter,
+    target: &Target,
+) -> (FailureRecord, Option<super::state::ProcessRecord>) {
+    let mut ports: Vec<String> = r.legs.iter().map(|l| l.ifname.clone()).collect();
+    for l in &layout.links {
+        if l.tor_ns == r.ns {
+            ports.push(l.tor_if.clone());
+        } else if l.spine_ns == r.ns {
+            ports.push(l.spine_if.clone());
+        }
+    }
+    let daemon = state
+        .processes
+        .iter()
+        .find(|p| p.what == format!("bird {}", r.name) || p.what == format!("bgpd {}", r.name))
+        .cloned();
+    let record = FailureRecord {
+        node: r.name.clone(),
+        kind: target.kind(),
+        link_ns: r.ns.clone(),
+        link: ports.first().cloned().unwrap_or_default(),
+        ports,
+        killed_pid: match target.kind() {
+            FailureKind::Node => daemon
+                .as_ref()
+                .filter(|d| host::alive(d.pid, &d.program))
+                .map(|d| d.pid),
+            FailureKind::Link | FailureKind::Plane => None,
+        },
+        at_unix_ms: now_ms(),
+    };
+    (record, daemon)
 }
 
 /// The record of cutting plane `k`: every port of its bridge.
@@ -737,6 +839,8 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
         set_failed_links(&f, true)?;
         let mut what = if f.ports.is_empty() {
             format!("{}: fabric link {} up", f.node, f.link)
+        } else if f.kind != FailureKind::Plane {
+            format!("{}: links {} up", f.node, f.ports.join(", "))
         } else {
             format!(
                 "{}: the {} ports of bridge {} up",
@@ -749,7 +853,7 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
             && let Some(i) = state
                 .processes
                 .iter()
-                .position(|p| p.what == format!("agent {}", f.node))
+                .position(|p| p.what == format!("agent {}", f.node) || Some(p.pid) == f.killed_pid)
             && !host::alive(state.processes[i].pid, &state.processes[i].program)
         {
             let p = &state.processes[i];
@@ -767,7 +871,12 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
                 p.argv.clone()
             };
             let child = host::spawn(&p.ns, Path::new(&argv[0]), &argv[1..], &p.log)?;
-            what.push_str(&format!(", agent started again (pid {})", child.id()));
+            let who = if p.what.starts_with("agent ") {
+                "agent"
+            } else {
+                p.program.as_str()
+            };
+            what.push_str(&format!(", {who} started again (pid {})", child.id()));
             let log = p.log.clone();
             let p = &mut state.processes[i];
             p.pid = child.id();
@@ -801,6 +910,17 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
                 expected: e.clone(),
                 observed: observe(&n.ns, &n.socket).await,
             });
+        }
+        let router_expected = expected.get(state.nodes.len()..).unwrap_or_default();
+        for (rec, e) in state.routers.iter().zip(router_expected) {
+            if let Some(r) = layout.fabric_router(&rec.name) {
+                rows.push(DeviceRow {
+                    name: rec.name.clone(),
+                    address: rec.ip.clone(),
+                    expected: e.clone(),
+                    observed: super::router::observe(rec.daemon, r, &rec.control).0,
+                });
+            }
         }
         if rows.iter().all(DeviceRow::matches) {
             break;
@@ -868,6 +988,44 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
 mod tests {
     use super::*;
     use crate::plan::Role;
+
+    #[test]
+    fn a_router_failure_cuts_every_link() {
+        let mut spec = crate::lab::LabSpec::new("t", Path::new("/x"));
+        spec.topology = crate::lab::Topology::AsPerRackL3Spine;
+        spec.nodes = 4;
+        spec.spines = 2;
+        let layout = Layout::new(&spec);
+        let mut state = LabState::new(&spec, "sqlite:///x/t/store.db");
+        state.processes.push(super::super::state::ProcessRecord {
+            what: "bird tor2".into(),
+            pid: u32::MAX,
+            program: "bird".into(),
+            ns: "tl-t-tor2".into(),
+            log: "/x/t/bird-tor2.log".into(),
+            argv: Vec::new(),
+        });
+        let tor2 = layout.fabric_router("tor2").unwrap();
+        let (f, daemon) = router_record(&state, &layout, tor2, &Target::Node("tor2".into()));
+        assert_eq!(f.link_ns, "tl-t-tor2");
+        assert_eq!(f.ports, ["eth0", "sp1", "sp2"]);
+        assert_eq!(daemon.unwrap().what, "bird tor2");
+        assert_eq!(f.killed_pid, None, "the daemon does not run");
+        assert_eq!(describe(&f), "router: links eth0, sp1, sp2 down");
+        let spine1 = layout.fabric_router("spine1").unwrap();
+        let (f, _) = router_record(&state, &layout, spine1, &Target::Link("spine1".into()));
+        assert_eq!(f.ports, ["tor1", "tor2"]);
+        assert_eq!(f.kind, FailureKind::Link);
+        let f = FailureRecord {
+            killed_pid: Some(7),
+            kind: FailureKind::Node,
+            ..f
+        };
+        assert_eq!(
+            describe(&f),
+            "router: links tor1, tor2 down, BGP daemon pid 7 killed"
+        );
+    }
 
     #[test]
     fn targets() {

@@ -207,7 +207,11 @@ pub fn render(g: &Graph) -> String {
             DeviceState::Failed => "failed",
             DeviceState::NoAnswer => "agent not answering",
         };
-        let role = if sp.route_reflector {
+        let role = if sp.name.starts_with("tor") {
+            "ToR router"
+        } else if sp.name.starts_with("spine") {
+            "spine router"
+        } else if sp.route_reflector {
             "route reflector"
         } else {
             "node"

@@ -112,6 +112,33 @@ pub(crate) fn add_leg(ns: &str, leg: &Leg, fabric: &str) -> Result<(), LabError>
     ip_in(ns, &["link", "set", "dev", &leg.ifname, "up"]).map(drop)
 }
 
+/// A point-to-point veth between a ToR and a spine router, addressed and up.
+pub(crate) fn add_p2p(p: &super::fabric::P2pLink) -> Result<(), LabError> {
+    ip(&[
+        "link",
+        "add",
+        "name",
+        &p.tor_if,
+        "netns",
+        &p.tor_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &p.spine_if,
+        "netns",
+        &p.spine_ns,
+    ])?;
+    for (ns, dev, addr) in [
+        (&p.tor_ns, &p.tor_if, p.tor_addr),
+        (&p.spine_ns, &p.spine_if, p.spine_addr),
+    ] {
+        ip_in(ns, &["addr", "add", &addr.to_string(), "dev", dev])?;
+        ip_in(ns, &["link", "set", "dev", dev, "up"])?;
+    }
+    Ok(())
+}
+
 /// Sets link `dev` in `ns` up or down.
 pub(crate) fn set_link(ns: &str, dev: &str, up: bool) -> Result<(), LabError> {
     let state = if up { "up" } else { "down" };

@@ -12,7 +12,9 @@
 //! 198.18.k.0/24; node i is 198.18.k.i on its interface `p<k>` of every plane (its
 //! Node address the plane-1 one), the plane's reflector `rr<k>` is 198.18.k.250 and
 //! the bridge 198.18.k.254, the nodes' default gateways (one ECMP default route).
-//! Bridges live in namespace `fab`; nothing is made in the host's namespace.
+//! The ToR/spine topologies (racks, ToR and spine routers) are laid out by
+//! [`super::fabric`]. Bridges live in namespace `fab`; nothing is made in the host's
+//! namespace.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde_json::json;
 
+use super::fabric::{self, FabricRouter, P2pLink};
 use super::spec::{
     ASN, Encap, LabSpec, POOL_CIDR, ROUTE_REFLECTORS, RR_CLUSTER_ID, StoreKind, Topology,
 };
@@ -76,6 +79,10 @@ pub struct Node {
     pub route_reflector: bool,
     /// A reflector's cluster ID.
     pub cluster_id: Option<Ipv4Addr>,
+    /// Its rack (fabric topologies): labelled `rack=r<rack>`.
+    pub rack: Option<u32>,
+    /// Its own AS (`spec.bgp.asNumber`), else the cluster's.
+    pub asn: Option<u32>,
 }
 
 impl Node {
@@ -141,6 +148,10 @@ pub struct Layout {
     pub pods: Vec<Pod>,
     /// The store URL the agents and the CNI plugin use.
     pub store_url: String,
+    /// The ToR then spine routers (fabric topologies).
+    pub routers: Vec<FabricRouter>,
+    /// ToR-to-spine links (routed-spine topologies).
+    pub links: Vec<P2pLink>,
 }
 
 fn net(addr: Ipv4Addr, len: u8) -> Ipv4Net {
@@ -200,6 +211,8 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
                 gateways: vec![plane_addr(k, PLANE_GATEWAY_HOST)],
                 route_reflector: true,
                 cluster_id: Some(plane_cluster_id(k)),
+                rack: None,
+                asn: None,
                 name,
             }
         })
@@ -226,6 +239,8 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
                 .collect(),
             route_reflector: false,
             cluster_id: None,
+            rack: None,
+            asn: None,
             name,
         });
     }
@@ -240,6 +255,13 @@ impl Layout {
         if spec.topology == Topology::L2Planes {
             let (bridges, nodes) = planes_layout(spec, &ns);
             return Layout::finish(spec, ns("fab"), bridges, None, None, nodes, spec.planes);
+        }
+        if spec.topology.is_fabric() {
+            let f = fabric::layout(spec, &ns);
+            let mut l = Layout::finish(spec, ns("fab"), f.bridges, None, None, f.nodes, 0);
+            l.routers = f.routers;
+            l.links = f.links;
+            return l;
         }
         let two = spec.encap.two_subnets();
         let subnets: Vec<u8> = if two { vec![1, 2] } else { vec![0] };
@@ -274,7 +296,7 @@ impl Layout {
         let rrs = match spec.topology {
             Topology::Mesh => 0,
             Topology::RouteReflector => ROUTE_REFLECTORS as usize,
-            Topology::L2Planes => unreachable!("laid out by planes_layout"),
+            _ => unreachable!("laid out by planes_layout or fabric::layout"),
         };
         let mut nodes = Vec::new();
         for i in 0..spec.nodes as usize {
@@ -299,6 +321,8 @@ impl Layout {
                 gateways: vec![gateway(s)],
                 route_reflector: rr,
                 cluster_id: rr.then(|| RR_CLUSTER_ID.parse().expect("a dotted quad")),
+                rack: None,
+                asn: None,
                 name,
             });
         }
@@ -355,13 +379,16 @@ impl Layout {
             nodes,
             pods,
             store_url,
+            routers: Vec::new(),
+            links: Vec::new(),
         }
     }
 
-    /// Every namespace, in the order they are made: fabric, router, etcd, nodes, pods.
+    /// Every namespace, in the order they are made: fabric, routers, etcd, nodes, pods.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.fabric_ns.clone()];
         v.extend(self.router.iter().map(|r| r.ns.clone()));
+        v.extend(self.routers.iter().map(|r| r.ns.clone()));
         v.extend(self.etcd.iter().map(|e| e.ns.clone()));
         v.extend(self.nodes.iter().map(|n| n.ns.clone()));
         v.extend(self.pods.iter().map(|p| p.ns.clone()));
@@ -373,6 +400,15 @@ impl Layout {
         let mut legs: Vec<&Leg> = self.nodes.iter().flat_map(Node::legs).collect();
         legs.extend(self.router.iter().flat_map(|r| &r.legs));
         legs.extend(self.etcd.iter().map(|e| &e.leg));
+        legs.extend(self.routers.iter().flat_map(|r| &r.legs));
+        for l in &self.links {
+            for (name, addr) in [(&l.tor_if, l.tor_addr), (&l.spine_if, l.spine_addr)] {
+                tabby_testnet::addr::check_ifname(name)
+                    .map_err(|e| LabError::invalid("interface name", e.to_string()))?;
+                tabby_testnet::addr::check_net("fabric address", IpNet::V4(addr))
+                    .map_err(|e| LabError::invalid("fabric address", e.to_string()))?;
+            }
+        }
         for leg in legs {
             for name in [&leg.ifname, &leg.port, &leg.bridge] {
                 tabby_testnet::addr::check_ifname(name)
@@ -387,6 +423,25 @@ impl Layout {
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The names of every device the planner checks: the nodes, then the routers.
+    pub fn device_names(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .chain(self.routers.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// A ToR or spine router by name.
+    pub fn fabric_router(&self, name: &str) -> Option<&FabricRouter> {
+        self.routers.iter().find(|r| r.name == name)
+    }
+
+    /// A router's dir for its configuration, sockets and pid files.
+    pub fn router_dir(&self, router: &str) -> PathBuf {
+        self.dir.join(router)
     }
 
     /// The node's control socket.
@@ -439,6 +494,12 @@ impl Layout {
                 ]
                 .map(String::from),
             );
+        }
+        if let Some(r) = node.rack {
+            v.extend(["--label".to_string(), format!("rack=r{r}")]);
+        }
+        if let Some(asn) = node.asn {
+            v.extend(["--as".to_string(), asn.to_string()]);
         }
         v
     }
@@ -523,6 +584,11 @@ impl Layout {
 /// too).
 pub fn resources(spec: &LabSpec) -> String {
     let mesh = spec.topology == Topology::Mesh;
+    let fabric_peers = if spec.topology.is_fabric() {
+        fabric::resources(spec)
+    } else {
+        String::new()
+    };
     let mut y = format!(
         "apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -573,6 +639,7 @@ spec: {{node: rr{k}, peerIP: \"{}\", asNumber: {ASN}, reversePeering: Manual}}
             }
         }
     }
+    y.push_str(&fabric_peers);
     y
 }
 
@@ -580,6 +647,19 @@ spec: {{node: rr{k}, peerIP: \"{}\", asNumber: {ASN}, reversePeering: Manual}}
 /// the planner's `routeReflectors`, not nodes), their pods, the lab's block size and
 /// pool, one model.
 pub fn plan_input(spec: &LabSpec) -> PlanInput {
+    if spec.topology.is_fabric() {
+        return PlanInput {
+            nodes: spec.nodes,
+            racks: spec.racks,
+            pods_per_node: spec.pods_per_node,
+            block_size: Some(spec.block_size),
+            pools: vec![POOL_CIDR.parse().expect("the lab pool is a CIDR")],
+            spines: spec.spines,
+            tors_per_rack: 1,
+            models: vec![spec.topology.model()],
+            ..PlanInput::default()
+        };
+    }
     let rrs = match spec.topology {
         Topology::Mesh => 0,
         Topology::RouteReflector => ROUTE_REFLECTORS,
@@ -595,6 +675,7 @@ pub fn plan_input(spec: &LabSpec) -> PlanInput {
                 ..PlanInput::default()
             };
         }
+        _ => unreachable!("fabric topologies are planned above"),
     };
     PlanInput {
         nodes: spec.nodes - rrs,
@@ -621,6 +702,12 @@ pub fn plan_command(spec: &LabSpec) -> String {
     if spec.topology == Topology::L2Planes {
         s.push_str(&format!(" --planes {}", i.planes));
     }
+    if spec.topology.is_fabric() {
+        s.push_str(&format!(" --racks {}", i.racks));
+        if spec.topology.has_spines() {
+            s.push_str(&format!(" --spines {}", i.spines));
+        }
+    }
     if i.tunnel_addresses > 0 {
         s.push_str(&format!(" --tunnel-addresses {}", i.tunnel_addresses));
     }
@@ -640,7 +727,8 @@ pub struct Expected {
     pub pod_routes: u64,
 }
 
-/// The planner's figures for every node of `layout`, in its order.
+/// The planner's figures for every node of `layout`, in its order, then for every
+/// ToR and spine router.
 pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>), LabError> {
     let p = plan(&plan_input(spec))?;
     let model = &p.models[0];
@@ -663,6 +751,23 @@ pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>)
             sessions: r.sessions,
             routes: r.routes,
             pod_routes: r.local_workload_routes,
+        });
+    }
+    for router in &layout.routers {
+        let r = role_of(router.role).ok_or_else(|| {
+            LabError::invalid(
+                "--topology",
+                format!(
+                    "the planner has no {} role for {}",
+                    router.role, model.model
+                ),
+            )
+        })?;
+        v.push(Expected {
+            role: router.role,
+            sessions: r.sessions,
+            routes: r.routes,
+            pod_routes: 0,
         });
     }
     Ok((p, v))
@@ -860,6 +965,69 @@ mod tests {
             plan_command(&s),
             "tabbyctl plan --model l2-planes --nodes 3 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --planes 2"
         );
+    }
+
+    #[test]
+    fn fabric_topologies() {
+        let mut s = spec(Topology::AsPerServer, Encap::None, StoreKind::Sqlite, 4);
+        s.spines = 2;
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        assert_eq!(
+            l.namespaces()[..5],
+            [
+                "tl-t1-fab",
+                "tl-t1-tor1",
+                "tl-t1-tor2",
+                "tl-t1-spine1",
+                "tl-t1-spine2"
+            ]
+        );
+        assert_eq!(l.device_names().len(), 8);
+        let args = l.agent_args(l.node("n3").unwrap());
+        assert!(
+            args.windows(2).any(|w| w == ["--label", "rack=r2"]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--as", "4200000003"]),
+            "{args:?}"
+        );
+        assert_eq!(l.router_dir("tor1"), Path::new("/run/tl/t1/tor1"));
+        let y = resources(&s);
+        assert!(y.contains("nodeToNodeMeshEnabled: false"), "{y}");
+        assert!(
+            y.contains("peerIP: \"198.18.1.254\", asNumber: 65001"),
+            "{y}"
+        );
+        let (_, e) = expected(&s, &l).unwrap();
+        // Nodes: their ToR; ToRs: 2 nodes and 2 spines; spines: the 2 ToRs.
+        let got: Vec<(Role, u64, u64)> = e.iter().map(|e| (e.role, e.sessions, e.routes)).collect();
+        assert_eq!(
+            got,
+            [
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Node, 1, 4),
+                (Role::Tor, 4, 4),
+                (Role::Tor, 4, 4),
+                (Role::Spine, 2, 4),
+                (Role::Spine, 2, 4),
+            ]
+        );
+        assert_eq!(
+            plan_command(&s),
+            "tabbyctl plan --model as-per-server --nodes 4 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --racks 2 --spines 2"
+        );
+        // Downward default: a node holds its block and the default, a ToR its rack's
+        // two blocks and the default; no static default route on the nodes.
+        let s = spec(Topology::DownwardDefault, Encap::None, StoreKind::Sqlite, 4);
+        let l = Layout::new(&s);
+        assert!(l.nodes.iter().all(|n| n.gateways.is_empty()));
+        assert!(!l.agent_args(&l.nodes[0]).contains(&"--as".to_string()));
+        let (_, e) = expected(&s, &l).unwrap();
+        assert_eq!((e[0].routes, e[4].routes, e[6].routes), (2, 3, 4));
     }
 
     #[test]

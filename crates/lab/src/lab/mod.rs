@@ -8,15 +8,19 @@
 //! [`exec`] and [`down`] are the edges that run `ip`, spawn processes and talk to the
 //! store; [`state`] is `lab.json`, what a lab made, so that `down` can undo it.
 //! [`fail`] cuts a node or a link and watches the lab converge around it, [`heal`]
-//! undoes that; [`graph`] draws the devices and sessions as SVG.
+//! undoes that; [`graph`] draws the devices and sessions as SVG. The ToR/spine
+//! topologies add routers: [`fabric`] lays them out, [`router`] configures and reads
+//! their BIRD or FRR daemons.
 
 pub mod check;
 mod down;
 mod error;
+pub mod fabric;
 pub mod fail;
 pub mod graph;
 mod host;
 pub mod layout;
+pub mod router;
 pub mod spec;
 pub mod state;
 mod status;
@@ -27,7 +31,7 @@ pub use error::LabError;
 pub use fail::{ConvergeReport, fail, heal};
 pub use graph::graph;
 pub use host::exec;
-pub use spec::{Encap, LabSpec, StoreKind, Topology};
+pub use spec::{Encap, LabSpec, RouterKind, StoreKind, Topology};
 pub use status::{StatusReport, status};
 pub use up::{Summary, up};
 

@@ -45,6 +45,18 @@ pub enum Topology {
     /// plane, its own cluster ID, no pods), so it learns each route once per plane
     /// and installs ECMP over the planes.
     L2Planes,
+    /// A ToR router per rack (BIRD or FRR), each rack its own AS shared by its nodes
+    /// (iBGP, the ToR reflects), the ToRs in an eBGP mesh over one L2 spine bridge.
+    AsPerRackL2Spine,
+    /// The same racks, the ToRs peering eBGP with spine routers over point-to-point
+    /// links.
+    AsPerRackL3Spine,
+    /// Every node its own 4-octet private AS, eBGP to its rack's ToR; ToRs eBGP to the
+    /// spines.
+    AsPerServer,
+    /// All nodes one AS, all ToRs another, the spines a third; the spines send the
+    /// ToRs only a default route and the ToRs send their nodes only a default route.
+    DownwardDefault,
 }
 
 impl Topology {
@@ -54,7 +66,27 @@ impl Topology {
             Topology::Mesh => Model::Mesh,
             Topology::RouteReflector => Model::RouteReflector,
             Topology::L2Planes => Model::L2Planes,
+            Topology::AsPerRackL2Spine => Model::AsPerRackL2Spine,
+            Topology::AsPerRackL3Spine => Model::AsPerRackL3Spine,
+            Topology::AsPerServer => Model::AsPerServer,
+            Topology::DownwardDefault => Model::DownwardDefault,
         }
+    }
+
+    /// Whether it is built of racks with ToR (and spine) routers.
+    pub fn is_fabric(self) -> bool {
+        matches!(
+            self,
+            Topology::AsPerRackL2Spine
+                | Topology::AsPerRackL3Spine
+                | Topology::AsPerServer
+                | Topology::DownwardDefault
+        )
+    }
+
+    /// Whether its ToRs peer spine routers (all fabric topologies but the L2 spine).
+    pub fn has_spines(self) -> bool {
+        self.is_fabric() && self != Topology::AsPerRackL2Spine
     }
 
     /// Its name, as the planner's model.
@@ -71,12 +103,10 @@ impl TryFrom<Model> for Topology {
             Model::Mesh => Ok(Topology::Mesh),
             Model::RouteReflector => Ok(Topology::RouteReflector),
             Model::L2Planes => Ok(Topology::L2Planes),
-            other => Err(LabError::invalid(
-                "--topology",
-                format!(
-                    "{other} is planned by `tabbyctl plan` but the lab does not build it yet; it builds mesh, route-reflector and l2-planes"
-                ),
-            )),
+            Model::AsPerRackL2Spine => Ok(Topology::AsPerRackL2Spine),
+            Model::AsPerRackL3Spine => Ok(Topology::AsPerRackL3Spine),
+            Model::AsPerServer => Ok(Topology::AsPerServer),
+            Model::DownwardDefault => Ok(Topology::DownwardDefault),
         }
     }
 }
@@ -168,6 +198,56 @@ impl fmt::Display for StoreKind {
     }
 }
 
+/// The routing daemon that runs the ToR and spine routers of the fabric topologies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterKind {
+    /// BIRD 2 (`bird`, `birdc`): one process per router (the default).
+    Bird,
+    /// FRR (`zebra` and `bgpd` from /usr/lib/frr, `vtysh`): two processes per router.
+    Frr,
+}
+
+impl RouterKind {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouterKind::Bird => "bird",
+            RouterKind::Frr => "frr",
+        }
+    }
+}
+
+impl fmt::Display for RouterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RouterKind {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<RouterKind, LabError> {
+        match s {
+            "bird" => Ok(RouterKind::Bird),
+            "frr" => Ok(RouterKind::Frr),
+            other => Err(LabError::invalid(
+                "--router",
+                format!("{other:?}: expected bird or frr"),
+            )),
+        }
+    }
+}
+
+/// Racks of the fabric topologies unless `--racks` says otherwise.
+pub const DEFAULT_RACKS: u32 = 2;
+/// Most racks a lab builds.
+pub const MAX_RACKS: u32 = 8;
+/// Spine routers of the routed-spine topologies unless `--spines` says otherwise.
+pub const DEFAULT_SPINES: u32 = 1;
+/// Most spine routers a lab builds.
+pub const MAX_SPINES: u32 = 4;
+
 /// A lab to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabSpec {
@@ -192,6 +272,12 @@ pub struct LabSpec {
     pub block_size: u8,
     /// How long each wait (sessions, routes) may take, seconds.
     pub timeout_secs: u64,
+    /// Racks of the fabric topologies (ignored by the others).
+    pub racks: u32,
+    /// Spine routers of the routed-spine topologies (ignored by the others).
+    pub spines: u32,
+    /// The daemon of the ToR and spine routers.
+    pub router: RouterKind,
 }
 
 impl LabSpec {
@@ -208,6 +294,9 @@ impl LabSpec {
             pods_per_node: 2,
             block_size: DEFAULT_BLOCK_SIZE,
             timeout_secs: 60,
+            racks: DEFAULT_RACKS,
+            spines: DEFAULT_SPINES,
+            router: RouterKind::Bird,
         }
     }
 
@@ -285,8 +374,54 @@ impl LabSpec {
                 ));
             }
         }
+        if self.topology.is_fabric() {
+            self.validate_fabric()?;
+        }
         if self.timeout_secs == 0 {
             return Err(LabError::invalid("--timeout", "must be at least 1 s"));
+        }
+        Ok(())
+    }
+}
+
+impl LabSpec {
+    fn validate_fabric(&self) -> Result<(), LabError> {
+        let t = self.topology;
+        if !(1..=MAX_RACKS).contains(&self.racks) {
+            return Err(LabError::invalid(
+                "--racks",
+                format!("{} is outside 1..={MAX_RACKS}", self.racks),
+            ));
+        }
+        if !self.nodes.is_multiple_of(self.racks) {
+            return Err(LabError::invalid(
+                "--nodes",
+                format!(
+                    "{} nodes over {} racks: {t} needs the same number of nodes in every rack, so that every ToR matches the planner's per-ToR figures",
+                    self.nodes, self.racks
+                ),
+            ));
+        }
+        if t.has_spines() && !(1..=MAX_SPINES).contains(&self.spines) {
+            return Err(LabError::invalid(
+                "--spines",
+                format!("{} is outside 1..={MAX_SPINES}", self.spines),
+            ));
+        }
+        if self.encap != Encap::None {
+            return Err(LabError::invalid(
+                "--encap",
+                format!(
+                    "{} with {t} is not built: the fabric routes the pools natively, which is the point of the ToR designs; use --encap none",
+                    self.encap
+                ),
+            ));
+        }
+        if self.store == StoreKind::Etcd {
+            return Err(LabError::invalid(
+                "--store",
+                format!("etcd with {t} is not built yet: use --store sqlite"),
+            ));
         }
         Ok(())
     }
@@ -324,8 +459,15 @@ mod tests {
             Topology::RouteReflector
         );
         assert_eq!("l2-planes".parse::<Topology>().unwrap(), Topology::L2Planes);
-        let e = "as-per-server".parse::<Topology>().unwrap_err().to_string();
-        assert!(e.contains("does not build it yet"), "{e}");
+        assert_eq!(
+            "as-per-server".parse::<Topology>().unwrap(),
+            Topology::AsPerServer
+        );
+        assert!(Topology::DownwardDefault.has_spines());
+        assert!(!Topology::AsPerRackL2Spine.has_spines());
+        assert!(Topology::AsPerRackL2Spine.is_fabric() && !Topology::Mesh.is_fabric());
+        assert_eq!("frr".parse::<RouterKind>().unwrap(), RouterKind::Frr);
+        assert!("quagga".parse::<RouterKind>().is_err());
         let e = "ring".parse::<Topology>().unwrap_err().to_string();
         assert!(e.contains("unknown model"), "{e}");
     }
@@ -363,6 +505,18 @@ mod tests {
         s.planes = 2;
         s.store = StoreKind::Etcd;
         assert!(s.validate().unwrap_err().to_string().contains("--store"));
+        let mut s = ok.clone();
+        s.topology = Topology::AsPerRackL3Spine;
+        s.nodes = 4;
+        s.validate().unwrap();
+        s.nodes = 3;
+        assert!(s.validate().unwrap_err().to_string().contains("every rack"));
+        s.nodes = 4;
+        s.spines = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("--spines"));
+        s.spines = 1;
+        s.encap = Encap::Vxlan;
+        assert!(s.validate().unwrap_err().to_string().contains("--encap"));
         let mut s = ok;
         s.block_size = 19;
         assert!(s.validate().unwrap_err().to_string().contains("20..=32"));

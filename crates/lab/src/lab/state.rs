@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
-use super::spec::{Encap, LabSpec, StoreKind, Topology};
+use super::spec::{Encap, LabSpec, RouterKind, StoreKind, Topology};
+use crate::plan::Role;
 
 /// The state file's name in the lab's dir.
 pub const STATE_FILE: &str = "lab.json";
@@ -132,6 +133,23 @@ pub struct NodeRecord {
     pub socket: PathBuf,
 }
 
+/// A ToR or spine router of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterRecord {
+    /// `tor1`, `spine1`.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// ToR or spine.
+    pub role: Role,
+    /// Its router ID (its first address).
+    pub ip: String,
+    /// Its daemon.
+    pub daemon: RouterKind,
+    /// BIRD's control socket or FRR's vty socket dir.
+    pub control: PathBuf,
+}
+
 /// The whole state file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -166,6 +184,18 @@ pub struct LabState {
     /// Failures made by `lab fail` and not yet healed.
     #[serde(default)]
     pub failures: Vec<FailureRecord>,
+    /// Racks (fabric topologies only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub racks: u32,
+    /// Spine routers (routed-spine topologies only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spines: u32,
+    /// The ToR and spine routers' daemon (fabric topologies only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterKind>,
+    /// The ToR and spine routers started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routers: Vec<RouterRecord>,
 }
 
 impl LabState {
@@ -190,6 +220,18 @@ impl LabState {
             nodes: Vec::new(),
             pods: Vec::new(),
             failures: Vec::new(),
+            racks: if spec.topology.is_fabric() {
+                spec.racks
+            } else {
+                0
+            },
+            spines: if spec.topology.has_spines() {
+                spec.spines
+            } else {
+                0
+            },
+            router: spec.topology.is_fabric().then_some(spec.router),
+            routers: Vec::new(),
         }
     }
 
@@ -208,6 +250,15 @@ impl LabState {
         }
         spec.pods_per_node = self.pods_per_node;
         spec.block_size = self.block_size;
+        if self.racks > 0 {
+            spec.racks = self.racks;
+        }
+        if self.spines > 0 {
+            spec.spines = self.spines;
+        }
+        if let Some(r) = self.router {
+            spec.router = r;
+        }
         spec
     }
 

@@ -1,5 +1,6 @@
 //! `lab status`: for every node whether its agent runs (pid and control socket), its
-//! BGP sessions and proto-80 routes, the planner check as `up` makes it, and the pods.
+//! BGP sessions and proto-80 routes (for ToR and spine routers: their daemons, their
+//! sessions and the routes they installed), the planner check as `up` makes it, and the pods.
 
 use std::path::Path;
 
@@ -68,6 +69,37 @@ pub async fn status(name: &str, root: &Path) -> Result<StatusReport, LabError> {
             });
         }
     }
+    for (i, rec) in state.routers.iter().enumerate() {
+        let Some(r) = layout.fabric_router(&rec.name) else {
+            continue;
+        };
+        let (observed, _) = super::router::observe(rec.daemon, r, &rec.control);
+        let pids: Vec<String> = state
+            .processes
+            .iter()
+            .filter(|p| p.what.ends_with(&format!(" {}", rec.name)))
+            .map(|p| {
+                let alive = host::alive(p.pid, &p.program);
+                all_running &= alive;
+                format!(
+                    "{} pid {}{}",
+                    p.program,
+                    p.pid,
+                    if alive { "" } else { " gone" }
+                )
+            })
+            .collect();
+        all_running &= observed.agent;
+        agents.push(pids.join(", "));
+        if let Some(e) = expected.as_ref().and_then(|e| e.get(state.nodes.len() + i)) {
+            rows.push(DeviceRow {
+                name: rec.name.clone(),
+                address: rec.ip.clone(),
+                expected: e.clone(),
+                observed,
+            });
+        }
+    }
     let mut out = format!(
         "Lab {name:?} ({}): topology {}, encap {}, store {} ({}); state in {}\n\n",
         state.phase.name(),
@@ -89,7 +121,7 @@ pub async fn status(name: &str, root: &Path) -> Result<StatusReport, LabError> {
     }
     out.push_str(&check::render_nodes(&rows, &agents));
     out.push('\n');
-    if rows.len() == state.nodes.len() {
+    if rows.len() == state.nodes.len() + state.routers.len() {
         out.push_str(&check::render_comparison(
             &rows,
             &layout::plan_command(&spec),

@@ -1,6 +1,7 @@
-//! `lab up`: builds the lab step by step (fabric, datastore, configuration, agents,
-//! sessions, pods, routes, traffic), recording everything in `lab.json` as it goes,
-//! then compares every device with the planner and tests every pod pair with a ping.
+//! `lab up`: builds the lab step by step (fabric, datastore, configuration, ToR and
+//! spine routers, agents, sessions, pods, routes, traffic), recording everything in
+//! `lab.json` as it goes, then compares every device with the planner and tests every
+//! pod pair with a ping.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -9,8 +10,11 @@ use std::time::{Duration, Instant};
 use super::check::{self, DeviceRow, Matrix, Observed};
 use super::host;
 use super::layout::{self, Expected, Layout};
+use super::router;
 use super::spec::{LabSpec, StoreKind};
-use super::state::{LabState, NodeRecord, Phase, PodRecord, ProcessRecord, STATE_FILE};
+use super::state::{
+    LabState, NodeRecord, Phase, PodRecord, ProcessRecord, RouterRecord, STATE_FILE,
+};
 use super::{LabError, netns_prefix};
 
 /// The agent's workload interface prefix (its default).
@@ -49,6 +53,11 @@ pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summar
         StoreKind::Etcd => Some(find_in_path("etcd")?),
         StoreKind::Sqlite => None,
     };
+    let router_bin = if layout.routers.is_empty() {
+        None
+    } else {
+        Some(router::find_daemon(spec.router)?)
+    };
     check_absent(spec, &layout)?;
     let dir = layout.dir.clone();
     std::fs::create_dir_all(&dir)
@@ -64,6 +73,7 @@ pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summar
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         etcd: etcd_bin,
+        router_bin,
         children: Vec::new(),
         problems: Vec::new(),
     };
@@ -127,6 +137,8 @@ struct Builder<'a> {
     cni: PathBuf,
     cni_path: String,
     etcd: Option<PathBuf>,
+    /// `bird` (or FRR's `bgpd`) for the ToR and spine routers.
+    router_bin: Option<PathBuf>,
     /// Processes started by this `up`, to notice one that dies while building.
     children: Vec<(String, Child, PathBuf)>,
     problems: Vec<String>,
@@ -193,7 +205,14 @@ impl Builder<'_> {
         let timeout = Duration::from_secs(spec.timeout_secs);
         let n = self.layout.nodes.len();
 
-        let segments = if self.layout.planes > 0 {
+        let segments = if !self.layout.routers.is_empty() {
+            format!(
+                "{} racks, {} {} routers",
+                spec.racks,
+                self.layout.routers.len(),
+                spec.router
+            )
+        } else if self.layout.planes > 0 {
             format!("{} L2 planes", self.layout.planes)
         } else if spec.encap.two_subnets() {
             "two subnets behind a router".to_string()
@@ -221,15 +240,24 @@ impl Builder<'_> {
         ));
         self.configure(timeout).await?;
 
-        progress(&format!("[5/{STEPS}] starting {n} agents"));
+        if !self.layout.routers.is_empty() {
+            progress(&format!(
+                "[5/{STEPS}] starting {} {} routers and {n} agents",
+                self.layout.routers.len(),
+                spec.router
+            ));
+            self.start_routers(timeout).await?;
+        } else {
+            progress(&format!("[5/{STEPS}] starting {n} agents"));
+        }
         self.agents(timeout).await?;
 
         let want: Vec<String> = self
             .layout
-            .nodes
-            .iter()
+            .device_names()
+            .into_iter()
             .zip(expected)
-            .map(|(node, e)| format!("{} {}", node.name, e.sessions))
+            .map(|(name, e)| format!("{name} {}", e.sessions))
             .collect();
         progress(&format!(
             "[6/{STEPS}] waiting for BGP sessions ({})",
@@ -308,6 +336,7 @@ impl Builder<'_> {
                 host::add_leg(&r.ns, leg, &l.fabric_ns)?;
             }
         }
+        self.fabric_routers()?;
         for node in &l.nodes {
             self.netns(&node.ns)?;
             for leg in node.legs() {
@@ -323,7 +352,8 @@ impl Builder<'_> {
                 )?;
             }
             // Proxy ARP for the pods' 169.254.1.1 answers only for destinations the
-            // node can route: give it a default route (over every plane).
+            // node can route: give it a default route (over every plane), unless BGP
+            // brings one (downward-default: no gateways).
             let mut args = vec!["route".to_string(), "add".into(), "default".into()];
             if let [gw] = node.gateways.as_slice() {
                 args.extend(["via".to_string(), gw.to_string()]);
@@ -333,7 +363,9 @@ impl Builder<'_> {
                 }
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            host::ip_in(&node.ns, &args)?;
+            if !node.gateways.is_empty() {
+                host::ip_in(&node.ns, &args)?;
+            }
             self.state.nodes.push(NodeRecord {
                 name: node.name.clone(),
                 ns: node.ns.clone(),
@@ -470,7 +502,85 @@ impl Builder<'_> {
                 observed: observe(&node.ns, &self.layout.socket(&node.name)).await,
             });
         }
+        let routers = expected.get(self.layout.nodes.len()..).unwrap_or_default();
+        for (r, e) in self.layout.routers.iter().zip(routers) {
+            let ctl = router::control(self.spec.router, &self.layout.router_dir(&r.name));
+            rows.push(DeviceRow {
+                name: r.name.clone(),
+                address: r.router_id.to_string(),
+                expected: e.clone(),
+                observed: router::observe(self.spec.router, r, &ctl).0,
+            });
+        }
         rows
+    }
+
+    /// The ToR and spine routers' namespaces, their bridge legs and their
+    /// point-to-point links (fabric topologies; nothing otherwise).
+    fn fabric_routers(&mut self) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        for r in &l.routers {
+            self.netns(&r.ns)?;
+            host::sysctl(&r.ns, "net.ipv4.ip_forward", "1")?;
+            for leg in &r.legs {
+                host::add_leg(&r.ns, leg, &l.fabric_ns)?;
+            }
+        }
+        for p in &l.links {
+            host::add_p2p(p)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every router's configuration into its dir and starts its daemons in
+    /// its namespace, then waits for each to answer on its control socket.
+    async fn start_routers(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let l = self.layout.clone();
+        let kind = self.spec.router;
+        let bird = self.router_bin.clone().unwrap_or_default();
+        for r in &l.routers {
+            let dir = l.router_dir(&r.name);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+            for (path, text) in router::config_files(kind, r, &dir) {
+                std::fs::write(&path, text)
+                    .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+            }
+            self.state.routers.push(RouterRecord {
+                name: r.name.clone(),
+                ns: r.ns.clone(),
+                role: r.role,
+                ip: r.router_id.to_string(),
+                daemon: kind,
+                control: router::control(kind, &dir),
+            });
+            for (i, d) in router::daemons(kind, r, &dir, &bird)
+                .into_iter()
+                .enumerate()
+            {
+                if i > 0 {
+                    // bgpd connects to zebra's API socket: give zebra a moment.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                self.spawn(&d.what, &r.ns, d.program, &d.args)?;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        for r in &l.routers {
+            let ctl = router::control(kind, &l.router_dir(&r.name));
+            while router::sessions(kind, &r.ns, &ctl).is_none() {
+                self.check_children()?;
+                if Instant::now() > deadline {
+                    return Err(LabError::Timeout {
+                        what: format!("{kind} on {} answering on {}", r.name, ctl.display()),
+                        secs: timeout.as_secs(),
+                        detail: host::tail(&l.log(&router::daemon_log(kind, &r.name)), 20),
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(())
     }
 
     fn render(&self, rows: &[DeviceRow], matrix: &Matrix) -> String {
