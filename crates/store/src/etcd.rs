@@ -14,13 +14,14 @@
 //! Writes are never sent twice. Every write is a transaction that compares revisions;
 //! when an attempt may have reached a server (it timed out, or lost its connection
 //! mid-request) the write fails with [`StoreError::Unavailable`] saying "outcome
-//! unknown", and callers read again and redo their compare-and-swap, as IPAM does. We
-//! do not re-read here to decide instead: a stopped member may still forward the write
-//! to the leader when it resumes, after any read we make, so no read can prove that the
-//! write will not apply. To make such outcomes rare, a write goes only to a member that
-//! answered within the last attempt deadline; any other member is first probed with a
-//! cheap read, and one that fails the probe is skipped (the write was not sent to it,
-//! so moving on is safe).
+//! unknown"; the client layer and IPAM pass it on, and the next try (a re-run, the
+//! agent's resync, the runtime's CNI retry) reads the key again and redoes its
+//! compare-and-swap, which the revision check makes safe. We do not re-read here to
+//! decide instead: a stopped member may still forward the write to the leader when it
+//! resumes, after any read we make, so no read can prove that the write will not apply.
+//! To make such outcomes rare, a write goes only to a member that answered within the
+//! last attempt deadline; any other member is first probed with a cheap read, and one
+//! that fails the probe is skipped (the write was not sent to it, so moving on is safe).
 //!
 //! Watches fail over too: see `watch`.
 
