@@ -346,6 +346,49 @@ async fn first_write_after_a_hang_is_probed_and_moves_on() {
     etcd.resume(hung).unwrap();
 }
 
+/// A watch whose store makes no other request finds a hung member by itself: after a
+/// silent attempt deadline it asks for a progress report, and without an answer it
+/// resumes on another member from where it stood, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_watch_leaves_a_hung_member_on_its_own() {
+    let mut etcd = cluster(3).await;
+    let leader = etcd
+        .leader()
+        .await
+        .expect("a 3-member cluster has a leader");
+    let hung = (leader + 1) % 3;
+    let mut endpoints = etcd.endpoints();
+    endpoints.rotate_left(hung);
+    let mut config = EtcdConfig::new(endpoints);
+    config.attempt_timeout = Duration::from_secs(1);
+    let watcher = EtcdStore::connect(config).await.expect("connect");
+    // Writes come from a store that does not know the hung member.
+    let others: Vec<String> = (0..3)
+        .filter(|&m| m != hung)
+        .map(|m| etcd.endpoints()[m].clone())
+        .collect();
+    let writer = EtcdStore::connect(EtcdConfig::new(others))
+        .await
+        .expect("connect");
+    let key = "/calico/resources/v3/projectcalico.org/hostendpoints/h1";
+    let rev = writer.create(key, b"0").await.unwrap();
+    let mut watch = watcher.watch(key, rev).await.unwrap();
+    assert_eq!(collect_until(&mut watch, 0).await, vec![(rev, 0)]);
+    etcd.pause(hung).unwrap();
+    let r1 = writer.update(key, b"1", rev).await.unwrap();
+    let started = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(3), collect_until(&mut watch, 1))
+        .await
+        .expect("the watch moved within 3 s");
+    eprintln!("watch event after the hang: {:?}", started.elapsed());
+    assert_eq!(seen, vec![(r1, 1)]);
+    assert_eq!(
+        watcher.avoided_members(),
+        vec![etcd.endpoints()[hung].clone()]
+    );
+    etcd.resume(hung).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_within_the_budget_then_heals() {
     let mut etcd = cluster(3).await;

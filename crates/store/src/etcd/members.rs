@@ -5,10 +5,11 @@
 //! member is being avoided.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 use super::classify;
 use super::retry::Failure;
@@ -113,6 +114,11 @@ pub(crate) struct Members {
     addresses: Vec<String>,
     options: ConnectOptions,
     clients: Vec<OnceCell<Client>>,
+    /// Woken when a member is marked failed, so that watches on it move at once.
+    failures: Vec<Notify>,
+    /// How many times each member was marked failed, so that a watch that was not
+    /// waiting when it happened still notices.
+    failure_counts: Vec<AtomicU64>,
     table: Mutex<Table>,
 }
 
@@ -125,6 +131,8 @@ impl Members {
                 .map(|a| format!("{scheme}://{a}"))
                 .collect(),
             clients: (0..n).map(|_| OnceCell::new()).collect(),
+            failures: (0..n).map(|_| Notify::new()).collect(),
+            failure_counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
             addresses,
             options,
             table: Mutex::new(Table::new(n)),
@@ -160,7 +168,19 @@ impl Members {
 
     pub(crate) fn failed(&self, i: usize) {
         self.table().failed(i, Instant::now());
+        self.failure_counts[i].fetch_add(1, Ordering::SeqCst);
+        self.failures[i].notify_waiters();
         tracing::debug!(member = %self.addresses[i], "etcd member failed; avoiding it for a while");
+    }
+
+    /// How many times member `i` has been marked failed.
+    pub(crate) fn failure_count(&self, i: usize) -> u64 {
+        self.failure_counts[i].load(Ordering::SeqCst)
+    }
+
+    /// Notified whenever member `i` is marked failed.
+    pub(crate) fn failure_signal(&self, i: usize) -> &Notify {
+        &self.failures[i]
     }
 
     pub(crate) fn answered_within(&self, i: usize, fresh: Duration) -> bool {

@@ -7,7 +7,8 @@
 //! `attempt_timeout` of silence it asks the member for a progress report on the same
 //! stream, and if that gets no answer within another `attempt_timeout` the member is
 //! marked failed and the watch is opened again, from the same revision, on the next
-//! member. The answers to these requests only prove liveness: their revision is not
+//! member; a watch also moves at once when another request finds its member failed.
+//! The answers to these requests only prove liveness: their revision is not
 //! used to move the resume point (etcd 3.4 may send it ahead of events still queued).
 
 use std::collections::VecDeque;
@@ -34,6 +35,8 @@ struct Resumer {
     stream: Option<etcd_client::WatchStream>,
     /// The member `stream` is on.
     member: usize,
+    /// [`super::members::Members::failure_count`] of `member` when the stream was opened.
+    member_failures: u64,
     /// A progress request was sent on a silent stream and is not answered yet.
     awaiting_progress: bool,
     queue: VecDeque<WatchEvent>,
@@ -51,6 +54,7 @@ pub(crate) fn resuming(inner: Arc<Inner>, prefix: &str, from: Revision) -> Watch
         next: from,
         stream: None,
         member: 0,
+        member_failures: 0,
         awaiting_progress: false,
         queue: VecDeque::new(),
         backoff: Backoff::new(MAX_RESUME_DELAY),
@@ -82,7 +86,23 @@ impl Resumer {
                 continue;
             };
             let silence = self.inner.config.attempt_timeout;
-            match tokio::time::timeout(silence, stream.message()).await {
+            let inner = self.inner.clone();
+            let member_failed = inner.members.failure_signal(self.member).notified();
+            if inner.members.failure_count(self.member) != self.member_failures {
+                // Another request found the member failed while we were not waiting.
+                let why = "its member failed another request".to_string();
+                self.lost_with(why, false).await;
+                continue;
+            }
+            let message = tokio::select! {
+                message = tokio::time::timeout(silence, stream.message()) => message,
+                () = member_failed => {
+                    let why = "its member failed another request".to_string();
+                    self.lost_with(why, false).await;
+                    continue;
+                }
+            };
+            match message {
                 Ok(Ok(Some(resp))) => {
                     self.inner.members.answered(self.member);
                     let probe_answer = std::mem::take(&mut self.awaiting_progress);
@@ -118,6 +138,7 @@ impl Resumer {
             // disconnect does not hit a compaction that only removed others' history.
             .with_progress_notify();
         self.member = self.inner.members.preferred();
+        self.member_failures = self.inner.members.failure_count(self.member);
         self.awaiting_progress = false;
         let timeout = self.inner.config.attempt_timeout;
         let client = match self.inner.members.client(self.member, timeout).await {
@@ -143,9 +164,17 @@ impl Resumer {
     /// Drops the broken stream, marks its member failed (so that the next attempt goes
     /// to another one) and pauses before the next attempt.
     async fn lost(&mut self, why: String) {
+        self.lost_with(why, true).await;
+    }
+
+    /// [`Resumer::lost`], marking the member failed only if `blame` (not when another
+    /// request already did, which would double its back-off).
+    async fn lost_with(&mut self, why: String, blame: bool) {
         self.stream = None;
         self.awaiting_progress = false;
-        self.inner.members.failed(self.member);
+        if blame {
+            self.inner.members.failed(self.member);
+        }
         let delay = self.backoff.next_delay();
         tracing::debug!(
             endpoint = %self.inner.url,
