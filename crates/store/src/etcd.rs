@@ -83,6 +83,9 @@ enum Idempotence {
     Read,
     /// Writes: retried only when the request never reached a server.
     Write,
+    /// Compaction: a write that may take long (it waits until the history is
+    /// physically gone), so its attempt gets the whole remaining budget.
+    Compact,
 }
 
 impl EtcdStore {
@@ -174,7 +177,7 @@ impl EtcdStore {
     /// watches from older revisions then get [`crate::WatchEvent::Compacted`].
     pub async fn compact(&self, revision: Revision) -> Result<()> {
         self.inner
-            .call("compact", Idempotence::Write, |c| async move {
+            .call("compact", Idempotence::Compact, |c| async move {
                 let mut kv = c.kv_client();
                 kv.compact(revision, Some(CompactionOptions::new().with_physical()))
                     .await
@@ -261,8 +264,7 @@ impl Inner {
                 continue;
             };
             tried[i] = true;
-            let remaining = deadline - now;
-            let failure = match self.attempt(i, kind, remaining, &mut op).await {
+            let failure = match self.attempt(i, kind, deadline, &mut op).await {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
@@ -289,19 +291,20 @@ impl Inner {
         &self,
         i: usize,
         kind: Idempotence,
-        remaining: Duration,
+        until: Instant,
         op: &mut F,
     ) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let read_deadline = self.config.attempt_timeout.min(remaining);
+        let remaining = || until.saturating_duration_since(Instant::now());
+        let read_deadline = self.config.attempt_timeout.min(remaining());
         let result = async {
             let client = self.members.client(i, read_deadline).await?;
             let deadline = match kind {
                 Idempotence::Read => read_deadline,
-                Idempotence::Write => {
+                Idempotence::Write | Idempotence::Compact => {
                     if !self.members.answered_within(i, self.config.attempt_timeout) {
                         // Not heard of lately: make sure it answers before trusting it
                         // with a write whose outcome would otherwise be unknown.
@@ -314,7 +317,11 @@ impl Inner {
                             }
                         }
                     }
-                    (2 * self.config.attempt_timeout).min(remaining)
+                    if kind == Idempotence::Compact {
+                        remaining()
+                    } else {
+                        (2 * self.config.attempt_timeout).min(remaining())
+                    }
                 }
             };
             match tokio::time::timeout(deadline, op(client)).await {
@@ -355,7 +362,7 @@ impl Inner {
                 endpoint,
                 message: format!("{what}: no etcd member reachable within {timeout:?}: {m}"),
             },
-            Failure::Unknown(m) if kind == Idempotence::Write => StoreError::Unavailable {
+            Failure::Unknown(m) if kind != Idempotence::Read => StoreError::Unavailable {
                 endpoint,
                 message: format!(
                     "{what}: outcome unknown (the write may or may not have been applied; \

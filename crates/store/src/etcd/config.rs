@@ -50,7 +50,8 @@ pub struct EtcdConfig {
     /// is taken for hung, avoided for a back-off, and the request moves to the next
     /// member (a write only if it provably was not sent; see the `etcd` module docs).
     /// Also how long a watch may be silent before its member is asked for a progress
-    /// report, and how long the member then has to answer. Writes get twice as long.
+    /// report, and how long the member then has to answer. Writes get twice as long,
+    /// compaction (which waits for the history to be gone) the whole request budget.
     pub attempt_timeout: Duration,
     /// Keys per page in `list` (all pages are read at the first page's revision).
     pub list_page_size: i64,
