@@ -2,8 +2,31 @@
 //! revision, per-key `mod_revision`, prefix ranges, watch from a revision). Conditional
 //! writes are single transactions; reads are retried across members, writes only when
 //! the request provably never reached a server.
+//!
+//! Failover. Each member has its own gRPC channel (`members`), and every attempt on a
+//! member has a deadline, [`EtcdConfig::attempt_timeout`] (1 s by default, twice that
+//! for writes), so a member that hangs with its sockets open (stopped, partitioned,
+//! swapping) is found out: it is avoided for a growing back-off (1 s up to 16 s) and the
+//! request moves on to the next member; the member that answered last is tried first.
+//! All of it stays within [`EtcdConfig::request_timeout`]. With one of three members
+//! hung, reads, writes and watches go on within about two attempt deadlines.
+//!
+//! Writes are never sent twice. Every write is a transaction that compares revisions;
+//! when an attempt may have reached a server (it timed out, or lost its connection
+//! mid-request) the write fails with [`StoreError::Unavailable`] saying "outcome
+//! unknown"; the client layer and IPAM pass it on, and the next try (a re-run, the
+//! agent's resync, the runtime's CNI retry) reads the key again and redoes its
+//! compare-and-swap, which the revision check makes safe. We do not re-read here to
+//! decide instead: a stopped member may still forward the write to the leader when it
+//! resumes, after any read we make, so no read can prove that the write will not apply.
+//! To make such outcomes rare, a write goes only to a member that answered within the
+//! last attempt deadline; any other member is first probed with a cheap read, and one
+//! that fails the probe is skipped (the write was not sent to it, so moving on is safe).
+//!
+//! Watches fail over too: see `watch`.
 
 mod config;
+mod members;
 mod retry;
 mod watch;
 
@@ -18,9 +41,10 @@ use etcd_client::{
 };
 
 pub use config::{
-    DEFAULT_DIAL_TIMEOUT, DEFAULT_LIST_PAGE_SIZE, DEFAULT_REQUEST_TIMEOUT, ENV_CA_CERT_FILE,
-    ENV_CERT_FILE, ENV_KEY_FILE, ENV_PASSWORD, ENV_USERNAME, EtcdConfig,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, DEFAULT_LIST_PAGE_SIZE, DEFAULT_REQUEST_TIMEOUT,
+    ENV_CA_CERT_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_PASSWORD, ENV_USERNAME, EtcdConfig,
 };
+use members::Members;
 use retry::{Backoff, Failure};
 
 use crate::{Datastore, KeyValue, ListResult, Result, Revision, StoreError, WatchStream};
@@ -41,7 +65,7 @@ struct Inner {
     config: EtcdConfig,
     /// `etcd://h1:2379,h2:2379`: the `endpoint` of every error.
     url: String,
-    client: Client,
+    members: Members,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -59,6 +83,9 @@ enum Idempotence {
     Read,
     /// Writes: retried only when the request never reached a server.
     Write,
+    /// Compaction: a write that may take long (it waits until the history is
+    /// physically gone), so its attempt gets the whole remaining budget.
+    Compact,
 }
 
 impl EtcdStore {
@@ -83,6 +110,12 @@ impl EtcdStore {
                 reason: format!(
                     "endpoint {bad:?} must be host:port (the scheme comes from etcd:// or etcds://)"
                 ),
+            });
+        }
+        if config.attempt_timeout.is_zero() {
+            return Err(StoreError::Backend {
+                endpoint: url,
+                message: "attempt_timeout must be positive".to_string(),
             });
         }
         if config.list_page_size <= 0 {
@@ -110,44 +143,15 @@ impl EtcdStore {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        let endpoints: Vec<String> = config
-            .endpoints
-            .iter()
-            .map(|e| format!("{scheme}://{e}"))
-            .collect();
-        // Without credentials this opens nothing; with them it authenticates, which
-        // needs a member: bound it by the dial timeout.
-        let connecting = Client::connect(endpoints, Some(options));
-        let client = match tokio::time::timeout(config.dial_timeout, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                let failure = classify(&e);
-                return Err(match failure {
-                    Failure::Permanent(m) => StoreError::Backend {
-                        endpoint: url,
-                        message: format!("connecting: {m}"),
-                    },
-                    other => StoreError::Unavailable {
-                        endpoint: url,
-                        message: format!("connecting: {}", other.message()),
-                    },
-                });
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable {
-                    endpoint: url,
-                    message: format!(
-                        "authenticating: no member answered within {:?}",
-                        config.dial_timeout
-                    ),
-                });
-            }
-        };
+        let members = Members::new(config.endpoints.clone(), scheme, options);
+        if config.username.is_some() {
+            check_credentials(&members, &url, config.dial_timeout).await?;
+        }
         Ok(EtcdStore {
             inner: Arc::new(Inner {
                 config,
                 url,
-                client,
+                members,
             }),
         })
     }
@@ -163,11 +167,17 @@ impl EtcdStore {
         &self.inner.config
     }
 
+    /// Members (`host:port`) that recently timed out or refused and are being avoided
+    /// until their back-off ends.
+    pub fn avoided_members(&self) -> Vec<String> {
+        self.inner.members.avoided()
+    }
+
     /// Compacts etcd's history up to `revision` and waits until it is physically done:
     /// watches from older revisions then get [`crate::WatchEvent::Compacted`].
     pub async fn compact(&self, revision: Revision) -> Result<()> {
         self.inner
-            .call("compact", Idempotence::Write, |c| async move {
+            .call("compact", Idempotence::Compact, |c| async move {
                 let mut kv = c.kv_client();
                 kv.compact(revision, Some(CompactionOptions::new().with_physical()))
                     .await
@@ -219,7 +229,9 @@ impl EtcdStore {
 }
 
 impl Inner {
-    /// Runs `op` until it succeeds, fails for good, or the request timeout is spent.
+    /// Runs `op` until it succeeds, fails for good, or the request timeout is spent,
+    /// moving to the next member after each failure: every member once per round, with
+    /// a pause between rounds.
     async fn attempt_loop<T, F, Fut>(&self, kind: Idempotence, mut op: F) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
@@ -227,34 +239,107 @@ impl Inner {
     {
         let deadline = Instant::now() + self.config.request_timeout;
         let mut backoff = Backoff::new(MAX_RETRY_DELAY);
-        let read_attempt = read_attempt_timeout(self.config.request_timeout);
+        let mut tried = vec![false; self.members.len()];
+        let mut last = None;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            // A read may be sent again, so one hung member (stopped, partitioned) must
-            // not eat the whole budget: give each read attempt a slice of it. A write
-            // attempt that times out has an unknown outcome and is never re-sent, so it
-            // gets all the time there is.
-            let attempt = match kind {
-                Idempotence::Read => remaining.min(read_attempt),
-                Idempotence::Write => remaining,
+            let now = Instant::now();
+            let out_of_time = || {
+                last.clone().unwrap_or_else(|| {
+                    Failure::Unknown(format!(
+                        "no answer within {:?}",
+                        self.config.request_timeout
+                    ))
+                })
             };
-            let failure = match tokio::time::timeout(attempt, op(self.client.clone())).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => classify(&e),
-                Err(_) => Failure::Unknown("timed out".to_string()),
+            if now >= deadline {
+                return Err(out_of_time());
+            }
+            let Some(i) = self.members.next_untried(&tried) else {
+                let delay = backoff.next_delay();
+                if now + delay >= deadline {
+                    return Err(out_of_time());
+                }
+                tokio::time::sleep(delay).await;
+                tried.fill(false);
+                continue;
+            };
+            tried[i] = true;
+            let failure = match self.attempt(i, kind, deadline, &mut op).await {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
             };
             let retry = match &failure {
                 Failure::NotSent(_) => true,
                 Failure::Unknown(_) => kind == Idempotence::Read,
                 Failure::Permanent(_) | Failure::Compacted(_) => false,
             };
-            let delay = backoff.next_delay();
-            if !retry || Instant::now() + delay >= deadline {
+            if !retry {
                 return Err(failure);
             }
-            tracing::debug!(endpoint = %self.url, error = failure.message(), "etcd request failed, retrying");
-            tokio::time::sleep(delay).await;
+            tracing::debug!(
+                member = self.members.address(i),
+                error = failure.message(),
+                "etcd request failed, trying the next member"
+            );
+            last = Some(failure);
         }
+    }
+
+    /// One attempt of `op` on member `i`, recording in the health table whether the
+    /// member answered.
+    async fn attempt<T, F, Fut>(
+        &self,
+        i: usize,
+        kind: Idempotence,
+        until: Instant,
+        op: &mut F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let remaining = || until.saturating_duration_since(Instant::now());
+        let read_deadline = self.config.attempt_timeout.min(remaining());
+        let result = async {
+            let client = self.members.client(i, read_deadline).await?;
+            let deadline = match kind {
+                Idempotence::Read => read_deadline,
+                Idempotence::Write | Idempotence::Compact => {
+                    if !self.members.answered_within(i, self.config.attempt_timeout) {
+                        // Not heard of lately: make sure it answers before trusting it
+                        // with a write whose outcome would otherwise be unknown.
+                        match probe(&client, read_deadline).await {
+                            // A refusal (say, no read permission on the probe key) is
+                            // an answer too.
+                            Ok(_) | Err(Failure::Permanent(_) | Failure::Compacted(_)) => {}
+                            Err(f) => {
+                                return Err(Failure::NotSent(format!("probe: {}", f.message())));
+                            }
+                        }
+                    }
+                    if kind == Idempotence::Compact {
+                        remaining()
+                    } else {
+                        (2 * self.config.attempt_timeout).min(remaining())
+                    }
+                }
+            };
+            match tokio::time::timeout(deadline, op(client)).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(classify(&e)),
+                Err(_) => Err(Failure::Unknown(format!(
+                    "{}: no answer within {deadline:?}",
+                    self.members.address(i)
+                ))),
+            }
+        }
+        .await;
+        match &result {
+            // The member answered, if only with a refusal.
+            Ok(_) | Err(Failure::Permanent(_) | Failure::Compacted(_)) => self.members.answered(i),
+            Err(Failure::NotSent(_) | Failure::Unknown(_)) => self.members.failed(i),
+        }
+        result
     }
 
     /// [`Inner::attempt_loop`] with the failure turned into a [`StoreError`] naming
@@ -277,7 +362,7 @@ impl Inner {
                 endpoint,
                 message: format!("{what}: no etcd member reachable within {timeout:?}: {m}"),
             },
-            Failure::Unknown(m) if kind == Idempotence::Write => StoreError::Unavailable {
+            Failure::Unknown(m) if kind != Idempotence::Read => StoreError::Unavailable {
                 endpoint,
                 message: format!(
                     "{what}: outcome unknown (the write may or may not have been applied; \
@@ -426,10 +511,50 @@ impl Datastore for EtcdStore {
     }
 }
 
-/// The time one read attempt may take: a third of the request budget, at least one
-/// second (a busy but healthy cluster still answers), at most the budget.
-fn read_attempt_timeout(budget: Duration) -> Duration {
-    (budget / 3).max(Duration::from_secs(1)).min(budget)
+/// A cheap linearizable read (the count of one absent key) that carries the store
+/// revision, bounded by `deadline`.
+async fn probe(client: &Client, deadline: Duration) -> Result<Revision, Failure> {
+    let mut kv = client.kv_client();
+    let counting = kv.get(vec![0u8], Some(GetOptions::new().with_count_only()));
+    match tokio::time::timeout(deadline, counting).await {
+        Ok(Ok(resp)) => Ok(resp.header().map(|h| h.revision()).unwrap_or_default()),
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(Failure::Unknown(format!("no answer within {deadline:?}"))),
+    }
+}
+
+/// With credentials configured, authenticates against the members in turn until one
+/// accepts (the others authenticate on first use), so that a wrong password is
+/// reported at once. Bounded by the dial timeout overall.
+async fn check_credentials(members: &Members, url: &str, dial_timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + dial_timeout;
+    let mut last = String::new();
+    for i in 0..members.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match members.client(i, remaining).await {
+            Ok(_) => {
+                members.answered(i);
+                return Ok(());
+            }
+            Err(Failure::Permanent(m)) => {
+                return Err(StoreError::Backend {
+                    endpoint: url.to_string(),
+                    message: format!("connecting: {m}"),
+                });
+            }
+            Err(other) => {
+                members.failed(i);
+                last = format!("{}: {}", members.address(i), other.message());
+            }
+        }
+    }
+    Err(StoreError::Unavailable {
+        endpoint: url.to_string(),
+        message: format!("authenticating: no member answered within {dial_timeout:?}: {last}"),
+    })
 }
 
 /// Builds rustls settings from the configured PEM files, naming a file that cannot be read.
@@ -558,17 +683,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.endpoint(), "etcd://127.0.0.1:1");
-    }
-
-    #[test]
-    fn read_attempts_get_a_slice_of_the_budget() {
-        let s = Duration::from_secs;
-        assert_eq!(read_attempt_timeout(s(9)), s(3));
-        assert_eq!(read_attempt_timeout(s(2)), s(1));
-        assert_eq!(
-            read_attempt_timeout(Duration::from_millis(500)),
-            Duration::from_millis(500)
-        );
     }
 
     #[test]

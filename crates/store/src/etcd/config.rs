@@ -10,6 +10,9 @@ use crate::{Result, StoreError, StoreUrl};
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default budget for one request, retries included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline of one attempt on one member (reads, write probes, opening a watch,
+/// a watch's liveness check); writes get twice as long.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default number of keys fetched per page by `list`.
 pub const DEFAULT_LIST_PAGE_SIZE: i64 = 500;
 
@@ -43,6 +46,13 @@ pub struct EtcdConfig {
     /// Budget for one request including its retries; also bounds how long a failure
     /// takes to be reported.
     pub request_timeout: Duration,
+    /// Deadline of one attempt on one member: a member that does not answer within it
+    /// is taken for hung, avoided for a back-off, and the request moves to the next
+    /// member (a write only if it provably was not sent; see the `etcd` module docs).
+    /// Also how long a watch may be silent before its member is asked for a progress
+    /// report, and how long the member then has to answer. Writes get twice as long,
+    /// compaction (which waits for the history to be gone) the whole request budget.
+    pub attempt_timeout: Duration,
     /// Keys per page in `list` (all pages are read at the first page's revision).
     pub list_page_size: i64,
 }
@@ -60,6 +70,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dial_timeout", &self.dial_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("list_page_size", &self.list_page_size)
             .finish()
     }
@@ -78,6 +89,7 @@ impl EtcdConfig {
             password: None,
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
