@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tabby_api::policy::{Action, PolicyType, TierAction};
 
-use crate::model::{Endpoint, EntityMatch, Icmp, Model, Policy, PortSpec, Rule, Scope};
+use crate::model::{Endpoint, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope};
 
 /// Traffic direction relative to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +42,8 @@ impl Direction {
 /// A resolved set of addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpSet {
-    /// Stable within one compilation: `s0`, `s1`, ...
+    /// `s-` and a hash of the description: the same selection or nets get the same
+    /// name in every compilation (what incremental updates rely on).
     pub name: String,
     /// What it was resolved from, for humans.
     pub description: String,
@@ -55,7 +56,7 @@ pub struct IpSet {
 /// A resolved named port: the (address, port) pairs of the endpoints that name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSet {
-    /// `n0`, `n1`, ...
+    /// `n-` and a hash of the description, stable across compilations.
     pub name: String,
     /// The port name and the selection, for humans.
     pub description: String,
@@ -157,9 +158,11 @@ pub struct EndpointProgram {
     pub endpoint: String,
     /// Interface, if known (endpoints without one are not dispatched to).
     pub interface: Option<String>,
-    /// A host endpoint: compiled and explainable, but not rendered (host endpoint
-    /// chains hook input/output, which the renderer does not program yet).
+    /// A host endpoint: its programs police traffic to the host arriving on its
+    /// interface (ingress) and traffic from the host leaving by it (egress).
     pub host: bool,
+    /// The node the endpoint is on, when known.
+    pub node: Option<String>,
     /// Addresses of the endpoint.
     pub ips: Vec<IpNet>,
     /// Towards the endpoint.
@@ -187,6 +190,8 @@ pub struct Compiled {
     pub port_sets: Vec<PortSet>,
     /// Per endpoint, sorted by key.
     pub endpoints: Vec<EndpointProgram>,
+    /// Failsafe ports, allowed ahead of host endpoint programs.
+    pub failsafe: Failsafe,
 }
 
 fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -207,6 +212,9 @@ struct Compiler<'m> {
 
 /// Whether a policy applies to an endpoint (direction aside).
 pub fn policy_selects(model: &Model, p: &Policy, e: &Endpoint) -> bool {
+    if p.unsupported.is_some() {
+        return false;
+    }
     if let Some(ns) = &p.namespace
         && e.namespace.as_ref() != Some(ns)
     {
@@ -301,7 +309,7 @@ impl Compiler<'_> {
         v6 = IpNet::aggregate(&v6);
         v4.extend(v6);
         self.out.ip_sets.push(IpSet {
-            name: format!("s{i}"),
+            name: format!("s-{:016x}", stable_hash(&key)),
             description: key.clone(),
             literal,
             members: v4,
@@ -383,7 +391,7 @@ impl Compiler<'_> {
                                 members.dedup();
                                 let i = self.out.port_sets.len();
                                 self.out.port_sets.push(PortSet {
-                                    name: format!("n{i}"),
+                                    name: format!("n-{:016x}", stable_hash(&key)),
                                     description: key.clone(),
                                     members,
                                 });
@@ -517,21 +525,47 @@ impl Compiler<'_> {
     }
 }
 
+/// FNV-1a, 64 bits: a hash that is the same in every build and run (set names
+/// must not change between compilations or releases).
+fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Compiles the model: one [`EndpointProgram`] per endpoint plus the sets they use.
 pub fn compile(model: &Model) -> Compiled {
+    compile_endpoints(model, |_| true)
+}
+
+/// Compiles only the endpoints on `node` (`spec.node` of workload and host
+/// endpoints), what one node's data plane programs. Selectors still resolve over
+/// every endpoint in the model, so remote pods are in the local rules' sets.
+pub fn compile_for_node(model: &Model, node: &str) -> Compiled {
+    compile_endpoints(model, |e| e.node.as_deref() == Some(node))
+}
+
+fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     let mut c = Compiler {
         model,
-        out: Compiled::default(),
+        out: Compiled {
+            failsafe: model.failsafe.clone(),
+            ..Compiled::default()
+        },
         set_index: BTreeMap::new(),
         port_index: BTreeMap::new(),
     };
-    for e in &model.endpoints {
+    for e in model.endpoints.iter().filter(|e| local(e)) {
         let ingress = c.program(e, Direction::Ingress);
         let egress = c.program(e, Direction::Egress);
         c.out.endpoints.push(EndpointProgram {
             endpoint: e.key(),
             interface: e.interface.clone(),
             host: e.host,
+            node: e.node.clone(),
             ips: e.ips.clone(),
             ingress,
             egress,

@@ -8,6 +8,9 @@ pub mod explain;
 pub mod model;
 pub mod nft;
 
-pub use compile::{Compiled, Direction, compile};
-pub use explain::{DecidedBy, Flow, Verdict, VerdictAction, explain, explain_flow};
+pub use compile::{Compiled, Direction, compile, compile_for_node};
+pub use explain::{
+    DecidedBy, Flow, Peer, Verdict, VerdictAction, explain, explain_between, explain_compiled,
+    explain_flow,
+};
 pub use model::{Model, PolicyError};
