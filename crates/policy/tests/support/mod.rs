@@ -186,6 +186,41 @@ impl Lab {
     }
 }
 
+/// A TCP echo server on `port` in namespace `ns` that keeps every connection
+/// open until the peer closes it (for flows that must survive an update).
+pub fn tcp_echo_server(ns: &str, port: u16) {
+    let addr: SocketAddr = format!("[::]:{port}").parse().expect("address");
+    let l = in_netns(ns, move || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("listen tcp {port} in {ns}: {e}"));
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Opens a TCP connection from namespace `ns`.
+pub fn connect(ns: &str, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    in_netns(ns, move || TcpStream::connect_timeout(&dst, timeout))
+}
+
+/// Sends a line on an open connection and reads the echo back within `timeout`.
+pub fn echo(s: &mut TcpStream, timeout: Duration) -> bool {
+    let _ = s.set_read_timeout(Some(timeout));
+    if s.write_all(b"ping\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    std::io::Read::read_exact(s, &mut buf).is_ok() && &buf == b"ping\n"
+}
+
 /// `nft -j -f -` inside a namespace.
 pub fn nft_in(ns: &str, batch: &Value) -> Result<(), String> {
     let mut child = Command::new("ip")
