@@ -163,6 +163,10 @@ pub struct EndpointProgram {
     pub host: bool,
     /// The node the endpoint is on, when known.
     pub node: Option<String>,
+    /// Endpoints with the same group have identical programs (same namespace,
+    /// labels, profiles, named ports and service account): they are compiled
+    /// once, and the renderer shares their chains.
+    pub group: usize,
     /// Addresses of the endpoint.
     pub ips: Vec<IpNet>,
     /// Towards the endpoint.
@@ -527,7 +531,7 @@ impl Compiler<'_> {
 
 /// FNV-1a, 64 bits: a hash that is the same in every build and run (set names
 /// must not change between compilations or releases).
-fn stable_hash(s: &str) -> u64 {
+pub(crate) fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -558,10 +562,29 @@ fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compil
         set_index: BTreeMap::new(),
         port_index: BTreeMap::new(),
     };
+    // Programs depend only on what policy can see of an endpoint; replicas of a
+    // workload share it, so each distinct identity is compiled once.
+    let mut groups: BTreeMap<String, (usize, Program, Program)> = BTreeMap::new();
     for e in model.endpoints.iter().filter(|e| local(e)) {
-        let ingress = c.program(e, Direction::Ingress);
-        let egress = c.program(e, Direction::Egress);
+        let identity = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            e.namespace, e.labels, e.profiles, e.named_ports, e.service_account, e.host
+        );
+        let next = groups.len();
+        let (group, ingress, egress) = match groups.get(&identity) {
+            Some(g) => g.clone(),
+            None => {
+                let g = (
+                    next,
+                    c.program(e, Direction::Ingress),
+                    c.program(e, Direction::Egress),
+                );
+                groups.insert(identity, g.clone());
+                g
+            }
+        };
         c.out.endpoints.push(EndpointProgram {
+            group,
             endpoint: e.key(),
             interface: e.interface.clone(),
             host: e.host,

@@ -1,7 +1,13 @@
 //! Renders the compiled IR as nftables JSON (the `nft -j -f` input format): a
 //! table `tabby` per family (`ip`, `ip6`) with a set per resolved IP membership, a
-//! chain per endpoint and direction (and per tier and profile in it), verdict maps
-//! dispatching by interface, and the conntrack fast path first.
+//! chain per distinct endpoint program and direction (and per tier and profile in
+//! it), verdict maps dispatching by interface, and the conntrack fast path first.
+//!
+//! Chains are named by a hash of their rules (`fw-`/`tw-` from/to a workload,
+//! `fh-`/`th-` into/out of the host by a host endpoint, `tier-<tier>-`,
+//! `pro-<profile>-`): endpoints with the same program (replicas) share chains, so
+//! the kernel holds rules per distinct program rather than per pod, and a chain
+//! that did not change keeps its name and its rules across updates.
 //!
 //! The rendering is first a [`Ruleset`] (data: sets, maps and chains by name), then
 //! commands:
@@ -29,7 +35,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::policy::{Action, TierAction};
 
-use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule};
+use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, stable_hash};
 use crate::model::FailsafePort;
 
 /// The table name in both families.
@@ -445,6 +451,20 @@ impl Builder {
         );
     }
 
+    /// A chain named `<prefix>-<hash of its rules>`, added unless one with the
+    /// same rules is there already.
+    fn shared_chain(&mut self, prefix: &str, rules: RuleList) -> String {
+        let body = serde_json::to_string(&rules).unwrap_or_default();
+        let name = format!("{prefix}-{:016x}", stable_hash(&body));
+        if !self.chains.contains_key(&name) {
+            self.chain(&name);
+            for (expr, comment) in rules {
+                self.rule(&name, expr, comment.as_deref());
+            }
+        }
+        name
+    }
+
     fn rule(&mut self, chain: &str, expr: Vec<Value>, comment: Option<&str>) {
         let r = rule_obj(self.f, chain, expr, comment);
         self.chains
@@ -521,18 +541,17 @@ fn table(c: &Compiled, f: Family) -> Table {
             workloads.push((iface, e));
         }
     }
-    for (iface, e) in &workloads {
-        for d in [Direction::Egress, Direction::Ingress] {
-            endpoint_chain(&mut b, c, e, &chain_name(iface, d), d, None);
-        }
-    }
-    for (iface, e) in &hosts {
-        for d in [Direction::Egress, Direction::Ingress] {
-            let failsafe = match d {
-                Direction::Ingress => FAILSAFE_IN,
-                Direction::Egress => FAILSAFE_OUT,
-            };
-            endpoint_chain(&mut b, c, e, &host_chain_name(iface, d), d, Some(failsafe));
+    // One set of chains per distinct program (endpoints of one group share it).
+    let mut names: BTreeMap<(usize, Direction, bool), String> = BTreeMap::new();
+    for (list, host) in [(&workloads, false), (&hosts, true)] {
+        for (_, e) in list.iter() {
+            for d in [Direction::Egress, Direction::Ingress] {
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    names.entry((e.group, d, host))
+                {
+                    slot.insert(endpoint_chain(&mut b, c, e, d, host));
+                }
+            }
         }
     }
     b.set(
@@ -544,11 +563,12 @@ fn table(c: &Compiled, f: Family) -> Table {
     let vmap = |list: &[(&str, &EndpointProgram)], d: Direction, host: bool| -> Vec<Value> {
         list.iter()
             .filter(|(i, _)| *i != ALL_INTERFACES)
-            .map(|(i, _)| {
+            .map(|(i, e)| {
+                let target = &names[&(e.group, d, host)];
                 if host {
-                    json!([i, {"goto": {"target": host_chain_name(i, d)}}])
+                    json!([i, {"goto": {"target": target}}])
                 } else {
-                    json!([i, {"jump": {"target": chain_name(i, d)}}])
+                    json!([i, {"jump": {"target": target}}])
                 }
             })
             .collect()
@@ -597,7 +617,10 @@ fn table(c: &Compiled, f: Family) -> Table {
         None,
     );
 
-    let all = hosts.iter().any(|(i, _)| *i == ALL_INTERFACES);
+    let all = hosts
+        .iter()
+        .find(|(i, _)| *i == ALL_INTERFACES)
+        .map(|(_, e)| e.group);
     for (hook, key, map, d) in [
         (
             "input",
@@ -643,10 +666,10 @@ fn table(c: &Compiled, f: Family) -> Table {
             vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
             None,
         );
-        if all {
+        if let Some(group) = all {
             b.rule(
                 hook,
-                vec![json!({"goto": {"target": host_chain_name(ALL_INTERFACES, d)}})],
+                vec![json!({"goto": {"target": names[&(group, d, true)]}})],
                 Some("Host endpoint for all interfaces"),
             );
         }
@@ -704,90 +727,79 @@ fn failsafe_rules(f: Family, ports: &[FailsafePort], peer: &str) -> Vec<Vec<Valu
     out
 }
 
-/// `fw-<iface>` (from the workload: egress) or `tw-<iface>` (to it: ingress).
-pub fn chain_name(iface: &str, d: Direction) -> String {
-    match d {
-        Direction::Egress => format!("fw-{iface}"),
-        Direction::Ingress => format!("tw-{iface}"),
-    }
-}
+type RuleList = Vec<(Vec<Value>, Option<String>)>;
 
-/// `fh-<iface>` (from the host endpoint into the host: its ingress) or
-/// `th-<iface>` (from the host out of it: egress); `fh/all` and `th/all` for the
-/// host endpoint of all interfaces (`/` is in no interface name; nft reads `*`
-/// as a wildcard).
-pub fn host_chain_name(iface: &str, d: Direction) -> String {
-    let iface = if iface == ALL_INTERFACES {
-        "/all"
-    } else {
-        iface
-    };
-    let iface = iface
-        .strip_prefix('/')
-        .map_or(format!("-{iface}"), |a| format!("/{a}"));
-    match d {
-        Direction::Egress => format!("th{iface}"),
-        Direction::Ingress => format!("fh{iface}"),
-    }
-}
-
+/// Renders one direction of an endpoint's program as chains and returns the
+/// main chain's name. Every chain is named by a hash of its rules (`tier-<tier>-`,
+/// `pro-<profile>-`, and for the main chain `fw-` from a workload, `tw-` to it,
+/// `fh-` from a host endpoint into the host, `th-` from the host out of it), so
+/// endpoints with the same program share chains and an unchanged chain keeps its
+/// name across updates.
 fn endpoint_chain(
     b: &mut Builder,
     c: &Compiled,
     e: &EndpointProgram,
-    main: &str,
     d: Direction,
-    failsafe: Option<&str>,
-) {
+    host: bool,
+) -> String {
     let f = b.f;
     let prog = e.program(d);
-    b.chain(main);
-    if let Some(fs) = failsafe {
-        b.rule(main, ct_state(json!("invalid"), "drop"), None);
-        b.rule(main, vec![json!({"jump": {"target": fs}})], None);
+    let mut main: RuleList = Vec::new();
+    let prefix = match (host, d) {
+        (false, Direction::Egress) => "fw",
+        (false, Direction::Ingress) => "tw",
+        (true, Direction::Ingress) => "fh",
+        (true, Direction::Egress) => "th",
+    };
+    if host {
+        let failsafe = match d {
+            Direction::Ingress => FAILSAFE_IN,
+            Direction::Egress => FAILSAFE_OUT,
+        };
+        main.push((ct_state(json!("invalid"), "drop"), None));
+        main.push((vec![json!({"jump": {"target": failsafe}})], None));
     }
-    b.rule(main, vec![clear_accept_mark()], None);
+    main.push((vec![clear_accept_mark()], None));
     for t in &prog.tiers {
-        let tc = format!("{main}-tier-{}", t.tier);
-        b.chain(&tc);
-        b.rule(main, vec![json!({"jump": {"target": tc}})], None);
-        b.rule(main, return_if_accepted(), None);
+        let mut rules: RuleList = Vec::new();
         for p in &t.policies {
             for r in &p.rules {
                 let comment = format!("{} {} {}[{}]", t.tier, p.policy, d.as_str(), r.index);
                 for expr in rule_exprs(c, f, r) {
-                    b.rule(&tc, expr, Some(&comment));
+                    rules.push((expr, Some(comment.clone())));
                 }
             }
         }
         if t.default_action == TierAction::Deny {
-            b.rule(
-                &tc,
+            rules.push((
                 vec![json!({"drop": null})],
-                Some(&format!(
+                Some(format!(
                     "End of tier {}. Drop if no policies passed packet",
                     t.tier
                 )),
-            );
+            ));
         }
+        let tc = b.shared_chain(&format!("tier-{}", t.tier), rules);
+        main.push((vec![json!({"jump": {"target": tc}})], None));
+        main.push((return_if_accepted(), None));
     }
     for pr in &prog.profiles {
-        let pc = format!("{main}-pro-{}", pr.profile);
-        b.chain(&pc);
-        b.rule(main, vec![json!({"jump": {"target": pc}})], None);
-        b.rule(main, return_if_accepted(), None);
+        let mut rules: RuleList = Vec::new();
         for r in &pr.rules {
             let comment = format!("profile {} {}[{}]", pr.profile, d.as_str(), r.index);
             for expr in rule_exprs(c, f, r) {
-                b.rule(&pc, expr, Some(&comment));
+                rules.push((expr, Some(comment.clone())));
             }
         }
+        let pc = b.shared_chain(&format!("pro-{}", pr.profile), rules);
+        main.push((vec![json!({"jump": {"target": pc}})], None));
+        main.push((return_if_accepted(), None));
     }
-    b.rule(
-        main,
+    main.push((
         vec![json!({"drop": null})],
-        Some("Drop if no profiles matched"),
-    );
+        Some("Drop if no profiles matched".to_string()),
+    ));
+    b.shared_chain(prefix, main)
 }
 
 fn proto_name(p: Option<u8>) -> &'static str {
