@@ -3,11 +3,13 @@
 //! chain per distinct endpoint program and direction (and per tier and profile in
 //! it), verdict maps dispatching by interface, and the conntrack fast path first.
 //!
-//! Chains are named by a hash of their rules (`fw-`/`tw-` from/to a workload,
-//! `fh-`/`th-` into/out of the host by a host endpoint, `tier-<tier>-`,
-//! `pro-<profile>-`): endpoints with the same program (replicas) share chains, so
-//! the kernel holds rules per distinct program rather than per pod, and a chain
-//! that did not change keeps its name and its rules across updates.
+//! Each interface has a one-rule chain (`fw-<iface>` / `tw-<iface>` from / to a
+//! workload, `fh-<iface>` / `th-<iface>` into / out of the host by a host
+//! endpoint) that goes to its program chain. Program, tier and profile chains are
+//! named by a hash of their rules (`to-workload-<hash>`, `tier-<tier>-<hash>`,
+//! `pro-<profile>-<hash>`, ...): endpoints with the same program (replicas) share
+//! them, so the kernel holds rules per distinct program rather than per pod, and
+//! a chain that did not change keeps its name and its rules across updates.
 //!
 //! The rendering is first a [`Ruleset`] (data: sets, maps and chains by name), then
 //! commands:
@@ -560,15 +562,34 @@ fn table(c: &Compiled, f: Family) -> Table {
         json!({"type": "ifname"}),
         workloads.iter().map(|(i, _)| json!(i)).collect(),
     );
+    // Each interface gets its own small chain (`fw-<iface>`, `tw-<iface>`,
+    // `fh-<iface>`, `th-<iface>`) that goes to the shared program chain: the
+    // ruleset reads per interface, and a changed program swaps one rule.
+    for (list, host) in [(&workloads, false), (&hosts, true)] {
+        for (i, e) in list.iter() {
+            for d in [Direction::Egress, Direction::Ingress] {
+                let own = if host {
+                    host_chain_name(i, d)
+                } else {
+                    chain_name(i, d)
+                };
+                b.chain(&own);
+                b.rule(
+                    &own,
+                    vec![json!({"goto": {"target": names[&(e.group, d, host)]}})],
+                    None,
+                );
+            }
+        }
+    }
     let vmap = |list: &[(&str, &EndpointProgram)], d: Direction, host: bool| -> Vec<Value> {
         list.iter()
             .filter(|(i, _)| *i != ALL_INTERFACES)
-            .map(|(i, e)| {
-                let target = &names[&(e.group, d, host)];
+            .map(|(i, _)| {
                 if host {
-                    json!([i, {"goto": {"target": target}}])
+                    json!([i, {"goto": {"target": host_chain_name(i, d)}}])
                 } else {
-                    json!([i, {"jump": {"target": target}}])
+                    json!([i, {"jump": {"target": chain_name(i, d)}}])
                 }
             })
             .collect()
@@ -617,10 +638,7 @@ fn table(c: &Compiled, f: Family) -> Table {
         None,
     );
 
-    let all = hosts
-        .iter()
-        .find(|(i, _)| *i == ALL_INTERFACES)
-        .map(|(_, e)| e.group);
+    let all = hosts.iter().any(|(i, _)| *i == ALL_INTERFACES);
     for (hook, key, map, d) in [
         (
             "input",
@@ -666,10 +684,10 @@ fn table(c: &Compiled, f: Family) -> Table {
             vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
             None,
         );
-        if let Some(group) = all {
+        if all {
             b.rule(
                 hook,
-                vec![json!({"goto": {"target": names[&(group, d, true)]}})],
+                vec![json!({"goto": {"target": host_chain_name(ALL_INTERFACES, d)}})],
                 Some("Host endpoint for all interfaces"),
             );
         }
@@ -727,14 +745,39 @@ fn failsafe_rules(f: Family, ports: &[FailsafePort], peer: &str) -> Vec<Vec<Valu
     out
 }
 
+/// `fw-<iface>` (from the workload: egress) or `tw-<iface>` (to it: ingress):
+/// the interface's chain, one rule going to its (shared) program chain.
+pub fn chain_name(iface: &str, d: Direction) -> String {
+    match d {
+        Direction::Egress => format!("fw-{iface}"),
+        Direction::Ingress => format!("tw-{iface}"),
+    }
+}
+
+/// `fh-<iface>` (from the host endpoint into the host: its ingress) or
+/// `th-<iface>` (from the host out of it: egress); `fh/all` and `th/all` for the
+/// host endpoint of all interfaces (`/` is in no interface name; nft reads `*`
+/// as a wildcard).
+pub fn host_chain_name(iface: &str, d: Direction) -> String {
+    let iface = if iface == ALL_INTERFACES {
+        "/all".to_string()
+    } else {
+        format!("-{iface}")
+    };
+    match d {
+        Direction::Egress => format!("th{iface}"),
+        Direction::Ingress => format!("fh{iface}"),
+    }
+}
+
 type RuleList = Vec<(Vec<Value>, Option<String>)>;
 
 /// Renders one direction of an endpoint's program as chains and returns the
-/// main chain's name. Every chain is named by a hash of its rules (`tier-<tier>-`,
-/// `pro-<profile>-`, and for the main chain `fw-` from a workload, `tw-` to it,
-/// `fh-` from a host endpoint into the host, `th-` from the host out of it), so
-/// endpoints with the same program share chains and an unchanged chain keeps its
-/// name across updates.
+/// program chain's name. Every chain is named by a hash of its rules
+/// (`tier-<tier>-`, `pro-<profile>-`, and for the program chain `from-workload-`,
+/// `to-workload-`, `from-host-endpoint-`, `to-host-endpoint-`), so endpoints with
+/// the same program share chains and an unchanged chain keeps its name across
+/// updates.
 fn endpoint_chain(
     b: &mut Builder,
     c: &Compiled,
@@ -746,10 +789,10 @@ fn endpoint_chain(
     let prog = e.program(d);
     let mut main: RuleList = Vec::new();
     let prefix = match (host, d) {
-        (false, Direction::Egress) => "fw",
-        (false, Direction::Ingress) => "tw",
-        (true, Direction::Ingress) => "fh",
-        (true, Direction::Egress) => "th",
+        (false, Direction::Egress) => "from-workload",
+        (false, Direction::Ingress) => "to-workload",
+        (true, Direction::Ingress) => "from-host-endpoint",
+        (true, Direction::Egress) => "to-host-endpoint",
     };
     if host {
         let failsafe = match d {

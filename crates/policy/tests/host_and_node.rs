@@ -61,9 +61,10 @@ fn model(text: &str) -> Model {
 }
 
 // Hand-checked. Only n1's endpoints have chains (n1-eth0 and web/a), but the
-// `role == edge` set holds n2's host endpoint address too. The host endpoint
-// chains start with the invalid-state drop and the failsafe jump, then run the
-// program like a workload's: tier chain, end-of-tier drop, "Drop if no profiles
+// `role == edge` set holds n2's host endpoint address too. Each interface's
+// chain (fh-eth0, th-eth0, fw-cali-a, tw-cali-a) is one goto to its program
+// chain. The host endpoint program chains start with the invalid-state drop and
+// the failsafe jump, then run the program like a workload's: tier chain, end-of-tier drop, "Drop if no profiles
 // matched" (a host endpoint without policy or profile is closed, except for
 // failsafes). FelixConfiguration sets inbound tcp:22 and udp:68 from
 // 198.18.0.0/24, and no outbound failsafes (an empty failsafe-out chain). The
@@ -77,36 +78,42 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"set":{"elem":["cali-a"],"family":"ip","name":"workload-interfaces","table":"tabby","type":"ifname"}}},
 {"add":{"chain":{"family":"ip","name":"failsafe-in","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"failsafe-out","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"fh-81f96138aee0d854","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
-{"add":{"chain":{"family":"ip","name":"fw-cdcf4322bd0a8981","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-workload-cdcf4322bd0a8981","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"fw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"input","name":"input","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","hook":"output","name":"output","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-46843bb0d18d8793","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-61ca5cab7b224583","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"th-48885f29b43dc638","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"th-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tw-30f915c07345c9c7","table":"tabby"}}},
-{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cdcf4322bd0a8981"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["eth0",{"goto":{"target":"fh-81f96138aee0d854"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"tw-30f915c07345c9c7"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["eth0",{"goto":{"target":"th-48885f29b43dc638"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"chain":{"family":"ip","name":"to-host-endpoint-48885f29b43dc638","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"to-workload-30f915c07345c9c7","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"tw-cali-a","table":"tabby"}}},
+{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cali-a"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["eth0",{"goto":{"target":"fh-eth0"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"tw-cali-a"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["eth0",{"goto":{"target":"th-eth0"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":22}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":17}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"198.18.0.0","len":24}}}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":68}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","expr":[{"jump":{"target":"tier-default-068d2c4579c022e6"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-81f96138aee0d854","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-81f96138aee0d854"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@to-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cdcf4322bd0a8981","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cdcf4322bd0a8981","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cdcf4322bd0a8981","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cdcf4322bd0a8981","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"tier-default-068d2c4579c022e6"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-cdcf4322bd0a8981"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","comment":"Traffic between the host and its workloads","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
@@ -117,43 +124,46 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"output","expr":[{"vmap":{"data":"@to-host-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-46843bb0d18d8793","comment":"profile kns.web ingress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-61ca5cab7b224583","comment":"profile kns.web egress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-48885f29b43dc638","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-48885f29b43dc638","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-48885f29b43dc638","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-48885f29b43dc638","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-48885f29b43dc638"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-30f915c07345c9c7","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-30f915c07345c9c7","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-30f915c07345c9c7","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-30f915c07345c9c7","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
+{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-30f915c07345c9c7"}}],"family":"ip","table":"tabby"}}}
 ]"#;
 
-// Hand-checked: chains are named by a hash of their rules, so the changed rule
-// makes a new tier chain and a new host endpoint chain jumping to it (added
-// first), the set gains 198.18.0.3 (aggregated with .2 into .2/31: the old /32
-// element goes, the /31 comes), the map element for eth0 is swapped to the new
-// chain, and the old two chains are flushed and deleted. Nothing else is touched;
+// Hand-checked: program and tier chains are named by a hash of their rules, so
+// the changed rule makes a new tier chain and a new program chain jumping to it
+// (added first), the set gains 198.18.0.3 (aggregated with .2 into .2/31: the
+// old /32 element goes, the /31 comes), eth0's own chain fh-eth0 is refilled
+// with a goto to the new program chain, and the old two chains are flushed and
+// deleted. Nothing else is touched;
 // IPv6 has no change at all (the set has no IPv6 member, so the rule is not
 // rendered there either way).
 const EXPECTED_DIFF: &str = r#"[
-{"add":{"chain":{"family":"ip","name":"fh-130d5d8dcc569f60","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-host-endpoint-130d5d8dcc569f60","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tier-default-10134b527aa999e9","table":"tabby"}}},
 {"delete":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":32}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
 {"add":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":31}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","expr":[{"jump":{"target":"tier-default-10134b527aa999e9"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-130d5d8dcc569f60","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"flush":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
+{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-130d5d8dcc569f60"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"tier-default-10134b527aa999e9"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":{"set":[10250,10255]}}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"delete":{"element":{"elem":["eth0"],"family":"ip","name":"from-host-endpoint","table":"tabby"}}},
-{"add":{"element":{"elem":[["eth0",{"goto":{"target":"fh-130d5d8dcc569f60"}}]],"family":"ip","name":"from-host-endpoint","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"fh-81f96138aee0d854","table":"tabby"}}},
+{"flush":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
 {"flush":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"delete":{"chain":{"family":"ip","name":"fh-81f96138aee0d854","table":"tabby"}}},
+{"delete":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
 {"delete":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}}
 ]"#;
 
@@ -391,11 +401,16 @@ spec: {node: n1, ipNetworks: [100.64.0.2/32], interfaceName: cali-b, profiles: [
             "delete element workload-interfaces",
             "delete element from-endpoint",
             "delete element to-endpoint",
+            "flush chain fw-cali-b",
+            "flush chain tw-cali-b",
+            "delete chain fw-cali-b",
+            "delete chain tw-cali-b",
         ],
-        "b had the same programs as a, so its chains are a's and stay"
+        "b had the same programs as a: only its own interface chains go, the shared ones stay"
     );
     // An endpoint with its own program (a profile that does not exist: no
-    // profile chain, just its egress and ingress chains) takes them along.
+    // profile chain, just its egress and ingress program chains) takes those
+    // along too.
     let own = two.replace(
         "interfaceName: cali-b, profiles: [kns.web]",
         "interfaceName: cali-b, profiles: [kns.other]",
@@ -424,6 +439,10 @@ spec: {node: n1, ipNetworks: [100.64.0.2/32], interfaceName: cali-b, profiles: [
             "delete element",
             "flush chain",
             "flush chain",
+            "flush chain",
+            "flush chain",
+            "delete chain",
+            "delete chain",
             "delete chain",
             "delete chain",
         ]

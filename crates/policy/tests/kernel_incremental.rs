@@ -148,14 +148,11 @@ fn handles(listing: &Value) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
-/// The ingress chain the `to-endpoint` map sends an interface to (IPv4 table).
+/// The program chain an interface's ingress chain (`tw-<iface>`) goes to.
 fn target(rs: &Ruleset, iface: &str) -> String {
-    rs.tables[0].sets["to-endpoint"]
-        .elems
-        .iter()
-        .find(|e| e[0] == iface)
-        .and_then(|e| e[1]["jump"]["target"].as_str())
-        .expect("map element")
+    rs.tables[0].chains[&format!("tw-{iface}")].rules[0]["expr"][0]["goto"]["target"]
+        .as_str()
+        .expect("goto")
         .to_string()
 }
 
@@ -267,6 +264,8 @@ fn diff_applied_in_the_kernel_equals_a_full_apply_and_keeps_flows() {
     assert_ne!(b_before, b_after);
     assert!(!rs_after.tables[0].chains.contains_key(&b_before));
     assert!(!rs_before.tables[0].chains.contains_key(&b_after));
+    assert!(same.contains(&"tw-cali-c".to_string()), "{same:?}");
+    assert!(changed.contains(&"tw-cali-b".to_string()), "{changed:?}");
     assert!(same.len() >= 8, "{same:?}");
     let (hb, hd) = (handles(&listing_before), handles(&listing_diffed));
     for c in &same {
