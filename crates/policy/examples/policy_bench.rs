@@ -80,6 +80,7 @@ fn nft(netns: &str, v: &Value) -> Duration {
     let mut child = Command::new("ip")
         .args(["netns", "exec", netns, "nft", "-j", "-f", "-"])
         .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .expect("nft");
     child
@@ -113,7 +114,7 @@ fn main() {
     let policies: usize = args[3].parse().expect("POLICIES");
     let rounds: usize = args.get(4).map_or(3, |r| r.parse().expect("ROUNDS"));
     let (mut t_model, mut t_compile, mut t_render, mut t_apply) = (vec![], vec![], vec![], vec![]);
-    let (mut t_inc_compute, mut t_inc_apply) = (vec![], vec![]);
+    let (mut t_inc_compute, mut t_inc_apply, mut t_noop) = (vec![], vec![], vec![]);
     let mut rules = 0;
     let mut inc_cmds = 0;
     let resources = resources(endpoints, policies, None);
@@ -145,13 +146,21 @@ fn main() {
         t_inc_compute.push(s.elapsed());
         inc_cmds = update.len();
         t_inc_apply.push(nft(netns, &batch(update)));
+        // What any nft run costs with this table loaded: process start, netns
+        // entry, reading the kernel's ruleset into nft's cache.
+        t_noop.push(nft(
+            netns,
+            &batch(vec![
+                serde_json::json!({"list": {"table": {"family": "ip", "name": "tabby"}}}),
+            ]),
+        ));
     }
     let total = median(t_model.clone())
         + median(t_compile.clone())
         + median(t_render.clone())
         + median(t_apply.clone());
     println!(
-        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} ({inc_cmds} cmds) | {} |",
+        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} ({inc_cmds} cmds) | {} | {} |",
         ms(median(t_model)),
         ms(median(t_compile)),
         ms(median(t_render)),
@@ -159,5 +168,6 @@ fn main() {
         ms(total),
         ms(median(t_inc_compute)),
         ms(median(t_inc_apply)),
+        ms(median(t_noop)),
     );
 }

@@ -3,7 +3,12 @@
 //! namespace and net resolved to concrete IP sets and named ports resolved per
 //! endpoint. Calico's semantics sit in the IR's shape: a tier that applies and does
 //! not decide drops (or passes, by its defaultAction); profiles run only when every
-//! applicable tier passed or none applied.
+//! applicable tier passed or none applied. [`compile_for_node`] compiles only one
+//! node's endpoints while selectors still resolve over the whole cluster;
+//! endpoints with the same policy identity (namespace, labels, profiles, named
+//! ports, service account) are compiled once and share a [`EndpointProgram::group`].
+//! GlobalNetworkPolicies with `preDNAT` or `doNotTrack` are not enforced (they
+//! apply to no endpoint; [`crate::model::Policy::unsupported`] says so).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
