@@ -58,11 +58,14 @@ pub enum Proto {
 }
 
 impl Lab {
-    /// Builds the node, the workloads and the outside namespaces.
-    pub fn new(prefix: &str, pods: &[PodSpec], outs: &[OutSpec]) -> Lab {
+    /// Builds the node, the workloads and the outside namespaces, named
+    /// `<tag><pid>-...` so that runs in other checkouts do not collide; leftovers
+    /// of dead runs with the same tag are deleted first.
+    pub fn new(tag: &str, pods: &[PodSpec], outs: &[OutSpec]) -> Lab {
         tabby_testnet::require_root();
-        tabby_testnet::netns::cleanup_stale(&format!("{prefix}-")).expect("delete leftovers");
-        let tn = TestNet::with_prefix(prefix);
+        delete_leftovers(tag);
+        let prefix = format!("{tag}{}", std::process::id());
+        let tn = TestNet::with_prefix(&prefix);
         let node = tn.router("node").expect("node namespace");
         let mut lab = Lab {
             node: node.clone(),
@@ -219,6 +222,26 @@ pub fn echo(s: &mut TcpStream, timeout: Duration) -> bool {
     }
     let mut buf = [0u8; 5];
     std::io::Read::read_exact(s, &mut buf).is_ok() && &buf == b"ping\n"
+}
+
+/// Deletes namespaces `<tag><pid>-...` whose process is gone.
+fn delete_leftovers(tag: &str) {
+    let names = tabby_testnet::netns::list_netns().expect("ip netns list");
+    let mut dead = std::collections::BTreeSet::new();
+    for n in names {
+        let Some(rest) = n.strip_prefix(tag) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            dead.insert(format!("{tag}{pid}-"));
+        }
+    }
+    for prefix in dead {
+        tabby_testnet::netns::cleanup_stale(&prefix).expect("delete leftovers");
+    }
 }
 
 /// `nft -j -f -` inside a namespace.
