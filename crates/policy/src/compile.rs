@@ -3,7 +3,12 @@
 //! namespace and net resolved to concrete IP sets and named ports resolved per
 //! endpoint. Calico's semantics sit in the IR's shape: a tier that applies and does
 //! not decide drops (or passes, by its defaultAction); profiles run only when every
-//! applicable tier passed or none applied.
+//! applicable tier passed or none applied. [`compile_for_node`] compiles only one
+//! node's endpoints while selectors still resolve over the whole cluster;
+//! endpoints with the same policy identity (namespace, labels, profiles, named
+//! ports, service account) are compiled once and share a [`EndpointProgram::group`].
+//! GlobalNetworkPolicies with `preDNAT` or `doNotTrack` are not enforced (they
+//! apply to no endpoint; [`crate::model::Policy::unsupported`] says so).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -11,7 +16,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tabby_api::policy::{Action, PolicyType, TierAction};
 
-use crate::model::{Endpoint, EntityMatch, Icmp, Model, Policy, PortSpec, Rule, Scope};
+use crate::model::{Endpoint, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope};
 
 /// Traffic direction relative to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +47,8 @@ impl Direction {
 /// A resolved set of addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpSet {
-    /// Stable within one compilation: `s0`, `s1`, ...
+    /// `s-` and a hash of the description: the same selection or nets get the same
+    /// name in every compilation (what incremental updates rely on).
     pub name: String,
     /// What it was resolved from, for humans.
     pub description: String,
@@ -55,7 +61,7 @@ pub struct IpSet {
 /// A resolved named port: the (address, port) pairs of the endpoints that name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSet {
-    /// `n0`, `n1`, ...
+    /// `n-` and a hash of the description, stable across compilations.
     pub name: String,
     /// The port name and the selection, for humans.
     pub description: String,
@@ -157,9 +163,15 @@ pub struct EndpointProgram {
     pub endpoint: String,
     /// Interface, if known (endpoints without one are not dispatched to).
     pub interface: Option<String>,
-    /// A host endpoint: compiled and explainable, but not rendered (host endpoint
-    /// chains hook input/output, which the renderer does not program yet).
+    /// A host endpoint: its programs police traffic to the host arriving on its
+    /// interface (ingress) and traffic from the host leaving by it (egress).
     pub host: bool,
+    /// The node the endpoint is on, when known.
+    pub node: Option<String>,
+    /// Endpoints with the same group have identical programs (same namespace,
+    /// labels, profiles, named ports and service account): they are compiled
+    /// once, and the renderer shares their chains.
+    pub group: usize,
     /// Addresses of the endpoint.
     pub ips: Vec<IpNet>,
     /// Towards the endpoint.
@@ -187,6 +199,8 @@ pub struct Compiled {
     pub port_sets: Vec<PortSet>,
     /// Per endpoint, sorted by key.
     pub endpoints: Vec<EndpointProgram>,
+    /// Failsafe ports, allowed ahead of host endpoint programs.
+    pub failsafe: Failsafe,
 }
 
 fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -207,6 +221,9 @@ struct Compiler<'m> {
 
 /// Whether a policy applies to an endpoint (direction aside).
 pub fn policy_selects(model: &Model, p: &Policy, e: &Endpoint) -> bool {
+    if p.unsupported.is_some() {
+        return false;
+    }
     if let Some(ns) = &p.namespace
         && e.namespace.as_ref() != Some(ns)
     {
@@ -301,7 +318,7 @@ impl Compiler<'_> {
         v6 = IpNet::aggregate(&v6);
         v4.extend(v6);
         self.out.ip_sets.push(IpSet {
-            name: format!("s{i}"),
+            name: format!("s-{:016x}", stable_hash(&key)),
             description: key.clone(),
             literal,
             members: v4,
@@ -383,7 +400,7 @@ impl Compiler<'_> {
                                 members.dedup();
                                 let i = self.out.port_sets.len();
                                 self.out.port_sets.push(PortSet {
-                                    name: format!("n{i}"),
+                                    name: format!("n-{:016x}", stable_hash(&key)),
                                     description: key.clone(),
                                     members,
                                 });
@@ -517,21 +534,66 @@ impl Compiler<'_> {
     }
 }
 
+/// FNV-1a, 64 bits: a hash that is the same in every build and run (set names
+/// must not change between compilations or releases).
+pub(crate) fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Compiles the model: one [`EndpointProgram`] per endpoint plus the sets they use.
 pub fn compile(model: &Model) -> Compiled {
+    compile_endpoints(model, |_| true)
+}
+
+/// Compiles only the endpoints on `node` (`spec.node` of workload and host
+/// endpoints), what one node's data plane programs. Selectors still resolve over
+/// every endpoint in the model, so remote pods are in the local rules' sets.
+pub fn compile_for_node(model: &Model, node: &str) -> Compiled {
+    compile_endpoints(model, |e| e.node.as_deref() == Some(node))
+}
+
+fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     let mut c = Compiler {
         model,
-        out: Compiled::default(),
+        out: Compiled {
+            failsafe: model.failsafe.clone(),
+            ..Compiled::default()
+        },
         set_index: BTreeMap::new(),
         port_index: BTreeMap::new(),
     };
-    for e in &model.endpoints {
-        let ingress = c.program(e, Direction::Ingress);
-        let egress = c.program(e, Direction::Egress);
+    // Programs depend only on what policy can see of an endpoint; replicas of a
+    // workload share it, so each distinct identity is compiled once.
+    let mut groups: BTreeMap<String, (usize, Program, Program)> = BTreeMap::new();
+    for e in model.endpoints.iter().filter(|e| local(e)) {
+        let identity = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            e.namespace, e.labels, e.profiles, e.named_ports, e.service_account, e.host
+        );
+        let next = groups.len();
+        let (group, ingress, egress) = match groups.get(&identity) {
+            Some(g) => g.clone(),
+            None => {
+                let g = (
+                    next,
+                    c.program(e, Direction::Ingress),
+                    c.program(e, Direction::Egress),
+                );
+                groups.insert(identity, g.clone());
+                g
+            }
+        };
         c.out.endpoints.push(EndpointProgram {
+            group,
             endpoint: e.key(),
             interface: e.interface.clone(),
             host: e.host,
+            node: e.node.clone(),
             ips: e.ips.clone(),
             ingress,
             egress,

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use tabby_api::policy::{Action, TierAction};
 
 use crate::compile::{Compiled, Direction, IrEntity, IrPort, IrRule, Program, compile};
-use crate::model::{Endpoint, Model};
+use crate::model::{Endpoint, FailsafePort, Model};
 
 /// The outcome of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +71,12 @@ pub enum ExplainError {
     /// No endpoint has that key, name or interface.
     #[error("no endpoint {0:?} (give namespace/name, name or interface)")]
     NoEndpoint(String),
+    /// The endpoint is in the model but not in the compilation (another node's).
+    #[error("endpoint {0:?} is not in this compilation (compiled for another node?)")]
+    NotCompiled(String),
+    /// Neither side is a policed endpoint (two addresses, or two host endpoints).
+    #[error("a flow needs a workload or host endpoint on one side and something else on the other")]
+    NoEndpointInFlow,
     /// The endpoints share no address family.
     #[error("{from} and {to} have no addresses of a common IP version{}", .version.map(|v| format!(" (asked for IPv{v})")).unwrap_or_default())]
     NoCommonFamily {
@@ -103,6 +109,27 @@ pub fn explain(
     )
 }
 
+/// One side of a flow: an endpoint (workload or host) or an address outside the
+/// node's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// An endpoint by `namespace/name`, name or interface.
+    Endpoint(String),
+    /// Any address that is not one of the endpoints (a remote host, the internet).
+    Address(IpAddr),
+}
+
+impl Peer {
+    /// An endpoint of the model if one has this id, otherwise an address if `s` is
+    /// one, otherwise an endpoint id (which then fails to resolve).
+    pub fn parse(model: &Model, s: &str) -> Peer {
+        match (model.endpoint(s), s.parse::<IpAddr>()) {
+            (None, Ok(ip)) => Peer::Address(ip),
+            _ => Peer::Endpoint(s.to_string()),
+        }
+    }
+}
+
 struct Packet<'a> {
     src: IpAddr,
     dst: IpAddr,
@@ -116,19 +143,93 @@ fn pick(e: &Endpoint, v: u8) -> Option<IpAddr> {
         .find(|a| if v == 4 { a.is_ipv4() } else { a.is_ipv6() })
 }
 
-/// Explains any flow from `from` to `to`.
+/// Explains any flow from `from` to `to`; each may be an endpoint id or, when no
+/// endpoint has that id, an IP address (see [`Peer::parse`]).
 pub fn explain_flow(
     model: &Model,
     from: &str,
     to: &str,
     flow: &Flow,
 ) -> Result<Verdict, ExplainError> {
-    let src = model
-        .endpoint(from)
-        .ok_or_else(|| ExplainError::NoEndpoint(from.to_string()))?;
-    let dst = model
-        .endpoint(to)
-        .ok_or_else(|| ExplainError::NoEndpoint(to.to_string()))?;
+    explain_between(
+        model,
+        &Peer::parse(model, from),
+        &Peer::parse(model, to),
+        flow,
+    )
+}
+
+/// Explains a flow between peers, compiling the whole model.
+pub fn explain_between(
+    model: &Model,
+    from: &Peer,
+    to: &Peer,
+    flow: &Flow,
+) -> Result<Verdict, ExplainError> {
+    explain_compiled(model, &compile(model), from, to, flow)
+}
+
+enum Side<'a> {
+    Endpoint(&'a Endpoint),
+    Address(IpAddr),
+}
+
+impl Side<'_> {
+    fn ip(&self, v: u8) -> Option<IpAddr> {
+        match self {
+            Side::Endpoint(e) => pick(e, v),
+            Side::Address(a) => (a.is_ipv4() == (v == 4)).then_some(*a),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Side::Endpoint(e) => e.key(),
+            Side::Address(a) => a.to_string(),
+        }
+    }
+}
+
+fn failsafe_hit<'a>(
+    ports: &'a [FailsafePort],
+    flow: &Flow,
+    peer: IpAddr,
+) -> Option<&'a FailsafePort> {
+    ports.iter().find(|p| {
+        p.protocol == flow.protocol
+            && flow.dst_port == Some(p.port)
+            && p.net.is_none_or(|n| n.contains(&peer))
+    })
+}
+
+/// Explains a flow against an existing compilation of `model` (which must hold
+/// the programs of the endpoints involved: [`compile`] or the right node's
+/// [`crate::compile::compile_for_node`]).
+///
+/// What is evaluated, as the data plane does:
+/// - workload to workload: the source's egress program, then the destination's
+///   ingress program;
+/// - workload to an address, or an address to a workload: that workload's program;
+/// - an address to a host endpoint (traffic to the host on its interface): the
+///   inbound failsafe ports, then the host endpoint's ingress program; a host
+///   endpoint to an address: the outbound failsafe ports, then its egress program;
+/// - between the host and its own workloads: allowed, not policed.
+pub fn explain_compiled(
+    model: &Model,
+    compiled: &Compiled,
+    from: &Peer,
+    to: &Peer,
+    flow: &Flow,
+) -> Result<Verdict, ExplainError> {
+    let side = |p: &Peer| match p {
+        Peer::Endpoint(id) => model
+            .endpoint(id)
+            .map(Side::Endpoint)
+            .ok_or_else(|| ExplainError::NoEndpoint(id.clone())),
+        Peer::Address(a) => Ok(Side::Address(*a)),
+    };
+    let src = side(from)?;
+    let dst = side(to)?;
     let versions: &[u8] = match flow.ip_version {
         Some(4) => &[4],
         Some(6) => &[6],
@@ -136,50 +237,110 @@ pub fn explain_flow(
     };
     let (src_ip, dst_ip) = versions
         .iter()
-        .find_map(|v| Some((pick(src, *v)?, pick(dst, *v)?)))
+        .find_map(|v| Some((src.ip(*v)?, dst.ip(*v)?)))
         .ok_or_else(|| ExplainError::NoCommonFamily {
-            from: src.key(),
-            to: dst.key(),
+            from: src.name(),
+            to: dst.name(),
             version: flow.ip_version,
         })?;
-    let compiled = compile(model);
     let pkt = Packet {
         src: src_ip,
         dst: dst_ip,
         flow,
     };
-    let find = |key: String| {
+    let find = |e: &Endpoint| {
+        let key = e.key();
         compiled
             .endpoints
             .iter()
             .find(|p| p.endpoint == key)
-            .expect("every model endpoint is compiled")
+            .ok_or(ExplainError::NotCompiled(key))
     };
-    let (eg_allow, eg_by, eg_why) =
-        evaluate(&compiled, &find(src.key()).egress, Direction::Egress, &pkt);
-    let eg_text = format!("egress of {} ({src_ip}): {eg_why}", src.key());
-    if !eg_allow {
-        return Ok(Verdict {
-            action: VerdictAction::Deny,
-            decided_by: Some(eg_by),
-            reason: eg_text,
-        });
+    let allow = |reason: String| Verdict {
+        action: VerdictAction::Allow,
+        decided_by: None,
+        reason,
+    };
+    match (&src, &dst) {
+        (Side::Address(_), Side::Address(_)) => Err(ExplainError::NoEndpointInFlow),
+        (Side::Endpoint(a), Side::Endpoint(b)) if a.host && b.host => {
+            Err(ExplainError::NoEndpointInFlow)
+        }
+        (Side::Endpoint(a), Side::Endpoint(b)) if a.host || b.host => Ok(allow(format!(
+            "traffic between the host and its workloads ({} to {}) is not policed",
+            a.key(),
+            b.key()
+        ))),
+        (Side::Address(_), Side::Endpoint(h)) if h.host => {
+            if let Some(p) = failsafe_hit(&compiled.failsafe.inbound, flow, src_ip) {
+                return Ok(allow(format!(
+                    "allowed by the inbound failsafe port {}/{} of host endpoint {}",
+                    p.protocol,
+                    p.port,
+                    h.key()
+                )));
+            }
+            let (ok, by, why) = evaluate(compiled, &find(h)?.ingress, Direction::Ingress, &pkt);
+            Ok(verdict(
+                ok,
+                by,
+                format!("ingress of host endpoint {} ({dst_ip}): {why}", h.key()),
+            ))
+        }
+        (Side::Endpoint(h), Side::Address(_)) if h.host => {
+            if let Some(p) = failsafe_hit(&compiled.failsafe.outbound, flow, dst_ip) {
+                return Ok(allow(format!(
+                    "allowed by the outbound failsafe port {}/{} of host endpoint {}",
+                    p.protocol,
+                    p.port,
+                    h.key()
+                )));
+            }
+            let (ok, by, why) = evaluate(compiled, &find(h)?.egress, Direction::Egress, &pkt);
+            Ok(verdict(
+                ok,
+                by,
+                format!("egress of host endpoint {} ({src_ip}): {why}", h.key()),
+            ))
+        }
+        _ => {
+            let mut text = Vec::new();
+            let mut last = None;
+            if let Side::Endpoint(s) = &src {
+                let (ok, by, why) = evaluate(compiled, &find(s)?.egress, Direction::Egress, &pkt);
+                text.push(format!("egress of {} ({src_ip}): {why}", s.key()));
+                if !ok {
+                    return Ok(verdict(false, by, text.join("; ")));
+                }
+                last = Some(by);
+            }
+            if let Side::Endpoint(d) = &dst {
+                let (ok, by, why) = evaluate(compiled, &find(d)?.ingress, Direction::Ingress, &pkt);
+                text.push(format!("ingress of {} ({dst_ip}): {why}", d.key()));
+                if !ok {
+                    return Ok(verdict(false, by, text.join("; ")));
+                }
+                last = Some(by);
+            }
+            Ok(Verdict {
+                action: VerdictAction::Allow,
+                decided_by: last,
+                reason: text.join("; "),
+            })
+        }
     }
-    let (in_allow, in_by, in_why) = evaluate(
-        &compiled,
-        &find(dst.key()).ingress,
-        Direction::Ingress,
-        &pkt,
-    );
-    Ok(Verdict {
-        action: if in_allow {
+}
+
+fn verdict(ok: bool, by: DecidedBy, reason: String) -> Verdict {
+    Verdict {
+        action: if ok {
             VerdictAction::Allow
         } else {
             VerdictAction::Deny
         },
-        decided_by: Some(in_by),
-        reason: format!("{eg_text}; ingress of {} ({dst_ip}): {in_why}", dst.key()),
-    })
+        decided_by: Some(by),
+        reason,
+    }
 }
 
 fn in_set(c: &Compiled, set: usize, ip: IpAddr) -> bool {

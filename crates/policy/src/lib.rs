@@ -1,13 +1,36 @@
 //! Network policy for Tabby, as pure functions: the policy [`model`] built from
-//! resources, the [`compile`]r to an ordered per-endpoint rule IR with resolved IP
-//! sets, [`explain`] (which rule decides a flow) and the [`nft`] renderer that turns
-//! the IR into one nftables JSON batch per family. No I/O here.
+//! resources (workload and host endpoints with their node, policies, profiles,
+//! network sets, tiers, failsafe ports), the [`compile`]r to an ordered
+//! per-endpoint rule IR with resolved IP sets (for every endpoint, or one node's
+//! with [`compile_for_node`]), [`explain`] (which rule decides a flow, between
+//! endpoints or an endpoint and an address) and the [`nft`] renderer: the full
+//! state as one nftables JSON batch ([`nft::render_commands`]) or the change from
+//! the previous state ([`nft::update_commands`]). No I/O here.
+//!
+//! A node agent applies it like this:
+//!
+//! ```
+//! # use tabby_policy::{Model, compile_for_node, nft};
+//! # let model = Model::default();
+//! let first = compile_for_node(&model, "node1");
+//! let mut cmds = nft::render_commands(&first); // recreates table `tabby` (ip, ip6)
+//! // cmds.extend(own commands for objects in the same table, e.g. natOutgoing)
+//! let batch = nft::batch(cmds); // `nft -j -f -` as one transaction
+//! # let _ = batch;
+//! // Later, on a change:
+//! let next = compile_for_node(&model, "node1");
+//! let update = nft::update_commands(&first, &next); // keeps the table; may be empty
+//! # assert!(update.is_empty());
+//! ```
 
 pub mod compile;
 pub mod explain;
 pub mod model;
 pub mod nft;
 
-pub use compile::{Compiled, Direction, compile};
-pub use explain::{DecidedBy, Flow, Verdict, VerdictAction, explain, explain_flow};
+pub use compile::{Compiled, Direction, compile, compile_for_node};
+pub use explain::{
+    DecidedBy, Flow, Peer, Verdict, VerdictAction, explain, explain_between, explain_compiled,
+    explain_flow,
+};
 pub use model::{Model, PolicyError};

@@ -65,6 +65,8 @@ pub struct Endpoint {
     pub named_ports: Vec<NamedPort>,
     /// Service account name (workloads).
     pub service_account: Option<String>,
+    /// The node the endpoint lives on (`spec.node`), when given.
+    pub node: Option<String>,
 }
 
 impl Endpoint {
@@ -225,6 +227,10 @@ pub struct Policy {
     pub ingress: Vec<Rule>,
     /// Egress rules.
     pub egress: Vec<Rule>,
+    /// Why the policy is not enforced, when it uses a GlobalNetworkPolicy mode the
+    /// data plane does not program (`preDNAT`, `doNotTrack`): such a policy applies
+    /// to no endpoint.
+    pub unsupported: Option<String>,
 }
 
 impl Policy {
@@ -263,6 +269,107 @@ pub struct Model {
     pub network_sets: Vec<NetworkSet>,
     /// Tiers by name, including `default`.
     pub tiers: BTreeMap<String, Tier>,
+    /// Host ports that host endpoint policy never blocks.
+    pub failsafe: Failsafe,
+}
+
+/// One failsafe port: traffic with this protocol and destination port (and, with
+/// `net`, this peer) always passes a host endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailsafePort {
+    /// Protocol number (TCP 6, UDP 17, SCTP 132).
+    pub protocol: u8,
+    /// Destination port.
+    pub port: u16,
+    /// Only this peer network: the source for inbound, the destination for outbound.
+    pub net: Option<IpNet>,
+}
+
+/// Felix's failsafe ports (`failsafeInboundHostPorts`, `failsafeOutboundHostPorts`),
+/// allowed ahead of every host endpoint's policy. Defaults to Felix's defaults; the
+/// `default` FelixConfiguration overrides them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failsafe {
+    /// Traffic to the host with these destination ports.
+    pub inbound: Vec<FailsafePort>,
+    /// Traffic from the host with these destination ports.
+    pub outbound: Vec<FailsafePort>,
+}
+
+impl Default for Failsafe {
+    fn default() -> Failsafe {
+        let spec = tabby_api::felix::FelixConfigurationSpec::default();
+        Failsafe::from_felix("FelixConfiguration/default", &spec)
+            .expect("Felix's default failsafe ports are valid")
+    }
+}
+
+impl Failsafe {
+    /// No failsafe ports at all.
+    pub fn none() -> Failsafe {
+        Failsafe {
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        }
+    }
+
+    /// The ports a FelixConfiguration puts in effect (Felix's defaults for unset
+    /// fields); errors name the field.
+    pub fn from_felix(
+        resource: &str,
+        spec: &tabby_api::felix::FelixConfigurationSpec,
+    ) -> Result<Failsafe, PolicyError> {
+        let convert = |field: &str,
+                       ports: Vec<tabby_api::felix::ProtoPort>|
+         -> Result<Vec<FailsafePort>, PolicyError> {
+            let invalid = |i: usize, sub: &str, message: String| PolicyError::Invalid {
+                resource: resource.to_string(),
+                field: format!("spec.{field}[{i}].{sub}"),
+                message,
+            };
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let protocol = match p.protocol.to_ascii_lowercase().as_str() {
+                        "" | "tcp" => 6,
+                        "udp" => 17,
+                        "sctp" => 132,
+                        other => {
+                            return Err(invalid(
+                                i,
+                                "protocol",
+                                format!("{other:?} is not tcp, udp or sctp"),
+                            ));
+                        }
+                    };
+                    let net = match p.net.as_deref().filter(|n| !n.is_empty()) {
+                        None => None,
+                        Some(n) => Some(
+                            n.parse::<IpNet>()
+                                .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+                                .map_err(|_| invalid(i, "net", format!("{n:?} is not a CIDR")))?,
+                        ),
+                    };
+                    Ok(FailsafePort {
+                        protocol,
+                        port: p.port,
+                        net,
+                    })
+                })
+                .collect()
+        };
+        Ok(Failsafe {
+            inbound: convert(
+                "failsafeInboundHostPorts",
+                spec.effective_failsafe_inbound(),
+            )?,
+            outbound: convert(
+                "failsafeOutboundHostPorts",
+                spec.effective_failsafe_outbound(),
+            )?,
+        })
+    }
 }
 
 fn res_id(r: &Resource) -> String {
@@ -530,6 +637,7 @@ impl Model {
                     interface: s.interface_name.clone(),
                     named_ports,
                     service_account: s.service_account_name.clone(),
+                    node: s.node.clone().filter(|n| !n.is_empty()),
                 });
             } else if let Some(s) = r.spec.as_host_endpoint() {
                 let mut ips = Vec::new();
@@ -562,6 +670,7 @@ impl Model {
                     interface: s.interface_name.clone(),
                     named_ports,
                     service_account: None,
+                    node: s.node.clone().filter(|n| !n.is_empty()),
                 });
             } else if let Some(s) = r.spec.as_network_policy() {
                 let ns = ns.unwrap_or_else(|| "default".to_string());
@@ -587,8 +696,16 @@ impl Model {
                     types: s.effective_types(),
                     ingress: cx.rules("spec.ingress", &s.ingress)?,
                     egress: cx.rules("spec.egress", &s.egress)?,
+                    unsupported: None,
                 });
             } else if let Some(s) = r.spec.as_global_network_policy() {
+                let unsupported = if s.pre_dnat == Some(true) {
+                    Some(format!("{id}: spec.preDNAT is not supported"))
+                } else if s.do_not_track == Some(true) {
+                    Some(format!("{id}: spec.doNotTrack is not supported"))
+                } else {
+                    None
+                };
                 m.policies.push(Policy {
                     name,
                     namespace: None,
@@ -609,6 +726,7 @@ impl Model {
                     types: s.effective_types(),
                     ingress: cx.rules("spec.ingress", &s.ingress)?,
                     egress: cx.rules("spec.egress", &s.egress)?,
+                    unsupported,
                 });
             } else if let Some(s) = r
                 .spec
@@ -639,6 +757,10 @@ impl Model {
                         labels_to_apply: s.labels_to_apply.clone(),
                     },
                 );
+            } else if let Some(s) = r.spec.as_felix_configuration() {
+                if r.metadata.name == "default" {
+                    m.failsafe = Failsafe::from_felix(&id, s)?;
+                }
             } else if let Some(s) = r.spec.as_tier() {
                 let mut s: TierSpec = s.clone();
                 s.apply_defaults(&name);

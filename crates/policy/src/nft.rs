@@ -1,14 +1,44 @@
-//! Renders the compiled IR as one nftables JSON batch (the `nft -j -f` input
-//! format) holding a table `tabby` per family: a set per resolved IP membership, a
-//! chain per endpoint and direction (and per tier and profile in it), verdict maps
-//! dispatching by interface, and the conntrack fast path first. The batch deletes
-//! and recreates the tables, so applying it is one atomic replacement.
+//! Renders the compiled IR as nftables JSON (the `nft -j -f` input format): a
+//! table `tabby` per family (`ip`, `ip6`) with a set per resolved IP membership, a
+//! chain per distinct endpoint program and direction (and per tier and profile in
+//! it), verdict maps dispatching by interface, and the conntrack fast path first.
+//!
+//! Each interface has a one-rule chain (`fw-<iface>` / `tw-<iface>` from / to a
+//! workload, `fh-<iface>` / `th-<iface>` into / out of the host by a host
+//! endpoint) that goes to its program chain. Program, tier and profile chains are
+//! named by a hash of their rules (`to-workload-<hash>`, `tier-<tier>-<hash>`,
+//! `pro-<profile>-<hash>`, ...): endpoints with the same program (replicas) share
+//! them, so the kernel holds rules per distinct program rather than per pod, and
+//! a chain that did not change keeps its name and its rules across updates.
+//!
+//! The rendering is first a [`Ruleset`] (data: sets, maps and chains by name), then
+//! commands:
+//! - [`render_commands`] / [`Ruleset::commands`]: the full state. It adds, deletes
+//!   and re-adds the `tabby` tables, so applying it is one atomic replacement of
+//!   everything in them. A caller that owns more objects in the same table (the
+//!   node agent's natOutgoing chain) appends its own `add` commands to this list
+//!   and applies the whole list as one batch ([`batch`]).
+//! - [`update_commands`] / [`diff`]: the change from one state to the next, never
+//!   deleting the table: set and map elements added and removed, changed chains
+//!   flushed and refilled, new objects added and gone ones deleted. Objects the
+//!   renderer does not know (the caller's own chains) are left alone.
+//!
+//! Hooks: `forward` dispatches traffic from and to workload interfaces (egress
+//! program of the source, then ingress program of the destination); `input` and
+//! `output` police the host's own traffic on host endpoint interfaces, after
+//! loopback, local workload interfaces, IPv6 neighbour discovery and established
+//! flows are accepted and, in each host endpoint chain, the failsafe ports. Host
+//! endpoints do not police forwarded traffic (`applyOnForward` is not programmed),
+//! and traffic between the host and its own workloads is not policed.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::policy::{Action, TierAction};
 
-use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule};
+use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, stable_hash};
+use crate::model::FailsafePort;
 
 /// The table name in both families.
 pub const TABLE: &str = "tabby";
@@ -19,9 +49,21 @@ pub const ACCEPT_MARK: u32 = 0x1_0000;
 pub const FROM_ENDPOINT_MAP: &str = "from-endpoint";
 /// Verdict map from output interface to the endpoint's ingress chain.
 pub const TO_ENDPOINT_MAP: &str = "to-endpoint";
+/// Verdict map from input interface to the host endpoint's ingress chain.
+pub const FROM_HOST_ENDPOINT_MAP: &str = "from-host-endpoint";
+/// Verdict map from output interface to the host endpoint's egress chain.
+pub const TO_HOST_ENDPOINT_MAP: &str = "to-host-endpoint";
+/// Set of the local workload interfaces (never policed as host interfaces).
+pub const WORKLOAD_INTERFACES: &str = "workload-interfaces";
+/// Chain of the inbound failsafe ports.
+pub const FAILSAFE_IN: &str = "failsafe-in";
+/// Chain of the outbound failsafe ports.
+pub const FAILSAFE_OUT: &str = "failsafe-out";
+/// The interface name of a host endpoint for all host interfaces.
+pub const ALL_INTERFACES: &str = "*";
 
 /// An nftables address family Tabby programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
     /// `ip`
     Ipv4,
@@ -30,7 +72,8 @@ pub enum Family {
 }
 
 impl Family {
-    fn name(self) -> &'static str {
+    /// `ip` or `ip6`.
+    pub fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "ip",
             Family::Ipv6 => "ip6",
@@ -59,30 +102,292 @@ impl Family {
     }
 }
 
-/// The whole batch, `{"nftables": [...]}`, IPv4 table then IPv6 table.
-pub fn render(c: &Compiled) -> Value {
-    let mut cmds = Vec::new();
-    for f in [Family::Ipv4, Family::Ipv6] {
-        cmds.extend(render_family(c, f));
-    }
+/// A named set or verdict map: its declaration and its elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedSet {
+    /// `true` for a verdict map.
+    pub map: bool,
+    /// The `set` / `map` object without `elem`.
+    pub decl: Value,
+    /// Elements (for maps `[key, verdict]` pairs).
+    pub elems: Vec<Value>,
+}
+
+/// A chain: its declaration and its rules in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    /// The `chain` object (with `type`, `hook`, `prio`, `policy` for base chains).
+    pub decl: Value,
+    /// The `rule` objects in order.
+    pub rules: Vec<Value>,
+}
+
+/// Everything in one family's `tabby` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    /// The family.
+    pub family: Family,
+    /// Sets and maps by name.
+    pub sets: BTreeMap<String, NamedSet>,
+    /// Chains by name.
+    pub chains: BTreeMap<String, Chain>,
+}
+
+/// The rendered state of both tables, the unit full and incremental applies work on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ruleset {
+    /// The `ip` table, then the `ip6` table.
+    pub tables: Vec<Table>,
+}
+
+/// Wraps commands as an `nft -j -f` batch: `{"nftables": [...]}`.
+pub fn batch(cmds: Vec<Value>) -> Value {
     json!({ "nftables": cmds })
+}
+
+/// The whole state as one batch, `{"nftables": [...]}`, IPv4 table then IPv6 table.
+pub fn render(c: &Compiled) -> Value {
+    batch(render_commands(c))
+}
+
+/// The full-state commands (see the module docs): table `tabby` in `ip` and `ip6`
+/// deleted and recreated with everything in it. Append your own commands for
+/// objects in the same table and apply the list as one batch.
+pub fn render_commands(c: &Compiled) -> Vec<Value> {
+    ruleset(c).commands()
+}
+
+/// The minimal commands that turn the state rendered from `old` into the state
+/// rendered from `new`, as one transaction that keeps the table (see [`diff`]).
+pub fn update_commands(old: &Compiled, new: &Compiled) -> Vec<Value> {
+    diff(&ruleset(old), &ruleset(new))
+}
+
+/// The commands for one family's table (the full state).
+pub fn render_family(c: &Compiled, f: Family) -> Vec<Value> {
+    table(c, f).commands()
+}
+
+/// The rendered state of a compilation.
+pub fn ruleset(c: &Compiled) -> Ruleset {
+    Ruleset {
+        tables: vec![table(c, Family::Ipv4), table(c, Family::Ipv6)],
+    }
+}
+
+fn table_ref(f: Family) -> Value {
+    json!({"table": {"family": f.name(), "name": TABLE}})
+}
+
+fn obj_ref(f: Family, name: &str) -> Value {
+    json!({"family": f.name(), "table": TABLE, "name": name})
+}
+
+impl Ruleset {
+    /// The full-state commands for both tables.
+    pub fn commands(&self) -> Vec<Value> {
+        self.tables.iter().flat_map(Table::commands).collect()
+    }
+}
+
+impl NamedSet {
+    fn kind(&self) -> &'static str {
+        if self.map { "map" } else { "set" }
+    }
+
+    fn with_elems(&self) -> Value {
+        let mut d = self.decl.clone();
+        if !self.elems.is_empty() {
+            d["elem"] = json!(self.elems);
+        }
+        json!({"add": {self.kind(): d}})
+    }
+}
+
+impl Table {
+    /// The full-state commands: add, delete and re-add the table, then sets,
+    /// chains, maps (they jump to chains) and rules.
+    pub fn commands(&self) -> Vec<Value> {
+        let t = table_ref(self.family);
+        let mut cmds = vec![
+            json!({"add": t.clone()}),
+            json!({"delete": t.clone()}),
+            json!({"add": t}),
+        ];
+        cmds.extend(
+            self.sets
+                .values()
+                .filter(|s| !s.map)
+                .map(NamedSet::with_elems),
+        );
+        cmds.extend(
+            self.chains
+                .values()
+                .map(|c| json!({"add": {"chain": c.decl}})),
+        );
+        cmds.extend(
+            self.sets
+                .values()
+                .filter(|s| s.map)
+                .map(NamedSet::with_elems),
+        );
+        for c in self.chains.values() {
+            cmds.extend(c.rules.iter().map(|r| json!({"add": {"rule": r}})));
+        }
+        cmds
+    }
+}
+
+fn elem_key(map: bool, e: &Value) -> String {
+    if map { e[0].to_string() } else { e.to_string() }
+}
+
+fn element_cmd(op: &str, f: Family, name: &str, elems: Vec<Value>) -> Value {
+    let mut o = obj_ref(f, name);
+    o["elem"] = json!(elems);
+    json!({op: {"element": o}})
+}
+
+/// The commands that turn `old` into `new` without deleting the tables: new sets,
+/// maps and chains are added; set and map elements are added and deleted one by
+/// one; a chain whose rules changed is flushed and refilled, an unchanged chain is
+/// not touched; gone chains are flushed and deleted, gone sets deleted. Apply the
+/// result as one batch (an empty list means nothing changed).
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Value> {
+    let mut cmds = Vec::new();
+    for nt in &new.tables {
+        let empty = Table {
+            family: nt.family,
+            sets: BTreeMap::new(),
+            chains: BTreeMap::new(),
+        };
+        let ot = old
+            .tables
+            .iter()
+            .find(|t| t.family == nt.family)
+            .unwrap_or(&empty);
+        cmds.extend(diff_table(ot, nt));
+    }
+    cmds
+}
+
+fn diff_table(old: &Table, new: &Table) -> Vec<Value> {
+    let f = new.family;
+    let mut adds = Vec::new();
+    let mut elems = Vec::new();
+    let mut maps = Vec::new();
+    let mut rules = Vec::new();
+    let mut map_elems = Vec::new();
+    let mut gone = Vec::new();
+    // A declaration that changed (a base chain's hook, a set's type) is replaced.
+    let replaced_set = |name: &String| {
+        old.sets
+            .get(name)
+            .is_some_and(|o| new.sets.get(name).is_some_and(|n| n.decl != o.decl))
+    };
+    let replaced_chain = |name: &String| {
+        old.chains
+            .get(name)
+            .is_some_and(|o| new.chains.get(name).is_some_and(|n| n.decl != o.decl))
+    };
+    let mut deletes_first = Vec::new();
+    for (name, s) in &new.sets {
+        match old.sets.get(name) {
+            Some(o) if !replaced_set(name) => {
+                let before: BTreeMap<String, &Value> =
+                    o.elems.iter().map(|e| (elem_key(s.map, e), e)).collect();
+                let after: BTreeMap<String, &Value> =
+                    s.elems.iter().map(|e| (elem_key(s.map, e), e)).collect();
+                let removed: Vec<Value> = before
+                    .iter()
+                    .filter(|(k, v)| after.get(*k) != Some(*v))
+                    .map(|(_, v)| if s.map { v[0].clone() } else { (*v).clone() })
+                    .collect();
+                let added: Vec<Value> = after
+                    .iter()
+                    .filter(|(k, v)| before.get(*k) != Some(*v))
+                    .map(|(_, v)| (*v).clone())
+                    .collect();
+                let out = if s.map { &mut map_elems } else { &mut elems };
+                if !removed.is_empty() {
+                    out.push(element_cmd("delete", f, name, removed));
+                }
+                if !added.is_empty() {
+                    out.push(element_cmd("add", f, name, added));
+                }
+            }
+            other => {
+                if let Some(o) = other {
+                    deletes_first.push(json!({"delete": {o.kind(): obj_ref(f, name)}}));
+                }
+                if s.map {
+                    maps.push(s.with_elems());
+                } else {
+                    adds.push(s.with_elems());
+                }
+            }
+        }
+    }
+    for (name, c) in &new.chains {
+        match old.chains.get(name) {
+            Some(o) if !replaced_chain(name) => {
+                if o.rules != c.rules {
+                    rules.push(json!({"flush": {"chain": obj_ref(f, name)}}));
+                    rules.extend(c.rules.iter().map(|r| json!({"add": {"rule": r}})));
+                }
+            }
+            other => {
+                if other.is_some() {
+                    deletes_first.push(json!({"flush": {"chain": obj_ref(f, name)}}));
+                    deletes_first.push(json!({"delete": {"chain": obj_ref(f, name)}}));
+                }
+                adds.push(json!({"add": {"chain": c.decl}}));
+                rules.extend(c.rules.iter().map(|r| json!({"add": {"rule": r}})));
+            }
+        }
+    }
+    let gone_chains: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+    for (name, s) in &old.sets {
+        if !new.sets.contains_key(name) && s.map {
+            gone.push(json!({"delete": {"map": obj_ref(f, name)}}));
+        }
+    }
+    for name in &gone_chains {
+        gone.push(json!({"flush": {"chain": obj_ref(f, name)}}));
+    }
+    for name in &gone_chains {
+        gone.push(json!({"delete": {"chain": obj_ref(f, name)}}));
+    }
+    for (name, s) in &old.sets {
+        if !new.sets.contains_key(name) && !s.map {
+            gone.push(json!({"delete": {"set": obj_ref(f, name)}}));
+        }
+    }
+    let mut cmds = deletes_first;
+    cmds.extend(adds);
+    cmds.extend(elems);
+    cmds.extend(maps);
+    cmds.extend(rules);
+    cmds.extend(map_elems);
+    cmds.extend(gone);
+    cmds
 }
 
 fn prefix(n: &IpNet) -> Value {
     json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix_len()}})
 }
 
-fn rule_cmd(f: Family, chain: &str, expr: Vec<Value>, comment: Option<&str>) -> Value {
+fn rule_obj(f: Family, chain: &str, expr: Vec<Value>, comment: Option<&str>) -> Value {
     let mut r = json!({"family": f.name(), "table": TABLE, "chain": chain, "expr": expr});
     if let Some(c) = comment {
         let c: String = c.chars().take(127).collect();
         r["comment"] = json!(c);
     }
-    json!({"add": {"rule": r}})
-}
-
-fn chain_cmd(f: Family, name: &str) -> Value {
-    json!({"add": {"chain": {"family": f.name(), "table": TABLE, "name": name}}})
+    r
 }
 
 fn mark() -> Value {
@@ -104,114 +409,344 @@ fn return_if_accepted() -> Vec<Value> {
     ]
 }
 
-/// The commands for one family's table.
-pub fn render_family(c: &Compiled, f: Family) -> Vec<Value> {
-    let fam = f.name();
-    let table = json!({"table": {"family": fam, "name": TABLE}});
-    let mut cmds = vec![
-        json!({ "add": table.clone() }),
-        json!({ "delete": table.clone() }),
-        json!({ "add": table }),
-    ];
-    for s in c.ip_sets.iter().filter(|s| !s.literal) {
-        let mut set = json!({"family": fam, "table": TABLE, "name": s.name,
-            "type": f.addr_type(), "flags": ["interval"], "comment": s.description.chars().take(127).collect::<String>()});
-        let elems: Vec<Value> = s.members.iter().filter(|n| f.has(n)).map(prefix).collect();
-        if !elems.is_empty() {
-            set["elem"] = json!(elems);
+fn ct_state(states: Value, verdict: &str) -> Vec<Value> {
+    vec![
+        json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": states}}),
+        json!({verdict: null}),
+    ]
+}
+
+fn meta_match(key: &str, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": right}})
+}
+
+/// A table being built: chains keep their insertion order of rules.
+struct Builder {
+    f: Family,
+    sets: BTreeMap<String, NamedSet>,
+    chains: BTreeMap<String, Chain>,
+}
+
+impl Builder {
+    fn chain(&mut self, name: &str) {
+        self.chains.insert(
+            name.to_string(),
+            Chain {
+                decl: obj_ref(self.f, name),
+                rules: Vec::new(),
+            },
+        );
+    }
+
+    fn base_chain(&mut self, name: &str, hook: &str) {
+        let mut decl = obj_ref(self.f, name);
+        decl["type"] = json!("filter");
+        decl["hook"] = json!(hook);
+        decl["prio"] = json!(0);
+        decl["policy"] = json!("accept");
+        self.chains.insert(
+            name.to_string(),
+            Chain {
+                decl,
+                rules: Vec::new(),
+            },
+        );
+    }
+
+    /// A chain named `<prefix>-<hash of its rules>`, added unless one with the
+    /// same rules is there already.
+    fn shared_chain(&mut self, prefix: &str, rules: RuleList) -> String {
+        let body = serde_json::to_string(&rules).unwrap_or_default();
+        let name = format!("{prefix}-{:016x}", stable_hash(&body));
+        if !self.chains.contains_key(&name) {
+            self.chain(&name);
+            for (expr, comment) in rules {
+                self.rule(&name, expr, comment.as_deref());
+            }
         }
-        cmds.push(json!({"add": {"set": set}}));
+        name
+    }
+
+    fn rule(&mut self, chain: &str, expr: Vec<Value>, comment: Option<&str>) {
+        let r = rule_obj(self.f, chain, expr, comment);
+        self.chains
+            .get_mut(chain)
+            .expect("chains are declared before their rules")
+            .rules
+            .push(r);
+    }
+
+    fn set(&mut self, name: &str, map: bool, mut decl: Value, elems: Vec<Value>) {
+        if let Some(o) = decl.as_object_mut() {
+            let mut full = obj_ref(self.f, name);
+            for (k, v) in o.iter() {
+                full[k] = v.clone();
+            }
+            decl = full;
+        }
+        self.sets
+            .insert(name.to_string(), NamedSet { map, decl, elems });
+    }
+}
+
+/// Which host interface a host endpoint program is dispatched from.
+fn host_interface(e: &EndpointProgram) -> Option<&str> {
+    e.interface.as_deref().filter(|i| !i.is_empty())
+}
+
+/// The table of one family.
+fn table(c: &Compiled, f: Family) -> Table {
+    let mut b = Builder {
+        f,
+        sets: BTreeMap::new(),
+        chains: BTreeMap::new(),
+    };
+    for s in c.ip_sets.iter().filter(|s| !s.literal) {
+        let elems: Vec<Value> = s.members.iter().filter(|n| f.has(n)).map(prefix).collect();
+        b.set(
+            &s.name,
+            false,
+            json!({"type": f.addr_type(), "flags": ["interval"],
+                "comment": s.description.chars().take(127).collect::<String>()}),
+            elems,
+        );
     }
     for s in &c.port_sets {
-        let mut set = json!({"family": fam, "table": TABLE, "name": s.name,
-            "type": [f.addr_type(), "inet_service"], "comment": s.description.chars().take(127).collect::<String>()});
         let elems: Vec<Value> = s
             .members
             .iter()
             .filter(|(n, _)| f.has(n))
             .map(|(n, p)| json!({"concat": [n.addr().to_string(), p]}))
             .collect();
-        if !elems.is_empty() {
-            set["elem"] = json!(elems);
-        }
-        cmds.push(json!({"add": {"set": set}}));
+        b.set(
+            &s.name,
+            false,
+            json!({"type": [f.addr_type(), "inet_service"],
+                "comment": s.description.chars().take(127).collect::<String>()}),
+            elems,
+        );
     }
-    let dispatched: Vec<&EndpointProgram> = c
-        .endpoints
-        .iter()
-        .filter(|e| {
-            !e.host
-                && e.interface
-                    .as_deref()
-                    .is_some_and(|i| !i.is_empty() && i != "*")
-        })
-        .collect();
-    // Chains before the maps that jump to them.
-    let mut chains = Vec::new();
-    let mut rules = Vec::new();
-    for e in &dispatched {
-        let iface = e.interface.as_deref().unwrap_or_default();
-        for d in [Direction::Egress, Direction::Ingress] {
-            endpoint_chain(c, f, e, iface, d, &mut chains, &mut rules);
+    // One program per interface: the first endpoint naming it wins (compile per
+    // node so that host endpoints of other nodes do not compete).
+    let mut seen = BTreeSet::new();
+    let mut workloads: Vec<(&str, &EndpointProgram)> = Vec::new();
+    let mut hosts: Vec<(&str, &EndpointProgram)> = Vec::new();
+    for e in &c.endpoints {
+        let Some(iface) = host_interface(e) else {
+            continue;
+        };
+        if e.host {
+            if seen.insert(("host", iface)) {
+                hosts.push((iface, e));
+            }
+        } else if iface != ALL_INTERFACES && seen.insert(("workload", iface)) {
+            workloads.push((iface, e));
         }
     }
-    cmds.extend(chains);
-    for (name, d) in [
-        (FROM_ENDPOINT_MAP, Direction::Egress),
-        (TO_ENDPOINT_MAP, Direction::Ingress),
-    ] {
-        let mut map = json!({"family": fam, "table": TABLE, "name": name, "type": "ifname", "map": "verdict"});
-        let elems: Vec<Value> = dispatched
-            .iter()
-            .map(|e| {
-                let iface = e.interface.as_deref().unwrap_or_default();
-                json!([iface, {"jump": {"target": chain_name(iface, d)}}])
-            })
-            .collect();
-        if !elems.is_empty() {
-            map["elem"] = json!(elems);
+    // One set of chains per distinct program (endpoints of one group share it).
+    let mut names: BTreeMap<(usize, Direction, bool), String> = BTreeMap::new();
+    for (list, host) in [(&workloads, false), (&hosts, true)] {
+        for (_, e) in list.iter() {
+            for d in [Direction::Egress, Direction::Ingress] {
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    names.entry((e.group, d, host))
+                {
+                    slot.insert(endpoint_chain(&mut b, c, e, d, host));
+                }
+            }
         }
-        cmds.push(json!({"add": {"map": map}}));
     }
-    cmds.push(
-        json!({"add": {"chain": {"family": fam, "table": TABLE, "name": "forward",
-        "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
+    b.set(
+        WORKLOAD_INTERFACES,
+        false,
+        json!({"type": "ifname"}),
+        workloads.iter().map(|(i, _)| json!(i)).collect(),
     );
-    cmds.push(rule_cmd(
-        f,
+    // Each interface gets its own small chain (`fw-<iface>`, `tw-<iface>`,
+    // `fh-<iface>`, `th-<iface>`) that goes to the shared program chain: the
+    // ruleset reads per interface, and a changed program swaps one rule.
+    for (list, host) in [(&workloads, false), (&hosts, true)] {
+        for (i, e) in list.iter() {
+            for d in [Direction::Egress, Direction::Ingress] {
+                let own = if host {
+                    host_chain_name(i, d)
+                } else {
+                    chain_name(i, d)
+                };
+                b.chain(&own);
+                b.rule(
+                    &own,
+                    vec![json!({"goto": {"target": names[&(e.group, d, host)]}})],
+                    None,
+                );
+            }
+        }
+    }
+    let vmap = |list: &[(&str, &EndpointProgram)], d: Direction, host: bool| -> Vec<Value> {
+        list.iter()
+            .filter(|(i, _)| *i != ALL_INTERFACES)
+            .map(|(i, _)| {
+                if host {
+                    json!([i, {"goto": {"target": host_chain_name(i, d)}}])
+                } else {
+                    json!([i, {"jump": {"target": chain_name(i, d)}}])
+                }
+            })
+            .collect()
+    };
+    let map_decl = json!({"type": "ifname", "map": "verdict"});
+    b.set(
+        FROM_ENDPOINT_MAP,
+        true,
+        map_decl.clone(),
+        vmap(&workloads, Direction::Egress, false),
+    );
+    b.set(
+        TO_ENDPOINT_MAP,
+        true,
+        map_decl.clone(),
+        vmap(&workloads, Direction::Ingress, false),
+    );
+    b.set(
+        FROM_HOST_ENDPOINT_MAP,
+        true,
+        map_decl.clone(),
+        vmap(&hosts, Direction::Ingress, true),
+    );
+    b.set(
+        TO_HOST_ENDPOINT_MAP,
+        true,
+        map_decl,
+        vmap(&hosts, Direction::Egress, true),
+    );
+
+    b.base_chain("forward", "forward");
+    b.rule(
         "forward",
-        vec![
-            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
-            json!({"accept": null}),
-        ],
+        ct_state(json!(["established", "related"]), "accept"),
         None,
-    ));
-    cmds.push(rule_cmd(
-        f,
-        "forward",
-        vec![
-            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}),
-            json!({"drop": null}),
-        ],
-        None,
-    ));
-    cmds.push(rule_cmd(
-        f,
+    );
+    b.rule("forward", ct_state(json!("invalid"), "drop"), None);
+    b.rule(
         "forward",
         vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
         None,
-    ));
-    cmds.push(rule_cmd(
-        f,
+    );
+    b.rule(
         "forward",
         vec![json!({"vmap": {"key": {"meta": {"key": "oifname"}}, "data": format!("@{TO_ENDPOINT_MAP}")}})],
         None,
-    ));
-    cmds.extend(rules);
-    cmds
+    );
+
+    let all = hosts.iter().any(|(i, _)| *i == ALL_INTERFACES);
+    for (hook, key, map, d) in [
+        (
+            "input",
+            "iifname",
+            FROM_HOST_ENDPOINT_MAP,
+            Direction::Ingress,
+        ),
+        ("output", "oifname", TO_HOST_ENDPOINT_MAP, Direction::Egress),
+    ] {
+        b.base_chain(hook, hook);
+        b.rule(
+            hook,
+            ct_state(json!(["established", "related"]), "accept"),
+            None,
+        );
+        b.rule(
+            hook,
+            vec![meta_match(key, json!("lo")), json!({"accept": null})],
+            None,
+        );
+        b.rule(
+            hook,
+            vec![
+                meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                json!({"accept": null}),
+            ],
+            Some("Traffic between the host and its workloads"),
+        );
+        if f == Family::Ipv6 {
+            // Neighbour discovery and MLD must work whatever the policy says.
+            b.rule(
+                hook,
+                vec![
+                    json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                        "right": {"set": [130, 131, 132, 133, 134, 135, 136, 143]}}}),
+                    json!({"accept": null}),
+                ],
+                Some("IPv6 neighbour discovery"),
+            );
+        }
+        b.rule(
+            hook,
+            vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
+            None,
+        );
+        if all {
+            b.rule(
+                hook,
+                vec![json!({"goto": {"target": host_chain_name(ALL_INTERFACES, d)}})],
+                Some("Host endpoint for all interfaces"),
+            );
+        }
+    }
+    b.chain(FAILSAFE_IN);
+    b.chain(FAILSAFE_OUT);
+    for (chain, ports, peer) in [
+        (FAILSAFE_IN, &c.failsafe.inbound, "saddr"),
+        (FAILSAFE_OUT, &c.failsafe.outbound, "daddr"),
+    ] {
+        for expr in failsafe_rules(f, ports, peer) {
+            b.rule(chain, expr, Some("failsafe"));
+        }
+    }
+    Table {
+        family: f,
+        sets: b.sets,
+        chains: b.chains,
+    }
 }
 
-/// `fw-<iface>` (from the endpoint: egress) or `tw-<iface>` (to it: ingress).
+/// Accept rules for failsafe ports: one per protocol for the ports without a
+/// peer network, one per port with one.
+fn failsafe_rules(f: Family, ports: &[FailsafePort], peer: &str) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut by_proto: BTreeMap<u8, Vec<u16>> = BTreeMap::new();
+    for p in ports.iter().filter(|p| p.net.is_none()) {
+        by_proto.entry(p.protocol).or_default().push(p.port);
+    }
+    for (proto, mut list) in by_proto {
+        list.sort_unstable();
+        list.dedup();
+        let right = if list.len() == 1 {
+            json!(list[0])
+        } else {
+            json!({"set": list})
+        };
+        out.push(vec![
+            meta_match("l4proto", json!(proto)),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": proto_name(Some(proto)), "field": "dport"}}, "right": right}}),
+            json!({"accept": null}),
+        ]);
+    }
+    for p in ports {
+        let Some(net) = p.net.filter(|n| f.has(n)) else {
+            continue;
+        };
+        out.push(vec![
+            meta_match("l4proto", json!(p.protocol)),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": f.name(), "field": peer}}, "right": prefix(&net)}}),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": proto_name(Some(p.protocol)), "field": "dport"}}, "right": p.port}}),
+            json!({"accept": null}),
+        ]);
+    }
+    out
+}
+
+/// `fw-<iface>` (from the workload: egress) or `tw-<iface>` (to it: ingress):
+/// the interface's chain, one rule going to its (shared) program chain.
 pub fn chain_name(iface: &str, d: Direction) -> String {
     match d {
         Direction::Egress => format!("fw-{iface}"),
@@ -219,72 +754,95 @@ pub fn chain_name(iface: &str, d: Direction) -> String {
     }
 }
 
+/// `fh-<iface>` (from the host endpoint into the host: its ingress) or
+/// `th-<iface>` (from the host out of it: egress); `fh/all` and `th/all` for the
+/// host endpoint of all interfaces (`/` is in no interface name; nft reads `*`
+/// as a wildcard).
+pub fn host_chain_name(iface: &str, d: Direction) -> String {
+    let iface = if iface == ALL_INTERFACES {
+        "/all".to_string()
+    } else {
+        format!("-{iface}")
+    };
+    match d {
+        Direction::Egress => format!("th{iface}"),
+        Direction::Ingress => format!("fh{iface}"),
+    }
+}
+
+type RuleList = Vec<(Vec<Value>, Option<String>)>;
+
+/// Renders one direction of an endpoint's program as chains and returns the
+/// program chain's name. Every chain is named by a hash of its rules
+/// (`tier-<tier>-`, `pro-<profile>-`, and for the program chain `from-workload-`,
+/// `to-workload-`, `from-host-endpoint-`, `to-host-endpoint-`), so endpoints with
+/// the same program share chains and an unchanged chain keeps its name across
+/// updates.
 fn endpoint_chain(
+    b: &mut Builder,
     c: &Compiled,
-    f: Family,
     e: &EndpointProgram,
-    iface: &str,
     d: Direction,
-    chains: &mut Vec<Value>,
-    rules: &mut Vec<Value>,
-) {
+    host: bool,
+) -> String {
+    let f = b.f;
     let prog = e.program(d);
-    let main = chain_name(iface, d);
-    chains.push(chain_cmd(f, &main));
-    rules.push(rule_cmd(f, &main, vec![clear_accept_mark()], None));
+    let mut main: RuleList = Vec::new();
+    let prefix = match (host, d) {
+        (false, Direction::Egress) => "from-workload",
+        (false, Direction::Ingress) => "to-workload",
+        (true, Direction::Ingress) => "from-host-endpoint",
+        (true, Direction::Egress) => "to-host-endpoint",
+    };
+    if host {
+        let failsafe = match d {
+            Direction::Ingress => FAILSAFE_IN,
+            Direction::Egress => FAILSAFE_OUT,
+        };
+        main.push((ct_state(json!("invalid"), "drop"), None));
+        main.push((vec![json!({"jump": {"target": failsafe}})], None));
+    }
+    main.push((vec![clear_accept_mark()], None));
     for t in &prog.tiers {
-        let tc = format!("{main}-tier-{}", t.tier);
-        chains.push(chain_cmd(f, &tc));
-        rules.push(rule_cmd(
-            f,
-            &main,
-            vec![json!({"jump": {"target": tc}})],
-            None,
-        ));
-        rules.push(rule_cmd(f, &main, return_if_accepted(), None));
+        let mut rules: RuleList = Vec::new();
         for p in &t.policies {
             for r in &p.rules {
                 let comment = format!("{} {} {}[{}]", t.tier, p.policy, d.as_str(), r.index);
                 for expr in rule_exprs(c, f, r) {
-                    rules.push(rule_cmd(f, &tc, expr, Some(&comment)));
+                    rules.push((expr, Some(comment.clone())));
                 }
             }
         }
         if t.default_action == TierAction::Deny {
-            rules.push(rule_cmd(
-                f,
-                &tc,
+            rules.push((
                 vec![json!({"drop": null})],
-                Some(&format!(
+                Some(format!(
                     "End of tier {}. Drop if no policies passed packet",
                     t.tier
                 )),
             ));
         }
+        let tc = b.shared_chain(&format!("tier-{}", t.tier), rules);
+        main.push((vec![json!({"jump": {"target": tc}})], None));
+        main.push((return_if_accepted(), None));
     }
     for pr in &prog.profiles {
-        let pc = format!("{main}-pro-{}", pr.profile);
-        chains.push(chain_cmd(f, &pc));
-        rules.push(rule_cmd(
-            f,
-            &main,
-            vec![json!({"jump": {"target": pc}})],
-            None,
-        ));
-        rules.push(rule_cmd(f, &main, return_if_accepted(), None));
+        let mut rules: RuleList = Vec::new();
         for r in &pr.rules {
             let comment = format!("profile {} {}[{}]", pr.profile, d.as_str(), r.index);
             for expr in rule_exprs(c, f, r) {
-                rules.push(rule_cmd(f, &pc, expr, Some(&comment)));
+                rules.push((expr, Some(comment.clone())));
             }
         }
+        let pc = b.shared_chain(&format!("pro-{}", pr.profile), rules);
+        main.push((vec![json!({"jump": {"target": pc}})], None));
+        main.push((return_if_accepted(), None));
     }
-    rules.push(rule_cmd(
-        f,
-        &main,
+    main.push((
         vec![json!({"drop": null})],
-        Some("Drop if no profiles matched"),
+        Some("Drop if no profiles matched".to_string()),
     ));
+    b.shared_chain(prefix, main)
 }
 
 fn proto_name(p: Option<u8>) -> &'static str {

@@ -1,0 +1,173 @@
+//! Policy benchmark driver (bench/policy/run.sh runs it): builds a synthetic
+//! model of E workload endpoints and P NetworkPolicies on one node, times
+//! model building, compilation, rendering and `nft -j -f` into a network
+//! namespace, then one changed policy applied incrementally. Prints Markdown
+//! rows.
+//!
+//!   policy_bench NETNS ENDPOINTS POLICIES [ROUNDS]
+//!
+//! Endpoint i: namespace `ns<i%10>`, label `app=app<i%100>`, interface
+//! `cali<i>` (zero-padded), address 100.64.<i/250>.<i%250+1>. Policy j: namespace
+//! `ns<j%10>`, order j, selecting `app == 'app<j%100>'` (10 endpoints each),
+//! ingress Allow TCP from `app == 'app<(7j)%100>'` to port 1000 + j%1000. Endpoints
+//! 0 and 1 are `cali-ipa` / `cali-ipb` with 100.64.200.1 / .2 (the iperf3 pods of
+//! run.sh), and a last GlobalNetworkPolicy lets app0 reach app1 on TCP 5201.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tabby_api::Resource;
+use tabby_api::load::parse_documents;
+use tabby_policy::compile::compile_for_node;
+use tabby_policy::model::Model;
+use tabby_policy::nft::{batch, diff, ruleset};
+
+fn endpoint(i: usize) -> String {
+    let (iface, ip) = match i {
+        0 => ("cali-ipa".to_string(), "100.64.200.1".to_string()),
+        1 => ("cali-ipb".to_string(), "100.64.200.2".to_string()),
+        _ => (
+            format!("cali{i:011}"),
+            format!("100.64.{}.{}", i / 250, i % 250 + 1),
+        ),
+    };
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\n\
+         metadata: {{name: ep{i}, namespace: ns{}, labels: {{app: app{}}}}}\n\
+         spec: {{node: bench, interfaceName: {iface}, ipNetworks: [{ip}/32], profiles: [kns.ns{}]}}\n---\n",
+        i % 10,
+        i % 100,
+        i % 10
+    )
+}
+
+fn policy(j: usize, port_shift: usize) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n\
+         metadata: {{name: p{j}, namespace: ns{}}}\n\
+         spec: {{order: {j}, selector: app == 'app{}', ingress: [{{action: Allow, protocol: TCP, \
+         source: {{selector: app == 'app{}'}}, destination: {{ports: [{}]}}}}]}}\n---\n",
+        j % 10,
+        j % 100,
+        (7 * j) % 100,
+        1000 + (j + port_shift) % 1000
+    )
+}
+
+const IPERF: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n\
+metadata: {name: allow-iperf}\nspec: {order: 1000000, selector: app == 'app1', \
+ingress: [{action: Allow, protocol: TCP, source: {selector: app == 'app0'}, destination: {ports: [5201]}}]}\n";
+
+/// The resources, parsed one document at a time (a file holds at most 1,024).
+fn resources(endpoints: usize, policies: usize, changed: Option<usize>) -> Vec<Resource> {
+    let docs = (0..endpoints)
+        .map(endpoint)
+        .chain((0..policies).map(|j| policy(j, usize::from(changed == Some(j)))))
+        .chain(std::iter::once(IPERF.to_string()));
+    docs.flat_map(|d| parse_documents(&d, "bench").expect("load"))
+        .collect()
+}
+
+fn resources_changed(endpoints: usize, policies: usize) -> Vec<Resource> {
+    resources(endpoints, policies, Some(policies / 2))
+}
+
+fn nft(netns: &str, v: &Value) -> Duration {
+    let body = v.to_string();
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let status = child.wait().expect("nft");
+    assert!(status.success(), "nft -j -f failed");
+    started.elapsed()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: policy_bench NETNS ENDPOINTS POLICIES [ROUNDS]");
+        std::process::exit(2);
+    }
+    let netns = &args[1];
+    let endpoints: usize = args[2].parse().expect("ENDPOINTS");
+    let policies: usize = args[3].parse().expect("POLICIES");
+    let rounds: usize = args.get(4).map_or(3, |r| r.parse().expect("ROUNDS"));
+    let (mut t_model, mut t_compile, mut t_render, mut t_apply) = (vec![], vec![], vec![], vec![]);
+    let (mut t_inc_compute, mut t_inc_apply, mut t_noop) = (vec![], vec![], vec![]);
+    let mut rules = 0;
+    let mut inc_cmds = 0;
+    let resources = resources(endpoints, policies, None);
+    let changed = resources_changed(endpoints, policies);
+    for _ in 0..rounds {
+        let s = Instant::now();
+        let model = Model::from_resources(&resources).expect("model");
+        t_model.push(s.elapsed());
+        let s = Instant::now();
+        let compiled = compile_for_node(&model, "bench");
+        t_compile.push(s.elapsed());
+        let s = Instant::now();
+        let rs = ruleset(&compiled);
+        let full = batch(rs.commands());
+        t_render.push(s.elapsed());
+        rules = rs
+            .tables
+            .iter()
+            .flat_map(|t| t.chains.values())
+            .map(|c| c.rules.len())
+            .sum();
+        t_apply.push(nft(netns, &full));
+
+        // One policy changed: rebuild, recompile, diff, apply.
+        let s = Instant::now();
+        let model2 = Model::from_resources(&changed).expect("model");
+        let compiled2 = compile_for_node(&model2, "bench");
+        let update = diff(&rs, &ruleset(&compiled2));
+        t_inc_compute.push(s.elapsed());
+        inc_cmds = update.len();
+        t_inc_apply.push(nft(netns, &batch(update)));
+        // What any nft run costs with this table loaded: process start, netns
+        // entry, reading the kernel's ruleset into nft's cache.
+        t_noop.push(nft(
+            netns,
+            &batch(vec![
+                serde_json::json!({"list": {"table": {"family": "ip", "name": "tabby"}}}),
+            ]),
+        ));
+    }
+    let total = median(t_model.clone())
+        + median(t_compile.clone())
+        + median(t_render.clone())
+        + median(t_apply.clone());
+    println!(
+        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} ({inc_cmds} cmds) | {} | {} |",
+        ms(median(t_model)),
+        ms(median(t_compile)),
+        ms(median(t_render)),
+        ms(median(t_apply)),
+        ms(total),
+        ms(median(t_inc_compute)),
+        ms(median(t_inc_apply)),
+        ms(median(t_noop)),
+    );
+}
