@@ -543,7 +543,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
     let nft = NftCli { netns: None };
-    let mut last_fw: Option<serde_json::Value> = None;
+    let mut last_fw: Option<crate::firewall::Applied> = None;
     let mut policy: Option<tabby_policy::compile::Compiled> = None;
     // Bandwidth limits (issue 8): see crate::qos.
     let tc = tabby_dataplane::tc::TcCli::new();
@@ -607,7 +607,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                         Err(e) => warn!(error = %format!("{e:#}"), "VXLAN tunnel address"),
                     }
                     if cfg.policy {
-                        policy = compile_policy(&v, &snap, &cfg.node_name, policy.take());
+                        policy = compile_policy(&v, &cfg.node_name, policy.take());
                     }
                     view = Some((v, snap));
                 }
@@ -726,18 +726,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         // natOutgoing and network policy: one table per family, one transaction.
         if cfg.nat || cfg.policy {
-            let batch = crate::firewall::render(cfg.nat.then_some(&d.nat), policy.as_ref());
             // Someone may have flushed the table: look on resync passes only (each look
             // is an `nft` process).
-            let missing = resync && matches!(nft.list_table("ip"), Ok(None));
-            if last_fw.as_ref() != Some(&batch) || missing {
+            if resync && matches!(nft.list_table("ip"), Ok(None)) {
+                last_fw = None;
+            }
+            let nat = cfg.nat.then_some(&d.nat);
+            if let Some((batch, full)) =
+                crate::firewall::plan_apply(last_fw.as_ref(), nat, policy.as_ref())
+            {
                 let t = Instant::now();
                 match nft.apply_json(&batch) {
                     Ok(()) => {
-                        debug!(secs = t.elapsed().as_secs_f64(), "nftables applied");
-                        last_fw = Some(batch);
+                        debug!(secs = t.elapsed().as_secs_f64(), full, "nftables applied");
+                        last_fw = Some(crate::firewall::Applied {
+                            nat: nat.cloned(),
+                            policy: policy.clone(),
+                        });
                     }
-                    Err(e) => applied.errors.push(format!("nftables: {e}")),
+                    Err(e) => {
+                        // The kernel state is unknown now: the retry replaces it.
+                        last_fw = None;
+                        applied.errors.push(format!("nftables: {e}"));
+                    }
                 }
             }
         }
@@ -1042,19 +1053,12 @@ async fn sync_exports(b: &mut BgpState, want: &BTreeMap<IpNet, Advertisement>) {
 /// (enforcement never silently disappears because one resource is wrong).
 fn compile_policy(
     v: &StoreView,
-    snap: &desired::Snapshot,
     node: &str,
     previous: Option<tabby_policy::compile::Compiled>,
 ) -> Option<tabby_policy::compile::Compiled> {
-    let local: std::collections::BTreeSet<String> = snap
-        .workloads
-        .iter()
-        .filter(|w| w.node == node)
-        .map(|w| w.interface.clone())
-        .collect();
     let mut resources = v.workloads.clone();
     resources.extend(v.policy.iter().cloned());
-    match crate::firewall::compile_local(&resources, &local) {
+    match crate::firewall::compile_local(&resources, node) {
         Ok(c) => Some(c),
         Err(e) => {
             warn!(error = %e, "network policy: keeping the last good rules");

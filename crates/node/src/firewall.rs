@@ -3,8 +3,6 @@
 //! and applied as one `nft -j -f` transaction that replaces both tables at once.
 //! Everything here is pure; [`crate::nat::Nft`] applies the result.
 
-use std::collections::BTreeSet;
-
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::{Kind, Resource};
@@ -26,20 +24,48 @@ pub const POLICY_KINDS: [Kind; 7] = [
 
 /// Compiles the policy for this node's endpoints: selectors resolve over every
 /// endpoint of the cluster (`resources` holds the workload endpoints of all nodes
-/// and the policy kinds), but only the workloads on `node` (by `local_ifaces`, the
-/// host-side interfaces of the local workloads) get chains.
+/// and the policy kinds), but only the endpoints on `node` (workloads and host
+/// endpoints) get chains.
 pub fn compile_local(
     resources: &[Resource],
-    local_ifaces: &BTreeSet<String>,
+    node: &str,
 ) -> Result<Compiled, tabby_policy::model::PolicyError> {
     let model = Model::from_resources(resources)?;
-    let mut c = tabby_policy::compile::compile(&model);
-    c.endpoints.retain(|e| {
-        e.interface
-            .as_deref()
-            .is_some_and(|i| local_ifaces.contains(i))
-    });
-    Ok(c)
+    Ok(tabby_policy::compile::compile_for_node(&model, node))
+}
+
+/// What is in the kernel after the last successful apply.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// The natOutgoing inputs, when NAT is programmed.
+    pub nat: Option<NatInputs>,
+    /// The compiled policy, when policy is enforced.
+    pub policy: Option<Compiled>,
+}
+
+/// How to bring the kernel from `last` (what was applied, `None` if unknown) to the
+/// wanted state: `None` when nothing changed, otherwise the batch and whether it is
+/// a full replacement. A change of the natOutgoing inputs, of whether policy is on,
+/// or an unknown kernel state replaces both tables; a policy change alone is an
+/// incremental update that rewrites only the changed sets, maps and chains (and
+/// leaves the NAT chain and established flows alone).
+pub fn plan_apply(
+    last: Option<&Applied>,
+    nat: Option<&NatInputs>,
+    policy: Option<&Compiled>,
+) -> Option<(Value, bool)> {
+    match last {
+        Some(l) if l.nat.as_ref() == nat && l.policy.is_some() == policy.is_some() => {
+            match (&l.policy, policy) {
+                (Some(old), Some(new)) if old != new => {
+                    let cmds = tabby_policy::nft::update_commands(old, new);
+                    (!cmds.is_empty()).then(|| (tabby_policy::nft::batch(cmds), false))
+                }
+                _ => None,
+            }
+        }
+        _ => Some((render(nat, policy), true)),
+    }
 }
 
 fn nft_family(f: Family) -> tabby_policy::nft::Family {
@@ -188,8 +214,7 @@ metadata: {name: n2-k8s-b-eth0, namespace: default}
 spec: {node: n2, interfaceName: calib, ipNetworks: [100.64.1.1/32], profiles: [kns.default]}
 "#;
         let resources = tabby_api::load::parse_documents(yaml, "test.yaml").unwrap();
-        let local = BTreeSet::from(["calia".to_string()]);
-        let c = compile_local(&resources, &local).unwrap();
+        let c = compile_local(&resources, "n1").unwrap();
         assert_eq!(c.endpoints.len(), 1, "only the local workload gets chains");
         let inputs = NatInputs {
             masq_pools: nets(&["100.64.0.0/16"]),
@@ -217,5 +242,67 @@ spec: {node: n2, interfaceName: calib, ipNetworks: [100.64.1.1/32], profiles: [k
             !chains.iter().any(|c| c.contains("calib")),
             "no chains for the other node's endpoint: {chains:?}"
         );
+    }
+
+    #[test]
+    fn plan_apply_is_full_first_incremental_for_policy_and_full_for_nat() {
+        let yaml = |port: u16| {
+            format!(
+                r#"
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {{name: n1-k8s-a-eth0, namespace: default, labels: {{app: a}}}}
+spec: {{node: n1, interfaceName: calia, ipNetworks: [100.64.0.1/32], profiles: [kns.default]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: p, namespace: default}}
+spec:
+  selector: app == 'a'
+  ingress: [{{action: Allow, protocol: TCP, destination: {{ports: [{port}]}}}}]
+"#
+            )
+        };
+        let compile = |port| {
+            let r = tabby_api::load::parse_documents(&yaml(port), "t.yaml").unwrap();
+            compile_local(&r, "n1").unwrap()
+        };
+        let (c1, c2) = (compile(80), compile(81));
+        let nat = NatInputs {
+            masq_pools: nets(&["100.64.0.0/16"]),
+            all_pools: nets(&["100.64.0.0/16"]),
+        };
+        let (first, full) = plan_apply(None, Some(&nat), Some(&c1)).unwrap();
+        assert!(full);
+        assert_eq!(
+            count(&first, |c| c
+                .get("delete")
+                .is_some_and(|d| d.get("table").is_some())),
+            2
+        );
+        let applied = Applied {
+            nat: Some(nat.clone()),
+            policy: Some(c1.clone()),
+        };
+        assert!(
+            plan_apply(Some(&applied), Some(&nat), Some(&c1)).is_none(),
+            "no change, no batch"
+        );
+        let (update, full) = plan_apply(Some(&applied), Some(&nat), Some(&c2)).unwrap();
+        assert!(!full, "a policy change is incremental");
+        assert_eq!(
+            count(&update, |c| c
+                .get("delete")
+                .is_some_and(|d| d.get("table").is_some())),
+            0,
+            "an update never deletes the table"
+        );
+        assert!(update.to_string().contains("81"), "{update}");
+        let other_nat = NatInputs {
+            masq_pools: vec![],
+            all_pools: nets(&["100.64.0.0/16"]),
+        };
+        let (_, full) = plan_apply(Some(&applied), Some(&other_nat), Some(&c1)).unwrap();
+        assert!(full, "a NAT change replaces the tables");
     }
 }
