@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
+use tabby_lab::lab::{self, Encap, LabSpec, MatrixMode, StoreKind, Topology};
 use tabby_lab::plan::Model;
 
 #[derive(clap::Args, Debug)]
@@ -100,6 +100,11 @@ struct UpArgs {
     /// Seconds each wait (agents, sessions, routes) may take.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Which pod pairs to ping, in `up` and in later `fail` and `heal`: full (every
+    /// pair), sample:K (each pod pings K others, spread over the lab; for large labs)
+    /// or none (sessions and routes only).
+    #[arg(long, default_value = "full", value_name = "full|sample:K|none")]
+    matrix: String,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -165,7 +170,9 @@ pub async fn run(args: &LabArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Down => {
-            let r = lab::down(&args.name, &args.state_dir)?;
+            let mut progress = lab::Terminal::default();
+            let r = lab::down_with(&args.name, &args.state_dir, &mut progress)?;
+            progress.finish();
             write!(out, "{}", r.render(&args.name))?;
             Ok(())
         }
@@ -226,8 +233,12 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
     };
     spec.block_size = a.block_size;
     spec.timeout_secs = a.timeout;
-    let mut progress = |line: &str| eprintln!("{line}");
-    let summary = match lab::up(&spec, &mut progress).await {
+    spec.matrix = a.matrix.parse::<MatrixMode>()?;
+    // A redrawn bar on a terminal, plain step lines otherwise (logs, tests, CI).
+    let mut progress = lab::Terminal::default();
+    let result = lab::up(&spec, &mut progress).await;
+    progress.finish();
+    let summary = match result {
         Ok(s) => s,
         Err(e) => {
             if spec.dir().exists() {

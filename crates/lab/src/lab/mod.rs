@@ -16,18 +16,21 @@ mod error;
 pub mod fail;
 pub mod graph;
 mod host;
+mod icmp;
 pub mod layout;
+pub mod progress;
 pub mod spec;
 pub mod state;
 mod status;
 mod up;
 
-pub use down::{DownReport, down};
+pub use down::{DownReport, down, down_with};
 pub use error::LabError;
 pub use fail::{ConvergeReport, fail, heal};
 pub use graph::graph;
 pub use host::exec;
-pub use spec::{Encap, LabSpec, StoreKind, Topology};
+pub use progress::{Progress, Terminal};
+pub use spec::{Encap, LabSpec, MatrixMode, StoreKind, Topology};
 pub use status::{StatusReport, status};
 pub use up::{Summary, up};
 

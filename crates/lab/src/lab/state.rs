@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
-use super::spec::{Encap, LabSpec, StoreKind, Topology};
+use super::spec::{Encap, LabSpec, MatrixMode, StoreKind, Topology};
 
 /// The state file's name in the lab's dir.
 pub const STATE_FILE: &str = "lab.json";
@@ -166,6 +166,13 @@ pub struct LabState {
     /// Failures made by `lab fail` and not yet healed.
     #[serde(default)]
     pub failures: Vec<FailureRecord>,
+    /// Which pod pairs `up`, `fail` and `heal` ping (`up --matrix`).
+    #[serde(default, skip_serializing_if = "is_full")]
+    pub matrix: MatrixMode,
+}
+
+fn is_full(m: &MatrixMode) -> bool {
+    *m == MatrixMode::Full
 }
 
 impl LabState {
@@ -190,6 +197,7 @@ impl LabState {
             nodes: Vec::new(),
             pods: Vec::new(),
             failures: Vec::new(),
+            matrix: spec.matrix,
         }
     }
 
@@ -208,6 +216,7 @@ impl LabState {
         }
         spec.pods_per_node = self.pods_per_node;
         spec.block_size = self.block_size;
+        spec.matrix = self.matrix;
         spec
     }
 
