@@ -12,15 +12,15 @@
 #   SIZES="mesh:10 route-reflector:20" PLANES_NODES=0 bench/lab/run.sh
 #
 # Knobs (environment): SIZES (topology:nodes ...), PODS (per node, default 1),
-# MATRIX (for labs of more than SAMPLE_ABOVE nodes: sample:K, full or none; default
-# sample:10 above 50 nodes, smaller labs ping every pair), PLANES_NODES (hosts of
+# MATRIX (for labs of more than SAMPLE_ABOVE nodes, default 50: sample:K, full or none;
+# default full: every pair, also at 100 nodes), PLANES_NODES (hosts of
 # the l2-planes lab, 0 to skip; default 20), PLANES (default 2), TIMEOUT (s, per wait).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 sizes="${SIZES:-mesh:10 mesh:25 mesh:50 route-reflector:50 route-reflector:100}"
 pods="${PODS:-1}"
-matrix="${MATRIX:-sample:10}"
+matrix="${MATRIX:-full}"
 sample_above="${SAMPLE_ABOVE:-50}"
 planes_nodes="${PLANES_NODES:-20}"
 planes="${PLANES:-2}"

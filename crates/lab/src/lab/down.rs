@@ -14,7 +14,7 @@ use super::state::{LabState, STATE_FILE};
 use super::{LabError, netns_prefix};
 
 /// Above this many namespaces `down` reports its progress.
-const BIG_LAB_NAMESPACES: usize = 20;
+const BIG_LAB_NAMESPACES: usize = 50;
 
 /// What `down` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
