@@ -328,7 +328,10 @@ impl Builder<'_> {
         progress.step(&format!(
             "[9/{STEPS}] testing reachability: {tested} pod pairs ({mode})"
         ));
-        let matrix = reachability(&self.state.pods, &[], mode);
+        let sources = self.state.pods.len();
+        let matrix = reachability_with(&self.state.pods, &[], mode, &mut |done| {
+            progress.tick("pods pinged their pairs", done, sources)
+        });
         self.mark("reachability");
 
         for r in &rows {
@@ -720,6 +723,16 @@ fn observed(
 /// lab fails in seconds and a 100-node lab's matrix takes seconds too. Pairs with a
 /// pod marked in `down` (on a failed node) get a single try.
 pub(crate) fn reachability(pods: &[PodRecord], down: &[bool], mode: MatrixMode) -> Matrix {
+    reachability_with(pods, down, mode, &mut |_| {})
+}
+
+/// [`reachability`], telling `tick` how many source pods are done.
+pub(crate) fn reachability_with(
+    pods: &[PodRecord],
+    down: &[bool],
+    mode: MatrixMode,
+    tick: &mut dyn FnMut(usize),
+) -> Matrix {
     let is_down = |i: usize| down.get(i).copied().unwrap_or(false);
     let n = pods.len();
     let offsets = mode.offsets(n);
@@ -754,7 +767,7 @@ pub(crate) fn reachability(pods: &[PodRecord], down: &[bool], mode: MatrixMode) 
             }
             row
         },
-        |_| {},
+        tick,
     );
     Matrix {
         pods: pods.iter().map(|p| p.name.clone()).collect(),
