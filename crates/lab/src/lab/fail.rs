@@ -97,9 +97,18 @@ pub fn describe(f: &FailureRecord) -> String {
             "plane: the {} ports of bridge {} down ({})",
             f.ports.len(),
             f.link,
-            f.ports.join(", ")
+            abridged(&f.ports)
         ),
     }
+}
+
+/// Names joined with `, `; past 8 of them, the first 6, `...` and the last (a plane
+/// of a 100-node lab has 101 ports).
+fn abridged(names: &[String]) -> String {
+    if names.len() <= 8 {
+        return names.join(", ");
+    }
+    format!("{}, ..., {}", names[..6].join(", "), names[names.len() - 1])
 }
 
 /// Sets the links of failure `f` down (`up` false) or up again.
@@ -878,6 +887,17 @@ pub async fn heal(name: &str, root: &Path, timeout: Duration) -> Result<Converge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_port_lists_abridged() {
+        let few: Vec<String> = (1..=3).map(|i| format!("n{i}p1")).collect();
+        assert_eq!(abridged(&few), "n1p1, n2p1, n3p1");
+        let many: Vec<String> = (1..=101).map(|i| format!("n{i}p1")).collect();
+        assert_eq!(
+            abridged(&many),
+            "n1p1, n2p1, n3p1, n4p1, n5p1, n6p1, ..., n101p1"
+        );
+    }
     use crate::plan::Role;
 
     #[test]
