@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tabby_lab::lab::{self, Encap, LabSpec, MatrixMode, StoreKind, Topology};
+use tabby_lab::lab::{self, Encap, LabSpec, StoreKind, Topology};
 use tabby_lab::plan::Model;
 
 #[derive(clap::Args, Debug)]
@@ -233,7 +233,7 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
     };
     spec.block_size = a.block_size;
     spec.timeout_secs = a.timeout;
-    spec.matrix = a.matrix.parse::<MatrixMode>()?;
+    spec.matrix = a.matrix.parse::<lab::spec::MatrixMode>()?;
     // A redrawn bar on a terminal, plain step lines otherwise (logs, tests, CI).
     let mut progress = lab::Terminal::default();
     let result = lab::up(&spec, &mut progress).await;

@@ -30,7 +30,7 @@ pub use fail::{ConvergeReport, fail, heal};
 pub use graph::graph;
 pub use host::exec;
 pub use progress::{Progress, Terminal};
-pub use spec::{Encap, LabSpec, MatrixMode, StoreKind, Topology};
+pub use spec::{Encap, LabSpec, StoreKind, Topology};
 pub use status::{StatusReport, status};
 pub use up::{Summary, up};
 

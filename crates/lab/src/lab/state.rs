@@ -39,6 +39,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_full(m: &MatrixMode) -> bool {
+    *m == MatrixMode::Full
+}
+
 /// A process the lab started.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
@@ -148,6 +152,9 @@ pub struct LabState {
     pub store: StoreKind,
     /// Its URL.
     pub store_url: String,
+    /// Which pod pairs `up`, `fail` and `heal` ping (`up --matrix`).
+    #[serde(default, skip_serializing_if = "is_full")]
+    pub matrix: MatrixMode,
     /// Pods per workload node.
     pub pods_per_node: u32,
     /// The pool's block size.
@@ -166,13 +173,6 @@ pub struct LabState {
     /// Failures made by `lab fail` and not yet healed.
     #[serde(default)]
     pub failures: Vec<FailureRecord>,
-    /// Which pod pairs `up`, `fail` and `heal` ping (`up --matrix`).
-    #[serde(default, skip_serializing_if = "is_full")]
-    pub matrix: MatrixMode,
-}
-
-fn is_full(m: &MatrixMode) -> bool {
-    *m == MatrixMode::Full
 }
 
 impl LabState {
@@ -185,6 +185,7 @@ impl LabState {
             encap: spec.encap,
             store: spec.store,
             store_url: store_url.to_string(),
+            matrix: spec.matrix,
             pods_per_node: spec.pods_per_node,
             block_size: spec.block_size,
             planes: if spec.topology == Topology::L2Planes {
@@ -197,7 +198,6 @@ impl LabState {
             nodes: Vec::new(),
             pods: Vec::new(),
             failures: Vec::new(),
-            matrix: spec.matrix,
         }
     }
 
@@ -208,6 +208,7 @@ impl LabState {
         spec.topology = self.topology;
         spec.encap = self.encap;
         spec.store = self.store;
+        spec.matrix = self.matrix;
         spec.nodes = self.nodes.len() as u32;
         if self.topology == Topology::L2Planes {
             // The planes' reflectors come on top of the hosts.
@@ -216,7 +217,6 @@ impl LabState {
         }
         spec.pods_per_node = self.pods_per_node;
         spec.block_size = self.block_size;
-        spec.matrix = self.matrix;
         spec
     }
 
