@@ -115,6 +115,11 @@ struct UpArgs {
     /// Seconds each wait (agents, sessions, routes) may take.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Which pod pairs to ping, in `up` and in later `fail` and `heal`: full (every
+    /// pair), sample:K (each pod pings K others, spread over the lab; for large labs)
+    /// or none (sessions and routes only).
+    #[arg(long, default_value = "full", value_name = "full|sample:K|none")]
+    matrix: String,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -180,7 +185,9 @@ pub async fn run(args: &LabArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Down => {
-            let r = lab::down(&args.name, &args.state_dir)?;
+            let mut progress = lab::Terminal::default();
+            let r = lab::down_with(&args.name, &args.state_dir, &mut progress)?;
+            progress.finish();
             write!(out, "{}", r.render(&args.name))?;
             Ok(())
         }
@@ -269,8 +276,12 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
     };
     spec.block_size = a.block_size;
     spec.timeout_secs = a.timeout;
-    let mut progress = |line: &str| eprintln!("{line}");
-    let summary = match lab::up(&spec, &mut progress).await {
+    spec.matrix = a.matrix.parse::<lab::spec::MatrixMode>()?;
+    // A redrawn bar on a terminal, plain step lines otherwise (logs, tests, CI).
+    let mut progress = lab::Terminal::default();
+    let result = lab::up(&spec, &mut progress).await;
+    progress.finish();
+    let summary = match result {
         Ok(s) => s,
         Err(e) => {
             if spec.dir().exists() {

@@ -697,3 +697,82 @@ fn l2_planes_cut_a_plane() {
     let pids = lab.pids();
     lab.down_and_check_gone(&pids);
 }
+
+/// A medium lab builds, converges and goes down within bounds: route reflectors with
+/// 14 nodes (2 reflectors, 12 clients, a pod each), pinged as a sample, with the
+/// progress plain lines (stderr is no terminal here) and the summary's timings.
+#[test]
+fn route_reflector_medium_lab_in_bounded_time() {
+    let lab = Lab::new("med");
+    let start = Instant::now();
+    let out = lab.run(&[
+        "up",
+        "--topology",
+        "route-reflector",
+        "--nodes",
+        "14",
+        "--pods-per-node",
+        "1",
+        "--matrix",
+        "sample:4",
+    ]);
+    let up_secs = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "lab up failed ({}):\n{stdout}\n{stderr}\n{}",
+        out.status,
+        lab.logs()
+    );
+    assert!(
+        stdout.contains("planner check: ok, every device matches the plan"),
+        "{stdout}"
+    );
+    // 12 pods, each pinging 4 others spread over the lab: 48 pairs, all answered.
+    assert!(
+        stdout.contains("sampled (--matrix sample:4): one ping from each pod to 4 others, of 132 pairs, 48 pairs: 48 ✓, 0 ✗"),
+        "{stdout}"
+    );
+    // Progress without a terminal: each counted phase's last count and its time.
+    for line in [
+        "  14/14 nodes in ",
+        "  14/14 agents answering in ",
+        "  12/12 pods in ",
+    ] {
+        assert!(stderr.contains(line), "{line:?} missing:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains('\r'),
+        "no bar redraws off a terminal:\n{stderr}"
+    );
+    // The summary's timings, in order, the convergence within the bound.
+    let timings = stdout
+        .lines()
+        .find(|l| l.starts_with("Timings ("))
+        .unwrap_or_else(|| panic!("no Timings line:\n{stdout}"));
+    let figures = timings.split("): ").nth(1).unwrap_or_default();
+    let value = |what: &str| -> f64 {
+        format!(" {figures}")
+            .split(&format!(" {what} "))
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {what} in {timings}"))
+    };
+    let (built, converged) = (value("built"), value("converged"));
+    assert!(0.0 < built && built <= converged, "{timings}");
+    assert!(converged < 60.0, "converged after {converged} s: {timings}");
+    assert!(up_secs < 90.0, "lab up took {up_secs:.1} s");
+    eprintln!("medium lab: {timings}; up {up_secs:.1} s");
+
+    let pids = lab.pids();
+    assert_eq!(pids.len(), 14);
+    let t = Instant::now();
+    lab.down_and_check_gone(&pids);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "down took {:?}",
+        t.elapsed()
+    );
+}

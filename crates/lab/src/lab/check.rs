@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::layout::Expected;
+use super::spec::MatrixMode;
 use crate::plan::Role;
 
 /// A device's proto-80 routes, split as the planner splits them.
@@ -212,8 +213,13 @@ pub fn render_comparison(rows: &[DeviceRow], plan_command: &str) -> String {
     out
 }
 
+/// Most failed pairs a sampled matrix lists.
+const SAMPLE_FAILURES_SHOWN: usize = 20;
+
 /// Which pod reached which: `ok[from][to]`, the diagonal unused. Pods in `down` are
 /// on failed nodes: a pair with one of them is expected to fail and is no failure.
+/// With `mode` a sample (or none), only the pairs it names were pinged; the others
+/// are neither successes nor failures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Matrix {
     /// Pod names, in order.
@@ -222,6 +228,8 @@ pub struct Matrix {
     pub ok: Vec<Vec<bool>>,
     /// Per pod, whether it is on a failed node (empty: none is).
     pub down: Vec<bool>,
+    /// Which pairs were pinged.
+    pub mode: MatrixMode,
 }
 
 impl Matrix {
@@ -233,49 +241,87 @@ impl Matrix {
         self.is_down(i) || self.is_down(j)
     }
 
-    /// Pairs tested.
-    pub fn pairs(&self) -> usize {
+    /// Per offset `(j - i) mod n`, whether pairs that far apart were pinged.
+    fn tested_offsets(&self) -> Vec<bool> {
         let n = self.pods.len();
-        n * n.saturating_sub(1)
+        let mut t = vec![false; n];
+        for d in self.mode.offsets(n) {
+            t[d] = true;
+        }
+        t
     }
 
-    /// Pairs between pods on nodes that did not fail.
-    pub fn live_pairs(&self) -> usize {
-        let n = (0..self.pods.len()).filter(|i| !self.is_down(*i)).count();
-        n * n.saturating_sub(1)
-    }
-
-    /// Pairs that failed, as (from, to) names; pairs with a pod on a failed node do
-    /// not count.
-    pub fn failures(&self) -> Vec<(String, String)> {
+    /// The tested pairs `(i, j)`.
+    pub fn tested(&self) -> Vec<(usize, usize)> {
+        let n = self.pods.len();
+        let t = self.tested_offsets();
         let mut v = Vec::new();
-        for (i, row) in self.ok.iter().enumerate() {
-            for (j, ok) in row.iter().enumerate() {
-                if i != j && !ok && !self.expected_down(i, j) {
-                    v.push((self.pods[i].clone(), self.pods[j].clone()));
+        for i in 0..n {
+            for j in 0..n {
+                if t[(j + n - i) % n] {
+                    v.push((i, j));
                 }
             }
         }
         v
     }
 
-    /// Pairs with a pod on a failed node that did not reach each other.
+    /// Pairs tested.
+    pub fn pairs(&self) -> usize {
+        self.tested().len()
+    }
+
+    /// Tested pairs between pods on nodes that did not fail.
+    pub fn live_pairs(&self) -> usize {
+        self.tested()
+            .into_iter()
+            .filter(|&(i, j)| !self.expected_down(i, j))
+            .count()
+    }
+
+    /// Pairs that failed, as (from, to) names; pairs with a pod on a failed node do
+    /// not count.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.tested()
+            .into_iter()
+            .filter(|&(i, j)| !self.ok[i][j] && !self.expected_down(i, j))
+            .map(|(i, j)| (self.pods[i].clone(), self.pods[j].clone()))
+            .collect()
+    }
+
+    /// Tested pairs with a pod on a failed node that did not reach each other.
     pub fn expected_failures(&self) -> usize {
-        let mut n = 0;
-        for (i, row) in self.ok.iter().enumerate() {
-            for (j, ok) in row.iter().enumerate() {
-                if i != j && !ok && self.expected_down(i, j) {
-                    n += 1;
-                }
-            }
+        self.tested()
+            .into_iter()
+            .filter(|&(i, j)| !self.ok[i][j] && self.expected_down(i, j))
+            .count()
+    }
+
+    /// How the pairs were chosen, for the summary's heading.
+    fn how(&self) -> String {
+        match self.mode {
+            MatrixMode::Full => "one ping per pair".to_string(),
+            MatrixMode::Sample(k) => format!(
+                "sampled (--matrix sample:{k}): one ping from each pod to {} others, of {} pairs",
+                self.mode.offsets(self.pods.len()).len(),
+                self.pods.len() * self.pods.len().saturating_sub(1)
+            ),
+            MatrixMode::None => "not tested (--matrix none)".to_string(),
         }
-        n
     }
 
     /// The grid: a row per source pod, a column per destination; `·` marks a pair
-    /// that failed because a pod of it is on a failed node.
+    /// that failed because a pod of it is on a failed node. A sampled matrix lists
+    /// its failed pairs instead of the grid, in which most cells would be empty.
     pub fn render(&self) -> String {
         let failed = self.failures().len();
+        if self.mode == MatrixMode::None {
+            return format!(
+                "Reachability: {} ({} pods; sessions and routes are checked)\n",
+                self.how(),
+                self.pods.len()
+            );
+        }
         let mut out = if self.down.iter().any(|d| *d) {
             let live = self.live_pairs();
             let down_pods: Vec<&str> = self
@@ -286,7 +332,8 @@ impl Matrix {
                 .map(|(_, p)| p.as_str())
                 .collect();
             format!(
-                "Reachability (one ping per pair, {} pairs; {live} between pods on live nodes: {} ✓, {failed} ✗; pods on failed nodes: {}, {} pair(s) · unreachable as expected):\n",
+                "Reachability ({}, {} pairs; {live} between pods on live nodes: {} ✓, {failed} ✗; pods on failed nodes: {}, {} pair(s) · unreachable as expected):\n",
+                self.how(),
                 self.pairs(),
                 live - failed,
                 down_pods.join(", "),
@@ -294,11 +341,25 @@ impl Matrix {
             )
         } else {
             format!(
-                "Reachability (one ping per pair, {} pairs: {} ✓, {failed} ✗):\n",
+                "Reachability ({}, {} pairs: {} ✓, {failed} ✗):\n",
+                self.how(),
                 self.pairs(),
                 self.pairs() - failed
             )
         };
+        if let MatrixMode::Sample(_) = self.mode {
+            let failures = self.failures();
+            for (a, b) in failures.iter().take(SAMPLE_FAILURES_SHOWN) {
+                out.push_str(&format!("  ✗ {a} -> {b}\n"));
+            }
+            if failures.len() > SAMPLE_FAILURES_SHOWN {
+                out.push_str(&format!(
+                    "  ... and {} more\n",
+                    failures.len() - SAMPLE_FAILURES_SHOWN
+                ));
+            }
+            return out;
+        }
         let mut header = vec!["FROM \\ TO"];
         header.extend(self.pods.iter().map(String::as_str));
         let body: Vec<Vec<String>> = self
@@ -413,6 +474,7 @@ mod tests {
                 vec![true, true, false],
             ],
             down: Vec::new(),
+            mode: MatrixMode::Full,
         };
         assert_eq!(m.pairs(), 6);
         assert_eq!(m.failures(), [("n2-1".to_string(), "n3-1".to_string())]);
@@ -448,5 +510,37 @@ n2-1        ✓      -      ·
 n3-1        ·      ·      -
 "
         );
+    }
+
+    #[test]
+    fn sampled_matrix() {
+        let pods: Vec<String> = (1..=5).map(|i| format!("n{i}-1")).collect();
+        let mut ok = vec![vec![true; 5]; 5];
+        // n2-1 -> n3-1 (offset 1) is sampled and fails; n1-1 -> n3-1 (offset 2) is
+        // not sampled, so its false is no failure.
+        ok[1][2] = false;
+        ok[0][2] = false;
+        let m = Matrix {
+            pods,
+            ok,
+            down: Vec::new(),
+            mode: MatrixMode::Sample(2),
+        };
+        // Offsets 1 and 3 of 4: 2 pairs per pod.
+        assert_eq!(m.pairs(), 10);
+        assert!(m.tested().contains(&(4, 0)) && m.tested().contains(&(0, 3)));
+        assert!(!m.tested().contains(&(0, 2)));
+        assert_eq!(m.failures(), [("n2-1".to_string(), "n3-1".to_string())]);
+        assert_eq!(
+            m.render(),
+            "Reachability (sampled (--matrix sample:2): one ping from each pod to 2 others, of 20 pairs, 10 pairs: 9 ✓, 1 ✗):\n  ✗ n2-1 -> n3-1\n"
+        );
+        let none = Matrix {
+            mode: MatrixMode::None,
+            ..m
+        };
+        assert_eq!(none.pairs(), 0);
+        assert!(none.failures().is_empty());
+        assert!(none.render().contains("not tested (--matrix none)"));
     }
 }

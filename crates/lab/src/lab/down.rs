@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::host;
+use super::progress::Progress;
 use super::state::{LabState, STATE_FILE};
 use super::{LabError, netns_prefix};
+
+/// Above this many namespaces `down` reports its progress.
+const BIG_LAB_NAMESPACES: usize = 50;
 
 /// What `down` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +54,16 @@ impl DownReport {
 /// Removes lab `name` whose state lives in `<root>/<name>`. Every step is attempted;
 /// the errors of all of them are returned together.
 pub fn down(name: &str, root: &Path) -> Result<DownReport, LabError> {
+    down_with(name, root, &mut |_: &str| {})
+}
+
+/// [`down`], saying how far it got on `progress` (a large lab has hundreds of
+/// namespaces to delete).
+pub fn down_with(
+    name: &str,
+    root: &Path,
+    progress: &mut dyn Progress,
+) -> Result<DownReport, LabError> {
     super::spec::check_name(name)?;
     if !tabby_testnet::is_root() {
         return Err(LabError::NotRoot);
@@ -79,9 +93,28 @@ pub fn down(name: &str, root: &Path) -> Result<DownReport, LabError> {
         report.processes.push(format!("{} (pid {})", p.what, p.pid));
     }
 
-    // Namespaces by prefix; whatever runs in them is killed first.
+    // Namespaces by prefix, several at a time; whatever runs in them is killed
+    // first. The sweep after it catches any the parallel pass missed.
+    let listed = host::lab_namespaces(name).unwrap_or_default();
+    let total = listed.len();
+    // Only a large lab takes long enough to be worth a progress bar.
+    let big = total > BIG_LAB_NAMESPACES;
+    if big {
+        progress.step(&format!("deleting {total} namespaces"));
+    }
+    let deleted = host::parallel(
+        &listed,
+        host::WORKERS,
+        |ns| delete_netns(ns).then(|| ns.clone()),
+        |done| {
+            if big {
+                progress.tick("namespaces", done, total);
+            }
+        },
+    );
+    report.namespaces = deleted.into_iter().flatten().collect();
     match tabby_testnet::cleanup_stale(&netns_prefix(name)) {
-        Ok(deleted) => report.namespaces = deleted,
+        Ok(deleted) => report.namespaces.extend(deleted),
         Err(e) => errors.push(LabError::invalid(
             format!("deleting namespaces {}*", netns_prefix(name)),
             e.to_string(),
@@ -110,6 +143,16 @@ pub fn down(name: &str, root: &Path) -> Result<DownReport, LabError> {
     } else {
         Err(LabError::Teardown(errors))
     }
+}
+
+/// Kills what runs in namespace `ns`, then deletes it; whether it is gone.
+fn delete_netns(ns: &str) -> bool {
+    if let Ok(out) = host::ip(&["netns", "pids", ns]) {
+        for pid in out.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            host::signal(pid, Signal::SIGKILL);
+        }
+    }
+    host::ip(&["netns", "del", ns]).is_ok()
 }
 
 /// Whether `dir` holds only what a lab makes (so that removing it cannot take anything

@@ -237,15 +237,110 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Whether one ping from `ns` to `to` is answered (within 1 s).
+/// Whether one ping from `ns` to `to` is answered (within 1 s). Through `nsenter`
+/// where there is one: `ip netns exec` remounts `/sys` for every ping, which makes
+/// an N² matrix of a large lab several times slower.
 pub(crate) fn ping(ns: &str, to: &str) -> bool {
-    in_netns(ns, "ping")
-        .args(["-n", "-q", "-c", "1", "-W", "1", to])
+    static NSENTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let nsenter = *NSENTER.get_or_init(|| {
+        Command::new("nsenter")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let mut c = if nsenter {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}")).arg("ping");
+        c
+    } else {
+        in_netns(ns, "ping")
+    };
+    c.args(["-n", "-q", "-c", "1", "-W", "1", to])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Runs `f` over `items` on `workers` threads (bounded, so a 100-node lab does not
+/// fork hundreds of processes at once on a small machine); the results in the
+/// items' order. `tick` hears how many are done each time one finishes, on the
+/// calling thread.
+pub(crate) fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+    mut tick: impl FnMut(usize),
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, R)>();
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            let tx = tx.clone();
+            let (next, f) = (&next, &f);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    if tx.send((i, f(item))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        for (i, r) in rx {
+            out[i] = Some(r);
+            done += 1;
+            tick(done);
+        }
+    });
+    out.into_iter()
+        .map(|r| r.expect("every item ran (a worker panic would have propagated)"))
+        .collect()
+}
+
+/// Threads for the lab's parallel `ip` and CNI work: enough to hide process start
+/// latency, few enough for a 2-core machine.
+pub(crate) const WORKERS: usize = 8;
+
+/// [`proto80_routes`] of many namespaces, in parallel, in their order.
+pub(crate) fn proto80_routes_all(ns: &[String]) -> Vec<Result<Value, LabError>> {
+    parallel(ns, WORKERS, |n| proto80_routes(n), |_| {})
+}
+
+/// Raises the kernel's neighbour-table limits (`net.ipv4.neigh.default.gc_thresh1..3`)
+/// to at least `entries` in the host's namespace, where they are set for the whole
+/// machine: the ARP table is one table shared by every namespace, so a 100-node lab
+/// (every node resolving its peers, pods their node) overflows the default 1024
+/// ("neighbour table overflow") and pings fail. Never lowers a limit; returns the
+/// limits changed, as `key old -> new`.
+pub(crate) fn raise_neighbour_limits(entries: u64) -> Result<Vec<String>, LabError> {
+    let want = [
+        ("gc_thresh1", entries / 4),
+        ("gc_thresh2", entries / 2),
+        ("gc_thresh3", entries),
+    ];
+    let mut changed = Vec::new();
+    for (key, value) in want {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{key}");
+        let now: u64 = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::io(format!("reading {path}"), e))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if now < value {
+            std::fs::write(&path, value.to_string())
+                .map_err(|e| LabError::io(format!("writing {path}"), e))?;
+            changed.push(format!("net.ipv4.neigh.default.{key} {now} -> {value}"));
+        }
+    }
+    Ok(changed)
 }
 
 /// `ip -j route show proto 80` in `ns`, parsed.

@@ -261,6 +261,8 @@ pub struct LabSpec {
     pub encap: Encap,
     /// The datastore.
     pub store: StoreKind,
+    /// Which pod pairs the reachability checks ping.
+    pub matrix: MatrixMode,
     /// Nodes, route reflectors included (`l2-planes`: the hosts, its reflectors,
     /// one per plane, come on top).
     pub nodes: u32,
@@ -289,6 +291,7 @@ impl LabSpec {
             topology: Topology::Mesh,
             encap: Encap::None,
             store: StoreKind::Sqlite,
+            matrix: MatrixMode::Full,
             nodes: 3,
             planes: DEFAULT_PLANES,
             pods_per_node: 2,
@@ -447,6 +450,68 @@ pub fn check_name(name: &str) -> Result<(), LabError> {
     }
 }
 
+/// Which pod pairs the reachability check pings: every pair (N² pings, the default),
+/// a sample of `K` destinations per pod (N·K, for large labs) or none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatrixMode {
+    /// Every ordered pair of pods.
+    #[default]
+    Full,
+    /// Each pod pings `K` others, spread evenly over the pods after it (so every pod
+    /// is a source and a destination `K` times and every node is covered).
+    Sample(u32),
+    /// No pings: the check is sessions and routes only.
+    None,
+}
+
+impl MatrixMode {
+    /// The offsets `d` (1..n) for which pod `i` pings pod `(i + d) % n`, of `n` pods.
+    pub fn offsets(self, n: usize) -> Vec<usize> {
+        let all = n.saturating_sub(1);
+        match self {
+            MatrixMode::Full => (1..n).collect(),
+            MatrixMode::None => Vec::new(),
+            MatrixMode::Sample(k) if k as usize >= all => (1..n).collect(),
+            MatrixMode::Sample(k) => {
+                let k = k as usize;
+                (0..k).map(|m| 1 + m * all / k).collect()
+            }
+        }
+    }
+}
+
+impl FromStr for MatrixMode {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<MatrixMode, LabError> {
+        let bad = || {
+            LabError::invalid(
+                "--matrix",
+                format!("{s:?}: use full, none or sample:K (K >= 1 destinations per pod)"),
+            )
+        };
+        match s {
+            "full" => Ok(MatrixMode::Full),
+            "none" => Ok(MatrixMode::None),
+            _ => match s.strip_prefix("sample:").map(str::parse::<u32>) {
+                Some(Ok(k)) if k >= 1 => Ok(MatrixMode::Sample(k)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MatrixMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MatrixMode::Full => f.write_str("full"),
+            MatrixMode::Sample(k) => write!(f, "sample:{k}"),
+            MatrixMode::None => f.write_str("none"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +585,25 @@ mod tests {
         let mut s = ok;
         s.block_size = 19;
         assert!(s.validate().unwrap_err().to_string().contains("20..=32"));
+    }
+
+    #[test]
+    fn matrix_modes() {
+        assert_eq!("full".parse::<MatrixMode>().unwrap(), MatrixMode::Full);
+        assert_eq!("none".parse::<MatrixMode>().unwrap(), MatrixMode::None);
+        let m = "sample:3".parse::<MatrixMode>().unwrap();
+        assert_eq!(m, MatrixMode::Sample(3));
+        assert_eq!(m.to_string(), "sample:3");
+        for bad in ["sample:0", "sample:", "sample:x", "some", ""] {
+            let e = bad.parse::<MatrixMode>().unwrap_err().to_string();
+            assert!(e.contains("--matrix"), "{bad:?}: {e}");
+        }
+        assert_eq!(MatrixMode::Full.offsets(4), [1, 2, 3]);
+        assert!(MatrixMode::None.offsets(4).is_empty());
+        // 10 pods, 3 destinations each: spread over the 9 others.
+        assert_eq!(MatrixMode::Sample(3).offsets(10), [1, 4, 7]);
+        // Asking for more than there are is every pair.
+        assert_eq!(MatrixMode::Sample(5).offsets(4), [1, 2, 3]);
+        assert!(MatrixMode::Sample(2).offsets(1).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
-use super::spec::{Encap, LabSpec, RouterKind, StoreKind, Topology};
+use super::spec::{Encap, LabSpec, MatrixMode, RouterKind, StoreKind, Topology};
 use crate::plan::Role;
 
 /// The state file's name in the lab's dir.
@@ -38,6 +38,10 @@ impl Phase {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_full(m: &MatrixMode) -> bool {
+    *m == MatrixMode::Full
 }
 
 /// A process the lab started.
@@ -166,6 +170,9 @@ pub struct LabState {
     pub store: StoreKind,
     /// Its URL.
     pub store_url: String,
+    /// Which pod pairs `up`, `fail` and `heal` ping (`up --matrix`).
+    #[serde(default, skip_serializing_if = "is_full")]
+    pub matrix: MatrixMode,
     /// Pods per workload node.
     pub pods_per_node: u32,
     /// The pool's block size.
@@ -208,6 +215,7 @@ impl LabState {
             encap: spec.encap,
             store: spec.store,
             store_url: store_url.to_string(),
+            matrix: spec.matrix,
             pods_per_node: spec.pods_per_node,
             block_size: spec.block_size,
             planes: if spec.topology == Topology::L2Planes {
@@ -242,6 +250,7 @@ impl LabState {
         spec.topology = self.topology;
         spec.encap = self.encap;
         spec.store = self.store;
+        spec.matrix = self.matrix;
         spec.nodes = self.nodes.len() as u32;
         if self.topology == Topology::L2Planes {
             // The planes' reflectors come on top of the hosts.

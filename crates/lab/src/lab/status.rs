@@ -9,7 +9,7 @@ use super::check::{self, DeviceRow};
 use super::host;
 use super::layout::{self, Layout};
 use super::state::{LabState, STATE_FILE};
-use super::up::observe;
+use super::up::observe_many;
 
 /// What `status` found.
 #[derive(Clone, Debug)]
@@ -48,8 +48,10 @@ pub async fn status(name: &str, root: &Path) -> Result<StatusReport, LabError> {
     let mut agents = Vec::new();
     let mut all_running = !state.nodes.is_empty();
     let expected = layout::expected(&spec, &layout).ok().map(|(_, e)| e);
-    for (i, node) in state.nodes.iter().enumerate() {
-        let observed = observe(&node.ns, &node.socket).await;
+    let ns: Vec<String> = state.nodes.iter().map(|n| n.ns.clone()).collect();
+    let sockets: Vec<std::path::PathBuf> = state.nodes.iter().map(|n| n.socket.clone()).collect();
+    let all = observe_many(&ns, &sockets).await;
+    for ((i, node), observed) in state.nodes.iter().enumerate().zip(all) {
         let pid = state
             .agent(&node.name)
             .map(|p| (p.pid, host::alive(p.pid, &p.program)));

@@ -3,19 +3,21 @@
 //! `lab.json` as it goes, then compares every device with the planner and tests every
 //! pod pair with a ping.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::check::{self, DeviceRow, Matrix, Observed};
-use super::host;
 use super::layout::{self, Expected, Layout};
+use super::progress::Progress;
 use super::router;
-use super::spec::{LabSpec, StoreKind};
+use super::spec::{LabSpec, MatrixMode, StoreKind};
 use super::state::{
     LabState, NodeRecord, Phase, PodRecord, ProcessRecord, RouterRecord, STATE_FILE,
 };
 use super::{LabError, netns_prefix};
+use super::{host, icmp};
 
 /// The agent's workload interface prefix (its default).
 pub(crate) const WORKLOAD_PREFIX: &str = "cali";
@@ -34,13 +36,18 @@ pub struct Summary {
     pub problems: Vec<String>,
     /// The lab's state dir.
     pub dir: PathBuf,
+    /// When each phase ended, since `up` started: `fabric`, `agents`, `sessions`
+    /// (all as planned), `built` (the pods added), `converged` (every expected route
+    /// on every device), `reachability`.
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 /// Builds the lab `spec` describes. Progress lines (`[3/9] ...`) go to `progress`.
 /// Once the state dir exists, a failure leaves the lab as it is for inspection;
 /// `down` removes it.
-pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summary, LabError> {
-    progress(&format!("[1/{STEPS}] checking prerequisites"));
+pub async fn up(spec: &LabSpec, progress: &mut dyn Progress) -> Result<Summary, LabError> {
+    let started = Instant::now();
+    progress.step(&format!("[1/{STEPS}] checking prerequisites"));
     spec.validate()?;
     if !tabby_testnet::is_root() {
         return Err(LabError::NotRoot);
@@ -59,6 +66,13 @@ pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summar
         Some(router::find_daemon(spec.router)?)
     };
     check_absent(spec, &layout)?;
+    let raised = host::raise_neighbour_limits(neighbour_entries(&layout))?;
+    if !raised.is_empty() {
+        progress.step(&format!(
+            "  raised the kernel's neighbour-table limits (one table for all namespaces): {}",
+            raised.join(", ")
+        ));
+    }
     let dir = layout.dir.clone();
     std::fs::create_dir_all(&dir)
         .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
@@ -76,6 +90,8 @@ pub async fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<Summar
         router_bin,
         children: Vec::new(),
         problems: Vec::new(),
+        started,
+        timings: Vec::new(),
     };
     b.save()?;
     match b.build(&expected, progress).await {
@@ -99,6 +115,24 @@ fn find_in_path(name: &str) -> Result<PathBuf, LabError> {
             looked: "PATH".into(),
             hint: "install etcd (e.g. `apt-get install etcd-server`) or use --store sqlite".into(),
         })
+}
+
+/// Neighbour entries the lab may hold at once, with room to spare: every fabric leg
+/// may resolve every other leg of its segment, every pod its node and every node its
+/// pods, and the host's other users keep theirs.
+fn neighbour_entries(layout: &Layout) -> u64 {
+    let legs = layout
+        .nodes
+        .iter()
+        .map(|n| n.legs().count() as u64)
+        .sum::<u64>()
+        + layout.router.as_ref().map_or(0, |r| r.legs.len() as u64)
+        + u64::from(layout.etcd.is_some());
+    let segments = layout.bridges.len().max(1) as u64;
+    let per_segment = legs.div_ceil(segments) + 1;
+    let pods = layout.pods.len() as u64;
+    let need = segments * per_segment * per_segment + 2 * pods;
+    (2 * need + 1024).next_power_of_two().max(1024)
 }
 
 /// Refuses to build over an existing lab (state dir or namespaces).
@@ -142,11 +176,20 @@ struct Builder<'a> {
     /// Processes started by this `up`, to notice one that dies while building.
     children: Vec<(String, Child, PathBuf)>,
     problems: Vec<String>,
+    /// When `up` started.
+    started: Instant,
+    /// Each phase's end, since `started`.
+    timings: Vec<(&'static str, Duration)>,
 }
 
 impl Builder<'_> {
     fn save(&self) -> Result<(), LabError> {
         self.state.save(&self.layout.dir)
+    }
+
+    /// Records that phase `what` ended now.
+    fn mark(&mut self, what: &'static str) {
+        self.timings.push((what, self.started.elapsed()));
     }
 
     fn netns(&mut self, name: &str) -> Result<(), LabError> {
@@ -199,7 +242,7 @@ impl Builder<'_> {
     async fn build(
         &mut self,
         expected: &[Expected],
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn Progress,
     ) -> Result<Summary, LabError> {
         let spec = self.spec;
         let timeout = Duration::from_secs(spec.timeout_secs);
@@ -219,19 +262,20 @@ impl Builder<'_> {
         } else {
             "one subnet".to_string()
         };
-        progress(&format!(
+        progress.step(&format!(
             "[2/{STEPS}] building the fabric: {n} node namespaces on {segments}"
         ));
-        self.fabric()?;
+        self.fabric(progress)?;
+        self.mark("fabric");
 
         let store_what = match &self.layout.etcd {
             Some(e) => format!("etcd at {}:{}", e.leg.address.addr(), layout::ETCD_PORT),
             None => format!("SQLite {}", self.layout.dir.join("store.db").display()),
         };
-        progress(&format!("[3/{STEPS}] starting the datastore: {store_what}"));
+        progress.step(&format!("[3/{STEPS}] starting the datastore: {store_what}"));
         self.datastore()?;
 
-        progress(&format!(
+        progress.step(&format!(
             "[4/{STEPS}] writing the configuration: IPPool {} /{} vxlanMode {}, BGP {}",
             super::spec::POOL_CIDR,
             spec.block_size,
@@ -241,68 +285,82 @@ impl Builder<'_> {
         self.configure(timeout).await?;
 
         if !self.layout.routers.is_empty() {
-            progress(&format!(
+            progress.step(&format!(
                 "[5/{STEPS}] starting {} {} routers and {n} agents",
                 self.layout.routers.len(),
                 spec.router
             ));
             self.start_routers(timeout).await?;
         } else {
-            progress(&format!("[5/{STEPS}] starting {n} agents"));
+            progress.step(&format!("[5/{STEPS}] starting {n} agents"));
         }
-        self.agents(timeout).await?;
+        self.agents(timeout, progress).await?;
+        self.mark("agents");
 
-        let want: Vec<String> = self
-            .layout
-            .device_names()
-            .into_iter()
-            .zip(expected)
-            .map(|(name, e)| format!("{name} {}", e.sessions))
-            .collect();
-        progress(&format!(
+        let devices = self.layout.device_names();
+        let mut want: Vec<String> = Vec::new();
+        for (name, e) in devices.iter().zip(expected) {
+            // A long list says nothing more than its first entries and its total.
+            if want.len() < 6 {
+                want.push(format!("{name} {}", e.sessions));
+            }
+        }
+        if devices.len() > want.len() {
+            let total: u64 = expected.iter().map(|e| e.sessions).sum();
+            want.push(format!("... {total} in all"));
+        }
+        progress.step(&format!(
             "[6/{STEPS}] waiting for BGP sessions ({})",
             want.join(", ")
         ));
         let ok = self
-            .wait(timeout, expected, |o, e| {
+            .wait(timeout, expected, progress, |o, e| {
                 o.established == e.sessions && o.peers == e.sessions
             })
             .await?;
+        self.mark("sessions");
         if !ok {
-            progress(&format!(
+            progress.step(&format!(
                 "  sessions are not as planned after {} s; going on",
                 timeout.as_secs()
             ));
         }
 
-        progress(&format!(
+        progress.step(&format!(
             "[7/{STEPS}] adding {} pods through the CNI plugin ({} per workload node)",
             self.layout.pods.len(),
             spec.pods_per_node
         ));
-        self.pods()?;
+        self.pods(progress)?;
+        self.mark("built");
 
-        progress(&format!(
+        progress.step(&format!(
             "[8/{STEPS}] waiting for routes to match the planner"
         ));
         let ok = self
-            .wait(timeout, expected, |o, e| {
+            .wait(timeout, expected, progress, |o, e| {
                 o.routes.routes == e.routes && o.routes.pod_routes == e.pod_routes
             })
             .await?;
+        self.mark("converged");
         if !ok {
-            progress(&format!(
+            progress.step(&format!(
                 "  routes are not as planned after {} s; going on",
                 timeout.as_secs()
             ));
         }
         let rows = self.observe_all(expected).await;
 
-        let pairs = self.state.pods.len() * self.state.pods.len().saturating_sub(1);
-        progress(&format!(
-            "[9/{STEPS}] testing reachability: {pairs} pod pairs"
+        let mode = spec.matrix;
+        let tested = self.state.pods.len() * mode.offsets(self.state.pods.len()).len();
+        progress.step(&format!(
+            "[9/{STEPS}] testing reachability: {tested} pod pairs ({mode})"
         ));
-        let matrix = reachability(&self.state.pods, &[]);
+        let sources = self.state.pods.len();
+        let matrix = reachability_with(&self.state.pods, &[], mode, &mut |done| {
+            progress.tick("pods pinged their pairs", done, sources)
+        });
+        self.mark("reachability");
 
         for r in &rows {
             self.problems.extend(r.differences());
@@ -320,10 +378,11 @@ impl Builder<'_> {
             text: self.render(&rows, &matrix),
             problems: self.problems.clone(),
             dir: self.layout.dir.clone(),
+            timings: self.timings.clone(),
         })
     }
 
-    fn fabric(&mut self) -> Result<(), LabError> {
+    fn fabric(&mut self, progress: &mut dyn Progress) -> Result<(), LabError> {
         let l = self.layout.clone();
         self.netns(&l.fabric_ns)?;
         for br in &l.bridges {
@@ -337,35 +396,20 @@ impl Builder<'_> {
             }
         }
         self.fabric_routers()?;
+        // Recorded first, all at once: a half-made namespace is still the lab's.
+        self.state
+            .namespaces
+            .extend(l.nodes.iter().map(|n| n.ns.clone()));
+        self.save()?;
+        let total = l.nodes.len();
+        let results = host::parallel(
+            &l.nodes,
+            host::WORKERS,
+            |node| node_fabric(&l, node),
+            |done| progress.tick("nodes", done, total),
+        );
+        results.into_iter().collect::<Result<Vec<()>, LabError>>()?;
         for node in &l.nodes {
-            self.netns(&node.ns)?;
-            for leg in node.legs() {
-                host::add_leg(&node.ns, leg, &l.fabric_ns)?;
-            }
-            if l.planes > 0 {
-                // A cut plane's links lose carrier; the kernel then skips their
-                // next hops in ECMP routes at once, before BGP withdraws them.
-                host::sysctl(
-                    &node.ns,
-                    "net.ipv4.conf.all.ignore_routes_with_linkdown",
-                    "1",
-                )?;
-            }
-            // Proxy ARP for the pods' 169.254.1.1 answers only for destinations the
-            // node can route: give it a default route (over every plane), unless BGP
-            // brings one (downward-default: no gateways).
-            let mut args = vec!["route".to_string(), "add".into(), "default".into()];
-            if let [gw] = node.gateways.as_slice() {
-                args.extend(["via".to_string(), gw.to_string()]);
-            } else {
-                for gw in &node.gateways {
-                    args.extend(["nexthop".to_string(), "via".into(), gw.to_string()]);
-                }
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            if !node.gateways.is_empty() {
-                host::ip_in(&node.ns, &args)?;
-            }
             self.state.nodes.push(NodeRecord {
                 name: node.name.clone(),
                 ns: node.ns.clone(),
@@ -410,7 +454,11 @@ impl Builder<'_> {
         }
     }
 
-    async fn agents(&mut self, timeout: Duration) -> Result<(), LabError> {
+    async fn agents(
+        &mut self,
+        timeout: Duration,
+        progress: &mut dyn Progress,
+    ) -> Result<(), LabError> {
         let l = self.layout.clone();
         for node in &l.nodes {
             let state = l.node_state(&node.name);
@@ -424,50 +472,103 @@ impl Builder<'_> {
             )?;
         }
         let deadline = Instant::now() + timeout;
-        for node in &l.nodes {
-            loop {
-                self.check_children()?;
-                if tabby_node::status::query(&l.socket(&node.name))
-                    .await
-                    .is_ok()
-                {
-                    break;
+        let total = l.nodes.len();
+        let mut waiting: Vec<&layout::Node> = l.nodes.iter().collect();
+        loop {
+            self.check_children()?;
+            let sockets: Vec<PathBuf> = waiting.iter().map(|n| l.socket(&n.name)).collect();
+            let answers = query_all(&sockets).await;
+            let mut still = Vec::new();
+            for (node, answer) in waiting.into_iter().zip(answers) {
+                if answer.is_none() {
+                    still.push(node);
                 }
-                if Instant::now() > deadline {
-                    return Err(LabError::Timeout {
-                        what: format!(
-                            "agent {} answering on {}",
-                            node.name,
-                            l.socket(&node.name).display()
-                        ),
-                        secs: timeout.as_secs(),
-                        detail: host::tail(&l.log(&format!("agent-{}", node.name)), 20),
-                    });
-                }
-                tokio::time::sleep(POLL).await;
             }
+            waiting = still;
+            progress.tick("agents answering", total - waiting.len(), total);
+            let Some(node) = waiting.first() else {
+                return Ok(());
+            };
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "agent {} answering on {} ({} of {total} agents do not answer)",
+                        node.name,
+                        l.socket(&node.name).display(),
+                        waiting.len()
+                    ),
+                    secs: timeout.as_secs(),
+                    detail: host::tail(&l.log(&format!("agent-{}", node.name)), 20),
+                });
+            }
+            tokio::time::sleep(POLL).await;
         }
-        Ok(())
     }
 
-    fn pods(&mut self) -> Result<(), LabError> {
+    /// Adds the pods through the CNI plugin, nodes in parallel and each node's pods
+    /// one after the other (two first pods of a node at once would race to claim
+    /// its first block).
+    fn pods(&mut self, progress: &mut dyn Progress) -> Result<(), LabError> {
         let l = self.layout.clone();
+        self.state
+            .namespaces
+            .extend(l.pods.iter().map(|p| p.ns.clone()));
+        self.save()?;
+        let mut by_node: Vec<(&layout::Node, Vec<&layout::Pod>)> = Vec::new();
         for pod in &l.pods {
-            self.netns(&pod.ns)?;
             let node = l.node(&pod.node).expect("pods are on the lab's nodes");
-            let mtu = layout::pod_mtu(&l.node_state(&node.name), self.spec.encap);
-            let conf = l.cni_conf(&node.name, mtu);
-            let env = l.cni_env(pod, "ADD", &self.cni_path);
-            let ip = host::cni_add(&node.ns, &self.cni, &env, &conf, pod)?;
-            self.state.pods.push(PodRecord {
-                name: pod.name.clone(),
-                node: pod.node.clone(),
-                ns: pod.ns.clone(),
-                ip,
-            });
-            self.save()?;
+            match by_node.last_mut() {
+                Some((n, pods)) if n.name == node.name => pods.push(pod),
+                _ => by_node.push((node, vec![pod])),
+            }
         }
-        Ok(())
+        let (total, spec, cni, cni_path) = (l.pods.len(), self.spec, &self.cni, &self.cni_path);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let results = host::parallel(
+            &by_node,
+            host::WORKERS,
+            |(node, pods)| {
+                let mut ips = Vec::new();
+                for pod in pods {
+                    let r = host::add_netns(&pod.ns).and_then(|()| {
+                        let mtu = layout::pod_mtu(&l.node_state(&node.name), spec.encap);
+                        let conf = l.cni_conf(&node.name, mtu);
+                        let env = l.cni_env(pod, "ADD", cni_path);
+                        host::cni_add(&node.ns, cni, &env, &conf, pod)
+                    });
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let failed = r.is_err();
+                    ips.push((*pod, r));
+                    if failed {
+                        break;
+                    }
+                }
+                ips
+            },
+            |_| {
+                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                progress.tick("pods", n, total);
+            },
+        );
+        let mut first_error = None;
+        for (pod, r) in results.into_iter().flatten() {
+            match r {
+                Ok(ip) => self.state.pods.push(PodRecord {
+                    name: pod.name.clone(),
+                    node: pod.node.clone(),
+                    ns: pod.ns.clone(),
+                    ip,
+                }),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.save()?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Polls every node until `done` holds for all of them or `timeout` passes;
@@ -476,13 +577,19 @@ impl Builder<'_> {
         &mut self,
         timeout: Duration,
         expected: &[Expected],
+        progress: &mut dyn Progress,
         done: impl Fn(&Observed, &Expected) -> bool,
     ) -> Result<bool, LabError> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_children()?;
             let rows = self.observe_all(expected).await;
-            if rows.iter().all(|r| done(&r.observed, &r.expected)) {
+            let good = rows
+                .iter()
+                .filter(|r| done(&r.observed, &r.expected))
+                .count();
+            progress.tick("devices as planned", good, rows.len());
+            if good == rows.len() {
                 return Ok(true);
             }
             if Instant::now() > deadline {
@@ -493,15 +600,21 @@ impl Builder<'_> {
     }
 
     async fn observe_all(&self, expected: &[Expected]) -> Vec<DeviceRow> {
-        let mut rows = Vec::new();
-        for (node, e) in self.layout.nodes.iter().zip(expected) {
-            rows.push(DeviceRow {
+        let nodes = &self.layout.nodes;
+        let ns: Vec<String> = nodes.iter().map(|n| n.ns.clone()).collect();
+        let sockets: Vec<PathBuf> = nodes.iter().map(|n| self.layout.socket(&n.name)).collect();
+        let observed = observe_many(&ns, &sockets).await;
+        let mut rows = nodes
+            .iter()
+            .zip(expected)
+            .zip(observed)
+            .map(|((node, e), observed)| DeviceRow {
                 name: node.name.clone(),
                 address: node.leg.address.to_string(),
                 expected: e.clone(),
-                observed: observe(&node.ns, &self.layout.socket(&node.name)).await,
-            });
-        }
+                observed,
+            })
+            .collect::<Vec<_>>();
         let routers = expected.get(self.layout.nodes.len()..).unwrap_or_default();
         for (r, e) in self.layout.routers.iter().zip(routers) {
             let ctl = router::control(self.spec.router, &self.layout.router_dir(&r.name));
@@ -608,16 +721,99 @@ impl Builder<'_> {
         out.push_str(&check::render_comparison(rows, &layout::plan_command(spec)));
         out.push('\n');
         out.push_str(&matrix.render());
+        out.push('\n');
+        out.push_str(&render_timings(&self.timings));
         out
     }
 }
 
-/// What a node shows now: its agent's answer and its proto-80 routes.
-pub(crate) async fn observe(ns: &str, socket: &std::path::Path) -> Observed {
-    let report = tabby_node::status::query(socket).await.ok();
-    let routes = host::proto80_routes(ns)
-        .map(|v| check::count_routes(&v, WORKLOAD_PREFIX))
-        .unwrap_or_default();
+/// `Timings (s since up started): fabric 1.2, agents 3.4, ...`, with a word on what
+/// the two that matter mean.
+pub fn render_timings(timings: &[(&str, Duration)]) -> String {
+    let cells: Vec<String> = timings
+        .iter()
+        .map(|(what, t)| format!("{what} {:.1}", t.as_secs_f64()))
+        .collect();
+    format!(
+        "Timings (s since `up` started; built = pods added, converged = every planned route on every device): {}\n",
+        cells.join(", ")
+    )
+}
+
+/// One node's namespace, its fabric legs and its default route; nodes are set up in
+/// parallel, so this touches nothing but the node's namespace and its bridge ports.
+fn node_fabric(l: &Layout, node: &layout::Node) -> Result<(), LabError> {
+    host::add_netns(&node.ns)?;
+    for leg in node.legs() {
+        host::add_leg(&node.ns, leg, &l.fabric_ns)?;
+    }
+    if l.planes > 0 {
+        // A cut plane's links lose carrier; the kernel then skips their
+        // next hops in ECMP routes at once, before BGP withdraws them.
+        host::sysctl(
+            &node.ns,
+            "net.ipv4.conf.all.ignore_routes_with_linkdown",
+            "1",
+        )?;
+    }
+    // Proxy ARP for the pods' 169.254.1.1 answers only for destinations the
+    // node can route: give it a default route (over every plane), unless BGP
+    // brings one (downward-default: no gateways).
+    if node.gateways.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["route".to_string(), "add".into(), "default".into()];
+    if let [gw] = node.gateways.as_slice() {
+        args.extend(["via".to_string(), gw.to_string()]);
+    } else {
+        for gw in &node.gateways {
+            args.extend(["nexthop".to_string(), "via".into(), gw.to_string()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host::ip_in(&node.ns, &args).map(drop)
+}
+
+/// Every agent's answer on its control socket (`None` when it does not answer), asked
+/// all at once, in the sockets' order.
+pub(crate) async fn query_all(
+    sockets: &[PathBuf],
+) -> Vec<Option<tabby_node::status::StatusReport>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, s) in sockets.iter().enumerate() {
+        let s = s.clone();
+        set.spawn(async move { (i, tabby_node::status::query(&s).await.ok()) });
+    }
+    let mut out: Vec<Option<tabby_node::status::StatusReport>> = vec![None; sockets.len()];
+    while let Some(r) = set.join_next().await {
+        if let Ok((i, report)) = r {
+            out[i] = report;
+        }
+    }
+    out
+}
+
+/// [`observe`] for many nodes at once (`ns[i]` with `sockets[i]`): the agents asked
+/// concurrently, the routes read on a few threads.
+pub(crate) async fn observe_many(ns: &[String], sockets: &[PathBuf]) -> Vec<Observed> {
+    let reports = query_all(sockets).await;
+    let routes = host::proto80_routes_all(ns);
+    reports
+        .into_iter()
+        .zip(routes)
+        .map(|(report, routes)| {
+            let routes = routes
+                .map(|v| check::count_routes(&v, WORKLOAD_PREFIX))
+                .unwrap_or_default();
+            observed(report, routes)
+        })
+        .collect()
+}
+
+fn observed(
+    report: Option<tabby_node::status::StatusReport>,
+    routes: check::RouteCounts,
+) -> Observed {
     match report {
         Some(r) => Observed {
             agent: r.running,
@@ -632,35 +828,63 @@ pub(crate) async fn observe(ns: &str, socket: &std::path::Path) -> Observed {
     }
 }
 
-/// Every pod pings every other pod: one ping per pair, retried twice so that a lost
-/// first packet (neighbour resolution) is not a failure. Each source pod runs its
-/// pings on a thread of its own, so a broken lab fails in seconds, not minutes.
-/// Pairs with a pod marked in `down` (on a failed node) get a single try.
-pub(crate) fn reachability(pods: &[PodRecord], down: &[bool]) -> Matrix {
+/// Every pod pings the pods `mode` names (every other pod by default): one echo
+/// request per pair, retried twice so that a lost first packet (neighbour
+/// resolution) is not a failure. Each source pod sends all its requests at once
+/// from a raw socket in its namespace ([`icmp`]), a few pods at a time, so a broken
+/// lab fails in seconds and a 100-node lab's matrix takes seconds too. Pairs with a
+/// pod marked in `down` (on a failed node) get a single try.
+pub(crate) fn reachability(pods: &[PodRecord], down: &[bool], mode: MatrixMode) -> Matrix {
+    reachability_with(pods, down, mode, &mut |_| {})
+}
+
+/// [`reachability`], telling `tick` how many source pods are done.
+pub(crate) fn reachability_with(
+    pods: &[PodRecord],
+    down: &[bool],
+    mode: MatrixMode,
+    tick: &mut dyn FnMut(usize),
+) -> Matrix {
     let is_down = |i: usize| down.get(i).copied().unwrap_or(false);
-    let ok = std::thread::scope(|scope| {
-        let rows: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, from)| {
-                scope.spawn(move || {
-                    pods.iter()
-                        .enumerate()
-                        .map(|(j, to)| {
-                            let tries = if is_down(i) || is_down(j) { 1 } else { 3 };
-                            i != j && (0..tries).any(|_| host::ping(&from.ns, &to.ip))
-                        })
-                        .collect::<Vec<bool>>()
-                })
-            })
-            .collect();
-        rows.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| vec![false; pods.len()]))
-            .collect()
-    });
+    let n = pods.len();
+    let offsets = mode.offsets(n);
+    let sources: Vec<usize> = (0..n).collect();
+    let ok = host::parallel(
+        &sources,
+        host::WORKERS,
+        |&i| {
+            let mut row = vec![false; n];
+            let (live, dead): (Vec<usize>, Vec<usize>) = offsets
+                .iter()
+                .map(|d| (i + d) % n)
+                .partition(|&j| !is_down(i) && !is_down(j));
+            for (targets, tries) in [(&live, 3), (&dead, 1)] {
+                if targets.is_empty() {
+                    continue;
+                }
+                let addrs: Vec<Ipv4Addr> = targets
+                    .iter()
+                    .map(|&j| pods[j].ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED))
+                    .collect();
+                let answered = icmp::ping_all(&pods[i].ns, &addrs, tries).unwrap_or_else(|| {
+                    // No raw socket there: a `ping` process per pair.
+                    targets
+                        .iter()
+                        .map(|&j| (0..tries).any(|_| host::ping(&pods[i].ns, &pods[j].ip)))
+                        .collect()
+                });
+                for (&j, a) in targets.iter().zip(answered) {
+                    row[j] = a;
+                }
+            }
+            row
+        },
+        tick,
+    );
     Matrix {
         pods: pods.iter().map(|p| p.name.clone()).collect(),
         ok,
         down: down.to_vec(),
+        mode,
     }
 }
