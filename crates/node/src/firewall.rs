@@ -12,7 +12,7 @@ use tabby_policy::model::Model;
 use crate::nat::{ALL_SET, Family, MASQ_SET, NAT_CHAIN, NatInputs, TABLE};
 
 /// The resource kinds the policy model is built from.
-pub const POLICY_KINDS: [Kind; 7] = [
+pub const POLICY_KINDS: [Kind; 8] = [
     Kind::NetworkPolicy,
     Kind::GlobalNetworkPolicy,
     Kind::Profile,
@@ -20,6 +20,8 @@ pub const POLICY_KINDS: [Kind; 7] = [
     Kind::GlobalNetworkSet,
     Kind::HostEndpoint,
     Kind::Tier,
+    // Failsafe ports and the endpoint-to-host action.
+    Kind::FelixConfiguration,
 ];
 
 /// Compiles the policy for this node's endpoints: selectors resolve over every

@@ -81,6 +81,17 @@ async fn explain_allows(
 /// the harness's exchange, the listener gives up after a deadline, so a denied
 /// attempt leaves no socket behind.
 fn tcp_exchange(server: &Workload, client: &Workload, port: u16) -> Result<(), String> {
+    tcp_between(server.ns.name(), server.ip, client.ns.name(), port)
+}
+
+/// [`tcp_exchange`] between any two namespaces: a listener on `ip`:`port` in
+/// `server_ns`, a connection from `client_ns`.
+fn tcp_between(
+    server_ns: &str,
+    ip: std::net::IpAddr,
+    client_ns: &str,
+    port: u16,
+) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use tabby_dataplane::NetnsFile;
@@ -90,11 +101,9 @@ fn tcp_exchange(server: &Workload, client: &Workload, port: u16) -> Result<(), S
             reason: e.to_string(),
         }
     };
-    let sns =
-        NetnsFile::open(format!("/run/netns/{}", server.ns.name())).map_err(|e| e.to_string())?;
-    let cns =
-        NetnsFile::open(format!("/run/netns/{}", client.ns.name())).map_err(|e| e.to_string())?;
-    let addr = SocketAddr::new(server.ip, port);
+    let sns = NetnsFile::open(format!("/run/netns/{server_ns}")).map_err(|e| e.to_string())?;
+    let cns = NetnsFile::open(format!("/run/netns/{client_ns}")).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::new(ip, port);
     let listener: TcpListener = sns
         .run(move || TcpListener::bind(addr).map_err(err("bind")))
         .map_err(|e| e.to_string())?;
@@ -239,4 +248,69 @@ async fn agent_enforces_network_policy_with_real_traffic() {
         || tcp_exchange(w, o, 8080).is_ok(),
     );
     assert!(c.workloads[client].ns.ping(&web_ip, 2));
+}
+
+const HOST_ENDPOINT: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-eth0, labels: {role: node}}
+spec: {node: n1, interfaceName: eth0}
+"#;
+
+const ALLOW_9998: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: node-9998}
+spec:
+  selector: role == 'node'
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [9998]}}]
+  egress: [{action: Allow}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_endpoint_protects_the_node_but_keeps_failsafes() {
+    let mut c = Cluster::new("hep", 2, Layout::OneSubnet, Store::Sqlite).await;
+    c.apply(POOL).await;
+    c.start_all();
+    for i in 0..2 {
+        c.wait_established(i, 1, Duration::from_secs(40)).await;
+    }
+    let n1 = c.nodes[0].ns.name().to_string();
+    let n2 = c.nodes[1].ns.name().to_string();
+    let n1_ip = c.nodes[0].ip.addr();
+    tcp_between(&n1, n1_ip, &n2, 9999).expect("no host endpoint yet: open");
+
+    // A host endpoint with no policy denies everything but the failsafe ports.
+    c.apply(HOST_ENDPOINT).await;
+    wait_for(
+        "the host endpoint to close n1:9999",
+        Duration::from_secs(20),
+        || tcp_between(&n1, n1_ip, &n2, 9999).is_err(),
+    );
+    tcp_between(&n1, n1_ip, &n2, 22).expect("tcp:22 is a failsafe port");
+    tcp_between(&n1, n1_ip, &n2, 6443).expect("tcp:6443 is a failsafe port");
+    // BGP (tcp:179) is failsafe too: the session survives.
+    let s = c.status(0).await.unwrap();
+    assert!(s.peers.iter().all(|p| p.state == "Established"), "{s:?}");
+
+    // A policy for the host endpoint opens one port.
+    c.apply(ALLOW_9998).await;
+    wait_for(
+        "the policy to open n1:9998",
+        Duration::from_secs(20),
+        || tcp_between(&n1, n1_ip, &n2, 9998).is_ok(),
+    );
+    assert!(
+        tcp_between(&n1, n1_ip, &n2, 9999).is_err(),
+        "only 9998 is allowed"
+    );
+
+    // Deleting the host endpoint opens the node again.
+    c.client
+        .delete(Kind::HostEndpoint, None, "n1-eth0", None)
+        .await
+        .unwrap();
+    wait_for("n1:9999 to open again", Duration::from_secs(20), || {
+        tcp_between(&n1, n1_ip, &n2, 9999).is_ok()
+    });
 }
