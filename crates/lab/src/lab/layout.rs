@@ -86,6 +86,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// A plane reflector's plane (`rr<k>`; L2 planes only).
+    pub fn plane(&self) -> Option<u32> {
+        self.name.strip_prefix("rr")?.parse().ok()
+    }
+
     /// Every fabric link: `leg` first.
     pub fn legs(&self) -> impl Iterator<Item = &Leg> {
         std::iter::once(&self.leg).chain(&self.more_legs)
@@ -184,7 +189,7 @@ pub fn plane_cluster_id(k: u32) -> Ipv4Addr {
 }
 
 /// The L2-planes layout: a bridge per plane, the reflectors (one leg on their plane)
-/// then the hosts (one leg on every plane).
+/// then the hosts (one leg on each plane they are in, [`LabSpec::host_planes`]).
 fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, Vec<Node>) {
     let planes = 1..=spec.planes;
     let bridges = planes
@@ -219,9 +224,10 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
         .collect();
     for i in 1..=spec.nodes {
         let name = format!("n{i}");
-        let mut legs: Vec<Leg> = planes
-            .clone()
-            .map(|k| Leg {
+        let mine = spec.host_planes(i);
+        let mut legs: Vec<Leg> = mine
+            .iter()
+            .map(|&k| Leg {
                 ifname: format!("p{k}"),
                 address: net(plane_addr(k, i as u8), 24),
                 bridge: plane_bridge(k),
@@ -233,9 +239,9 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
             ns: ns(&name),
             leg,
             more_legs: legs,
-            gateways: planes
-                .clone()
-                .map(|k| plane_addr(k, PLANE_GATEWAY_HOST))
+            gateways: mine
+                .iter()
+                .map(|&k| plane_addr(k, PLANE_GATEWAY_HOST))
                 .collect(),
             route_reflector: false,
             cluster_id: None,
@@ -618,15 +624,32 @@ spec:
     if spec.topology == Topology::L2Planes {
         for k in 1..=spec.planes {
             let rr = plane_addr(k, PLANE_RR_HOST);
-            y.push_str(&format!(
-                "---
+            let hosts: Vec<u32> = (1..=spec.nodes)
+                .filter(|&i| spec.host_planes(i).contains(&k))
+                .collect();
+            if hosts.len() as u32 == spec.nodes {
+                y.push_str(&format!(
+                    "---
 apiVersion: projectcalico.org/v3
 kind: BGPPeer
 metadata: {{name: plane-{k}}}
 spec: {{nodeSelector: \"!has(route-reflector)\", peerIP: \"{rr}\", asNumber: {ASN}, sourceAddress: None, reversePeering: Manual}}
 "
-            ));
-            for i in 1..=spec.nodes {
+                ));
+            } else {
+                // Only some hosts are in this plane: a host-side peer each.
+                for &i in &hosts {
+                    y.push_str(&format!(
+                        "---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {{name: n{i}-plane-{k}}}
+spec: {{node: n{i}, peerIP: \"{rr}\", asNumber: {ASN}, sourceAddress: None, reversePeering: Manual}}
+"
+                    ));
+                }
+            }
+            for i in hosts {
                 y.push_str(&format!(
                     "---
 apiVersion: projectcalico.org/v3
@@ -670,7 +693,7 @@ pub fn plan_input(spec: &LabSpec) -> PlanInput {
                 block_size: Some(spec.block_size),
                 pools: vec![POOL_CIDR.parse().expect("the lab pool is a CIDR")],
                 planes: spec.planes,
-                planes_per_host: None,
+                planes_per_host: spec.planes_per_host,
                 models: vec![Model::L2Planes],
                 ..PlanInput::default()
             };
@@ -701,6 +724,9 @@ pub fn plan_command(spec: &LabSpec) -> String {
     }
     if spec.topology == Topology::L2Planes {
         s.push_str(&format!(" --planes {}", i.planes));
+        if let Some(l) = i.planes_per_host {
+            s.push_str(&format!(" --planes-per-host {l}"));
+        }
     }
     if spec.topology.is_fabric() {
         s.push_str(&format!(" --racks {}", i.racks));
@@ -733,6 +759,13 @@ pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>)
     let p = plan(&plan_input(spec))?;
     let model = &p.models[0];
     let role_of = |r: Role| model.roles.iter().find(|x| x.role == r);
+    // L2 planes: the planner's reflector figures are the busiest plane's; each
+    // plane's reflector serves its own hosts' blocks.
+    let plane_hosts = crate::plan::plane_hosts(spec.nodes, spec.planes, spec.planes_per_host());
+    let blocks = u64::from(crate::plan::blocks_per_node(
+        spec.pods_per_node,
+        spec.block_size,
+    ));
     let mut v = Vec::new();
     for n in &layout.nodes {
         let role = if n.route_reflector {
@@ -740,6 +773,16 @@ pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>)
         } else {
             Role::Node
         };
+        if let (true, Some(k)) = (n.route_reflector && layout.planes > 0, n.plane()) {
+            let h = plane_hosts.get(k as usize - 1).copied().unwrap_or(0);
+            v.push(Expected {
+                role,
+                sessions: h,
+                routes: h * blocks,
+                pod_routes: 0,
+            });
+            continue;
+        }
         let r = role_of(role).ok_or_else(|| {
             LabError::invalid(
                 "--topology",
@@ -964,6 +1007,74 @@ mod tests {
         assert_eq!(
             plan_command(&s),
             "tabbyctl plan --model l2-planes --nodes 3 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --planes 2"
+        );
+    }
+
+    #[test]
+    fn l2_planes_partial_membership() {
+        let mut s = spec(Topology::L2Planes, Encap::None, StoreKind::Sqlite, 5);
+        s.planes = 4;
+        s.planes_per_host = Some(3);
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        // n3 is in planes 3, 4 and 1 (in rotation from plane 3): its Node address is
+        // its first plane's, plane 1.
+        let n3 = l.node("n3").unwrap();
+        let legs: Vec<String> = n3
+            .legs()
+            .map(|g| format!("{} {} {}", g.ifname, g.address, g.port))
+            .collect();
+        assert_eq!(
+            legs,
+            [
+                "p1 198.18.1.3/24 n3p1",
+                "p3 198.18.3.3/24 n3p3",
+                "p4 198.18.4.3/24 n3p4"
+            ]
+        );
+        assert_eq!(
+            n3.gateways,
+            [1, 3, 4].map(|k| plane_addr(k, PLANE_GATEWAY_HOST))
+        );
+        let y = resources(&s);
+        // Plane 4 holds n2, n3, n4 only: a peer per host on both sides.
+        assert!(y.contains("metadata: {name: n3-plane-4}"), "{y}");
+        assert!(!y.contains("metadata: {name: n1-plane-4}"), "{y}");
+        assert!(!y.contains("metadata: {name: plane-4-n1}"), "{y}");
+        assert!(y.contains("metadata: {name: plane-4-n2}"), "{y}");
+        assert!(!y.contains("metadata: {name: plane-4}"), "{y}");
+        let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+        assert_eq!(docs.len(), 2 + 2 * 15);
+        let (p, e) = expected(&s, &l).unwrap();
+        // The planner's reflector figures are the busiest plane's (4 hosts); each
+        // reflector is predicted its own plane's hosts.
+        let rr = p.models[0]
+            .roles
+            .iter()
+            .find(|r| r.role == Role::RouteReflector)
+            .unwrap();
+        assert_eq!((rr.sessions, rr.routes), (4, 4));
+        let rrs: Vec<(u64, u64)> = e[..4].iter().map(|x| (x.sessions, x.routes)).collect();
+        assert_eq!(rrs, [(4, 4), (4, 4), (4, 4), (3, 3)]);
+        // Hosts: a session per plane they are in, every block once in the FIB.
+        assert_eq!((e[4].role, e[4].sessions, e[4].routes), (Role::Node, 3, 5));
+        assert!(plan_command(&s).ends_with("--planes 4 --planes-per-host 3"));
+        // Two of four planes: n1 (1, 2) and n3 (3, 4) share none.
+        s.planes_per_host = Some(2);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("n1 (plane 1, plane 2) and n3 (plane 3, plane 4)"),
+            "{err}"
+        );
+        s.nodes = 2;
+        s.validate().unwrap();
+        s.planes_per_host = Some(5);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("outside 1..=4")
         );
     }
 
