@@ -367,6 +367,42 @@ fn l2_planes_partial_membership_cut_a_plane() {
 }
 
 #[test]
+fn l2_planes_etcd() {
+    let lab = Lab::new("qe");
+    // etcd has a leg on every plane; each host's agent and CNI plugin name etcd's
+    // addresses on its own planes.
+    let out = lab.up(&[
+        "--topology",
+        "l2-planes",
+        "--planes",
+        "3",
+        "--planes-per-host",
+        "2",
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--store",
+        "etcd",
+    ]);
+    assert!(out.contains("6 pairs: 6 ✓"), "{out}");
+    let args = lab.state()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["what"] == "agent n3")
+        .unwrap()
+        .to_string();
+    // n3 is in planes 3 and 1.
+    assert!(
+        args.contains("etcd://198.18.1.251:2379,198.18.3.251:2379"),
+        "{args}"
+    );
+    let pids = lab.pids();
+    lab.down_and_check_gone(&pids);
+}
+
+#[test]
 fn l2_planes_and_fabric_refusals() {
     let lab = Lab::new("qb");
     for (args, says) in [

@@ -124,11 +124,24 @@ pub struct Router {
 pub struct Etcd {
     /// Its namespace.
     pub ns: String,
-    /// Its fabric link.
+    /// Its fabric link (with L2 planes, on plane 1).
     pub leg: Leg,
+    /// Its links to further planes (L2 planes only: a leg on every plane, so that
+    /// each host reaches it over each of its planes).
+    pub more_legs: Vec<Leg>,
     /// Its default gateway (so that nodes in the other subnet get answers).
     pub gateway: Ipv4Addr,
 }
+
+impl Etcd {
+    /// Every fabric link: `leg` first.
+    pub fn legs(&self) -> impl Iterator<Item = &Leg> {
+        std::iter::once(&self.leg).chain(&self.more_legs)
+    }
+}
+
+/// Host `.251` of a plane: etcd, with `--store etcd`.
+pub const PLANE_ETCD_HOST: u8 = 251;
 
 /// Everything a lab is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,7 +273,21 @@ impl Layout {
         let ns = |suffix: &str| format!("{prefix}{suffix}");
         if spec.topology == Topology::L2Planes {
             let (bridges, nodes) = planes_layout(spec, &ns);
-            return Layout::finish(spec, ns("fab"), bridges, None, None, nodes, spec.planes);
+            let mut legs: Vec<Leg> = (1..=spec.planes)
+                .map(|k| Leg {
+                    ifname: format!("p{k}"),
+                    address: net(plane_addr(k, PLANE_ETCD_HOST), 24),
+                    bridge: plane_bridge(k),
+                    port: format!("etcd{k}"),
+                })
+                .collect();
+            let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
+                ns: ns("etcd"),
+                leg: legs.remove(0),
+                more_legs: legs,
+                gateway: plane_addr(1, PLANE_GATEWAY_HOST),
+            });
+            return Layout::finish(spec, ns("fab"), bridges, None, etcd, nodes, spec.planes);
         }
         if spec.topology.is_fabric() {
             let f = fabric::layout(spec, &ns);
@@ -341,6 +368,7 @@ impl Layout {
                 bridge: format!("br{first}"),
                 port: "etcd".into(),
             },
+            more_legs: Vec::new(),
             gateway: gateway(first),
         });
         Layout::finish(spec, ns("fab"), bridges, router, etcd, nodes, 0)
@@ -371,7 +399,7 @@ impl Layout {
         }
         let dir = spec.dir();
         let store_url = match &etcd {
-            Some(e) => format!("etcd://{}:{ETCD_PORT}", e.leg.address.addr()),
+            Some(e) => etcd_url(e.legs()),
             None => format!("sqlite://{}", dir.join("store.db").display()),
         };
         Layout {
@@ -405,7 +433,7 @@ impl Layout {
     pub fn check(&self) -> Result<(), LabError> {
         let mut legs: Vec<&Leg> = self.nodes.iter().flat_map(Node::legs).collect();
         legs.extend(self.router.iter().flat_map(|r| &r.legs));
-        legs.extend(self.etcd.iter().map(|e| &e.leg));
+        legs.extend(self.etcd.iter().flat_map(Etcd::legs));
         legs.extend(self.routers.iter().flat_map(|r| &r.legs));
         for l in &self.links {
             for (name, addr) in [(&l.tor_if, l.tor_addr), (&l.spine_if, l.spine_addr)] {
@@ -471,7 +499,7 @@ impl Layout {
             "--node-name",
             &node.name,
             "--store",
-            &self.store_url,
+            &self.node_store_url(node),
             "--ip",
             &node.leg.address.to_string(),
             "--control-socket",
@@ -510,9 +538,27 @@ impl Layout {
         v
     }
 
+    /// The store URL node `node`'s agent and CNI plugin use: with etcd on L2 planes,
+    /// etcd's addresses on the node's planes (the others it does not reach).
+    pub fn node_store_url(&self, node: &Node) -> String {
+        match &self.etcd {
+            Some(e) if self.planes > 0 => etcd_url(
+                e.legs()
+                    .filter(|l| node.legs().any(|n| n.bridge == l.bridge)),
+            ),
+            _ => self.store_url.clone(),
+        }
+    }
+
     /// etcd's command line (after the binary).
     pub fn etcd_args(&self, etcd: &Etcd) -> Vec<String> {
-        let ip = etcd.leg.address.addr();
+        let ips: Vec<Ipv4Addr> = etcd.legs().map(|l| l.address.addr()).collect();
+        let urls = |ips: &[Ipv4Addr]| {
+            ips.iter()
+                .map(|ip| format!("http://{ip}:{ETCD_PORT}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let data = self.dir.join("etcd-data");
         [
             "--name".to_string(),
@@ -520,9 +566,9 @@ impl Layout {
             "--data-dir".into(),
             data.display().to_string(),
             "--listen-client-urls".into(),
-            format!("http://{ip}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}"),
+            format!("{},http://127.0.0.1:{ETCD_PORT}", urls(&ips)),
             "--advertise-client-urls".into(),
-            format!("http://{ip}:{ETCD_PORT}"),
+            urls(&ips),
             "--listen-peer-urls".into(),
             "http://127.0.0.1:2380".into(),
             "--initial-advertise-peer-urls".into(),
@@ -548,7 +594,7 @@ impl Layout {
             "name": "k8s-pod-network",
             "type": "tabby",
             "nodename": node,
-            "datastore": self.store_url,
+            "datastore": self.node(node).map_or(self.store_url.clone(), |n| self.node_store_url(n)),
             "mtu": mtu,
             "log_level": "info",
             "log_file_path": self.dir.join("cni.log"),
@@ -576,6 +622,14 @@ impl Layout {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// An `etcd://` URL naming etcd at each leg's address.
+fn etcd_url<'a>(legs: impl Iterator<Item = &'a Leg>) -> String {
+    let v: Vec<String> = legs
+        .map(|l| format!("{}:{ETCD_PORT}", l.address.addr()))
+        .collect();
+    format!("etcd://{}", v.join(","))
 }
 
 /// The resources the lab writes before the agents start: the pool, the cluster's BGP
@@ -1076,6 +1130,31 @@ mod tests {
                 .to_string()
                 .contains("outside 1..=4")
         );
+        // etcd on L2 planes: a leg on every plane; each host names its planes' ones.
+        s.nodes = 5;
+        s.planes_per_host = Some(3);
+        s.store = StoreKind::Etcd;
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let e = l.etcd.as_ref().unwrap();
+        let legs: Vec<String> = e
+            .legs()
+            .map(|g| format!("{} {} {}", g.ifname, g.address, g.bridge))
+            .collect();
+        assert_eq!(legs[3], "p4 198.18.4.251/24 br4");
+        assert_eq!(
+            l.store_url,
+            "etcd://198.18.1.251:2379,198.18.2.251:2379,198.18.3.251:2379,198.18.4.251:2379"
+        );
+        let n2 = l.node("n2").unwrap();
+        let url = "etcd://198.18.2.251:2379,198.18.3.251:2379,198.18.4.251:2379";
+        assert!(l.agent_args(n2).windows(2).any(|w| w == ["--store", url]));
+        assert_eq!(l.cni_conf("n2", 1500)["datastore"], url);
+        assert!(l.etcd_args(e).contains(&format!(
+            "{},http://127.0.0.1:2379",
+            l.store_url.replace("etcd://", "http://").replace(",", ",http://")
+        )));
     }
 
     #[test]

@@ -372,12 +372,6 @@ impl LabSpec {
                     ),
                 ));
             }
-            if self.store == StoreKind::Etcd {
-                return Err(LabError::invalid(
-                    "--store",
-                    "etcd with l2-planes is not built yet: etcd would sit on one plane and cutting it would cut the agents off their datastore; use --store sqlite",
-                ));
-            }
         }
         if self.topology.is_fabric() {
             self.validate_fabric()?;
@@ -547,7 +541,9 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("2..=4"));
         s.planes = 2;
         s.store = StoreKind::Etcd;
-        assert!(s.validate().unwrap_err().to_string().contains("--store"));
+        s.validate().unwrap();
+        s.encap = Encap::Vxlan;
+        assert!(s.validate().unwrap_err().to_string().contains("--encap"));
         let mut s = ok.clone();
         s.topology = Topology::AsPerRackL3Spine;
         s.nodes = 4;
