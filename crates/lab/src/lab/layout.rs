@@ -291,7 +291,26 @@ impl Layout {
         }
         if spec.topology.is_fabric() {
             let f = fabric::layout(spec, &ns);
-            let mut l = Layout::finish(spec, ns("fab"), f.bridges, None, None, f.nodes, 0);
+            // etcd on every rack's bridge (.251), so that each node reaches it on its
+            // own segment whatever the routers do.
+            let mut legs: Vec<Leg> = (1..=spec.racks)
+                .map(|r| Leg {
+                    ifname: format!("r{r}"),
+                    address: net(
+                        Ipv4Addr::from(u32::from(fabric::rack_subnet(r).network()) + 251),
+                        24,
+                    ),
+                    bridge: fabric::rack_bridge(r),
+                    port: format!("etcd{r}"),
+                })
+                .collect();
+            let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
+                ns: ns("etcd"),
+                leg: legs.remove(0),
+                more_legs: legs,
+                gateway: fabric::tor_addr(1),
+            });
+            let mut l = Layout::finish(spec, ns("fab"), f.bridges, None, etcd, f.nodes, 0);
             l.routers = f.routers;
             l.links = f.links;
             return l;
@@ -538,11 +557,11 @@ impl Layout {
         v
     }
 
-    /// The store URL node `node`'s agent and CNI plugin use: with etcd on L2 planes,
-    /// etcd's addresses on the node's planes (the others it does not reach).
+    /// The store URL node `node`'s agent and CNI plugin use: with etcd on several
+    /// segments (L2 planes, racks), etcd's addresses on the node's own segments.
     pub fn node_store_url(&self, node: &Node) -> String {
         match &self.etcd {
-            Some(e) if self.planes > 0 => etcd_url(
+            Some(e) if !e.more_legs.is_empty() => etcd_url(
                 e.legs()
                     .filter(|l| node.legs().any(|n| n.bridge == l.bridge)),
             ),
@@ -1155,6 +1174,33 @@ mod tests {
             "{},http://127.0.0.1:2379",
             l.store_url.replace("etcd://", "http://").replace(",", ",http://")
         )));
+    }
+
+    #[test]
+    fn fabric_etcd_on_every_rack() {
+        let s = spec(Topology::AsPerServer, Encap::None, StoreKind::Etcd, 4);
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let e = l.etcd.as_ref().unwrap();
+        let legs: Vec<String> = e
+            .legs()
+            .map(|g| format!("{} {} {} {}", g.ifname, g.address, g.bridge, g.port))
+            .collect();
+        assert_eq!(
+            legs,
+            [
+                "r1 198.18.1.251/24 rack1 etcd1",
+                "r2 198.18.2.251/24 rack2 etcd2"
+            ]
+        );
+        // n3 is in rack 2: its rack's etcd address only.
+        let n3 = l.node("n3").unwrap();
+        assert_eq!(l.node_store_url(n3), "etcd://198.18.2.251:2379");
+        assert_eq!(
+            l.cni_conf("n3", 1500)["datastore"],
+            "etcd://198.18.2.251:2379"
+        );
     }
 
     #[test]

@@ -449,12 +449,6 @@ impl LabSpec {
                 ),
             ));
         }
-        if self.store == StoreKind::Etcd {
-            return Err(LabError::invalid(
-                "--store",
-                format!("etcd with {t} is not built yet: use --store sqlite"),
-            ));
-        }
         Ok(())
     }
 }
