@@ -370,22 +370,25 @@ fn l2_planes_partial_membership_cut_a_plane() {
 fn l2_planes_etcd() {
     let lab = Lab::new("qe");
     // etcd has a leg on every plane; each host's agent and CNI plugin name etcd's
-    // addresses on its own planes.
+    // addresses on its own planes. Five hosts in 3 of 4 planes: plane 4 holds three
+    // (n2, n3, n4), the others four.
     let out = lab.up(&[
         "--topology",
         "l2-planes",
-        "--planes",
-        "3",
         "--planes-per-host",
-        "2",
-        "--nodes",
         "3",
+        "--nodes",
+        "5",
         "--pods-per-node",
         "1",
         "--store",
         "etcd",
     ]);
-    assert!(out.contains("6 pairs: 6 ✓"), "{out}");
+    assert!(out.contains("20 pairs: 20 ✓"), "{out}");
+    for (rr, figures) in [("rr1", "4/4        4/4"), ("rr4", "3/3        3/3")] {
+        let row = format!("{rr}    RR     {figures}");
+        assert!(out.contains(&row), "{row:?} missing:\n{out}");
+    }
     let args = lab.state()["processes"]
         .as_array()
         .unwrap()
@@ -393,11 +396,24 @@ fn l2_planes_etcd() {
         .find(|p| p["what"] == "agent n3")
         .unwrap()
         .to_string();
-    // n3 is in planes 3 and 1.
+    // n3 is in planes 3, 4 and 1.
     assert!(
-        args.contains("etcd://198.18.1.251:2379,198.18.3.251:2379"),
+        args.contains("etcd://198.18.1.251:2379,198.18.3.251:2379,198.18.4.251:2379\""),
         "{args}"
     );
+    // Cutting plane 4 cuts n2, n3 and n4 off etcd's address there, not off etcd.
+    let out = lab.ok(&["fail", "plane:4"]);
+    assert!(
+        out.contains("the 4 ports of bridge br4 down (rr4, n2p4, n3p4, n4p4)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("every remaining pod pair reachable: 20 of 20"),
+        "{out}"
+    );
+    let out = lab.ok(&["heal"]);
+    assert!(out.contains("every pod pair reachable: 20 of 20"), "{out}");
+    assert!(out.contains("planner check: ok"), "{out}");
     let pids = lab.pids();
     lab.down_and_check_gone(&pids);
 }
