@@ -85,6 +85,10 @@ struct UpArgs {
     /// L2 planes of the l2-planes topology, 2..=4 (default 4).
     #[arg(long)]
     planes: Option<u32>,
+    /// Planes each l2-planes host is in (default all): host i takes this many planes
+    /// in rotation from plane i; every pair of hosts must share a plane.
+    #[arg(long)]
+    planes_per_host: Option<u32>,
     /// Racks of the ToR topologies, 1..=8 (default 2); the nodes fill them in order,
     /// the same number in each.
     #[arg(long)]
@@ -238,6 +242,15 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
             );
         }
         spec.planes = p;
+    }
+    if let Some(l) = a.planes_per_host {
+        if spec.topology != Topology::L2Planes {
+            bail!(
+                "lab up --planes-per-host {l}: planes are of --topology l2-planes (not {})",
+                spec.topology
+            );
+        }
+        spec.planes_per_host = Some(l);
     }
     let fabric_only = |flag: &str, v: String| -> anyhow::Result<()> {
         if spec.topology.is_fabric() {

@@ -456,6 +456,48 @@ pub fn blocks_per_node(pods_per_node: u32, block_size: u8) -> u32 {
     u128::from(pods_per_node).div_ceil(block_addresses(block_size)) as u32
 }
 
+/// The planes host `host` (1-based) is in when each of `nodes` hosts is in
+/// `per_host` of `planes` planes, assigned in rotation: host i takes the `per_host`
+/// planes from plane `((i-1) mod planes) + 1` on, wrapping. Every plane then holds
+/// `floor` or `ceil(N·l/L)` hosts, and two hosts share at least `2l - L` planes (none
+/// may be shared when `2l <= L`). Sorted.
+pub fn host_planes(host: u32, planes: u32, per_host: u32) -> Vec<u32> {
+    let planes = planes.max(1);
+    let first = host.saturating_sub(1) % planes;
+    let mut v: Vec<u32> = (0..per_host.min(planes))
+        .map(|j| (first + j) % planes + 1)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Hosts in each plane (`[plane 1, plane 2, ...]`) under [`host_planes`].
+pub fn plane_hosts(nodes: u32, planes: u32, per_host: u32) -> Vec<u64> {
+    let mut v = vec![0u64; planes as usize];
+    for i in 1..=nodes {
+        for k in host_planes(i, planes, per_host) {
+            v[(k - 1) as usize] += 1;
+        }
+    }
+    v
+}
+
+/// The first pair of hosts (1-based) sharing no plane under [`host_planes`], if any:
+/// they could not reach each other over an L2-planes fabric.
+pub fn unconnected_hosts(nodes: u32, planes: u32, per_host: u32) -> Option<(u32, u32)> {
+    let sets: Vec<Vec<u32>> = (1..=nodes)
+        .map(|i| host_planes(i, planes, per_host))
+        .collect();
+    for i in 0..sets.len() {
+        for j in i + 1..sets.len() {
+            if !sets[i].iter().any(|k| sets[j].contains(k)) {
+                return Some((i as u32 + 1, j as u32 + 1));
+            }
+        }
+    }
+    None
+}
+
 /// The figures every model shares, from validated input.
 struct Cluster {
     n: u64,
@@ -754,7 +796,7 @@ fn plan_model(model: Model, c: &Cluster, cap: &Capacities) -> ModelPlan {
             );
             if l < planes {
                 notes.push(format!(
-                    "hosts are in {l} of {planes} planes ({hosts} per plane): a route is learned once per plane shared with its originator, so node paths are an upper bound"
+                    "hosts are in {l} of {planes} planes (at most {hosts} per plane, the RR figures are the busiest plane's): a route is learned once per plane shared with its originator, so node paths are an upper bound"
                 ));
                 if 2 * l <= planes {
                     notes.push(
@@ -983,4 +1025,22 @@ pub fn render_table(p: &Plan) -> String {
         misfits.iter().for_each(|m| out.push_str(m));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_in_rotation() {
+        assert_eq!(host_planes(1, 4, 3), [1, 2, 3]);
+        assert_eq!(host_planes(3, 4, 3), [1, 3, 4]);
+        assert_eq!(host_planes(6, 4, 4), [1, 2, 3, 4]);
+        assert_eq!(plane_hosts(5, 4, 3), [4, 4, 4, 3]);
+        assert_eq!(plane_hosts(8, 4, 2), [4, 4, 4, 4]);
+        assert_eq!(unconnected_hosts(5, 4, 3), None);
+        assert_eq!(unconnected_hosts(3, 4, 2), Some((1, 3)));
+        assert_eq!(unconnected_hosts(2, 4, 2), None);
+        assert_eq!(unconnected_hosts(4, 3, 2), None);
+    }
 }

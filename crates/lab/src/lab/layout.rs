@@ -86,6 +86,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// A plane reflector's plane (`rr<k>`; L2 planes only).
+    pub fn plane(&self) -> Option<u32> {
+        self.name.strip_prefix("rr")?.parse().ok()
+    }
+
     /// Every fabric link: `leg` first.
     pub fn legs(&self) -> impl Iterator<Item = &Leg> {
         std::iter::once(&self.leg).chain(&self.more_legs)
@@ -119,11 +124,24 @@ pub struct Router {
 pub struct Etcd {
     /// Its namespace.
     pub ns: String,
-    /// Its fabric link.
+    /// Its fabric link (with L2 planes, on plane 1).
     pub leg: Leg,
+    /// Its links to further planes (L2 planes only: a leg on every plane, so that
+    /// each host reaches it over each of its planes).
+    pub more_legs: Vec<Leg>,
     /// Its default gateway (so that nodes in the other subnet get answers).
     pub gateway: Ipv4Addr,
 }
+
+impl Etcd {
+    /// Every fabric link: `leg` first.
+    pub fn legs(&self) -> impl Iterator<Item = &Leg> {
+        std::iter::once(&self.leg).chain(&self.more_legs)
+    }
+}
+
+/// Host `.251` of a plane: etcd, with `--store etcd`.
+pub const PLANE_ETCD_HOST: u8 = 251;
 
 /// Everything a lab is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +202,7 @@ pub fn plane_cluster_id(k: u32) -> Ipv4Addr {
 }
 
 /// The L2-planes layout: a bridge per plane, the reflectors (one leg on their plane)
-/// then the hosts (one leg on every plane).
+/// then the hosts (one leg on each plane they are in, [`LabSpec::host_planes`]).
 fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, Vec<Node>) {
     let planes = 1..=spec.planes;
     let bridges = planes
@@ -219,9 +237,10 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
         .collect();
     for i in 1..=spec.nodes {
         let name = format!("n{i}");
-        let mut legs: Vec<Leg> = planes
-            .clone()
-            .map(|k| Leg {
+        let mine = spec.host_planes(i);
+        let mut legs: Vec<Leg> = mine
+            .iter()
+            .map(|&k| Leg {
                 ifname: format!("p{k}"),
                 address: net(plane_addr(k, i as u8), 24),
                 bridge: plane_bridge(k),
@@ -233,9 +252,9 @@ fn planes_layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> (Vec<Bridge>, V
             ns: ns(&name),
             leg,
             more_legs: legs,
-            gateways: planes
-                .clone()
-                .map(|k| plane_addr(k, PLANE_GATEWAY_HOST))
+            gateways: mine
+                .iter()
+                .map(|&k| plane_addr(k, PLANE_GATEWAY_HOST))
                 .collect(),
             route_reflector: false,
             cluster_id: None,
@@ -254,11 +273,44 @@ impl Layout {
         let ns = |suffix: &str| format!("{prefix}{suffix}");
         if spec.topology == Topology::L2Planes {
             let (bridges, nodes) = planes_layout(spec, &ns);
-            return Layout::finish(spec, ns("fab"), bridges, None, None, nodes, spec.planes);
+            let mut legs: Vec<Leg> = (1..=spec.planes)
+                .map(|k| Leg {
+                    ifname: format!("p{k}"),
+                    address: net(plane_addr(k, PLANE_ETCD_HOST), 24),
+                    bridge: plane_bridge(k),
+                    port: format!("etcd{k}"),
+                })
+                .collect();
+            let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
+                ns: ns("etcd"),
+                leg: legs.remove(0),
+                more_legs: legs,
+                gateway: plane_addr(1, PLANE_GATEWAY_HOST),
+            });
+            return Layout::finish(spec, ns("fab"), bridges, None, etcd, nodes, spec.planes);
         }
         if spec.topology.is_fabric() {
             let f = fabric::layout(spec, &ns);
-            let mut l = Layout::finish(spec, ns("fab"), f.bridges, None, None, f.nodes, 0);
+            // etcd on every rack's bridge (.251), so that each node reaches it on its
+            // own segment whatever the routers do.
+            let mut legs: Vec<Leg> = (1..=spec.racks)
+                .map(|r| Leg {
+                    ifname: format!("r{r}"),
+                    address: net(
+                        Ipv4Addr::from(u32::from(fabric::rack_subnet(r).network()) + 251),
+                        24,
+                    ),
+                    bridge: fabric::rack_bridge(r),
+                    port: format!("etcd{r}"),
+                })
+                .collect();
+            let etcd = (spec.store == StoreKind::Etcd).then(|| Etcd {
+                ns: ns("etcd"),
+                leg: legs.remove(0),
+                more_legs: legs,
+                gateway: fabric::tor_addr(1),
+            });
+            let mut l = Layout::finish(spec, ns("fab"), f.bridges, None, etcd, f.nodes, 0);
             l.routers = f.routers;
             l.links = f.links;
             return l;
@@ -335,6 +387,7 @@ impl Layout {
                 bridge: format!("br{first}"),
                 port: "etcd".into(),
             },
+            more_legs: Vec::new(),
             gateway: gateway(first),
         });
         Layout::finish(spec, ns("fab"), bridges, router, etcd, nodes, 0)
@@ -365,7 +418,7 @@ impl Layout {
         }
         let dir = spec.dir();
         let store_url = match &etcd {
-            Some(e) => format!("etcd://{}:{ETCD_PORT}", e.leg.address.addr()),
+            Some(e) => etcd_url(e.legs()),
             None => format!("sqlite://{}", dir.join("store.db").display()),
         };
         Layout {
@@ -399,7 +452,7 @@ impl Layout {
     pub fn check(&self) -> Result<(), LabError> {
         let mut legs: Vec<&Leg> = self.nodes.iter().flat_map(Node::legs).collect();
         legs.extend(self.router.iter().flat_map(|r| &r.legs));
-        legs.extend(self.etcd.iter().map(|e| &e.leg));
+        legs.extend(self.etcd.iter().flat_map(Etcd::legs));
         legs.extend(self.routers.iter().flat_map(|r| &r.legs));
         for l in &self.links {
             for (name, addr) in [(&l.tor_if, l.tor_addr), (&l.spine_if, l.spine_addr)] {
@@ -465,7 +518,7 @@ impl Layout {
             "--node-name",
             &node.name,
             "--store",
-            &self.store_url,
+            &self.node_store_url(node),
             "--ip",
             &node.leg.address.to_string(),
             "--control-socket",
@@ -504,9 +557,27 @@ impl Layout {
         v
     }
 
+    /// The store URL node `node`'s agent and CNI plugin use: with etcd on several
+    /// segments (L2 planes, racks), etcd's addresses on the node's own segments.
+    pub fn node_store_url(&self, node: &Node) -> String {
+        match &self.etcd {
+            Some(e) if !e.more_legs.is_empty() => etcd_url(
+                e.legs()
+                    .filter(|l| node.legs().any(|n| n.bridge == l.bridge)),
+            ),
+            _ => self.store_url.clone(),
+        }
+    }
+
     /// etcd's command line (after the binary).
     pub fn etcd_args(&self, etcd: &Etcd) -> Vec<String> {
-        let ip = etcd.leg.address.addr();
+        let ips: Vec<Ipv4Addr> = etcd.legs().map(|l| l.address.addr()).collect();
+        let urls = |ips: &[Ipv4Addr]| {
+            ips.iter()
+                .map(|ip| format!("http://{ip}:{ETCD_PORT}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let data = self.dir.join("etcd-data");
         [
             "--name".to_string(),
@@ -514,9 +585,9 @@ impl Layout {
             "--data-dir".into(),
             data.display().to_string(),
             "--listen-client-urls".into(),
-            format!("http://{ip}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}"),
+            format!("{},http://127.0.0.1:{ETCD_PORT}", urls(&ips)),
             "--advertise-client-urls".into(),
-            format!("http://{ip}:{ETCD_PORT}"),
+            urls(&ips),
             "--listen-peer-urls".into(),
             "http://127.0.0.1:2380".into(),
             "--initial-advertise-peer-urls".into(),
@@ -542,7 +613,7 @@ impl Layout {
             "name": "k8s-pod-network",
             "type": "tabby",
             "nodename": node,
-            "datastore": self.store_url,
+            "datastore": self.node(node).map_or(self.store_url.clone(), |n| self.node_store_url(n)),
             "mtu": mtu,
             "log_level": "info",
             "log_file_path": self.dir.join("cni.log"),
@@ -570,6 +641,14 @@ impl Layout {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// An `etcd://` URL naming etcd at each leg's address.
+fn etcd_url<'a>(legs: impl Iterator<Item = &'a Leg>) -> String {
+    let v: Vec<String> = legs
+        .map(|l| format!("{}:{ETCD_PORT}", l.address.addr()))
+        .collect();
+    format!("etcd://{}", v.join(","))
 }
 
 /// The resources the lab writes before the agents start: the pool, the cluster's BGP
@@ -618,15 +697,32 @@ spec:
     if spec.topology == Topology::L2Planes {
         for k in 1..=spec.planes {
             let rr = plane_addr(k, PLANE_RR_HOST);
-            y.push_str(&format!(
-                "---
+            let hosts: Vec<u32> = (1..=spec.nodes)
+                .filter(|&i| spec.host_planes(i).contains(&k))
+                .collect();
+            if hosts.len() as u32 == spec.nodes {
+                y.push_str(&format!(
+                    "---
 apiVersion: projectcalico.org/v3
 kind: BGPPeer
 metadata: {{name: plane-{k}}}
 spec: {{nodeSelector: \"!has(route-reflector)\", peerIP: \"{rr}\", asNumber: {ASN}, sourceAddress: None, reversePeering: Manual}}
 "
-            ));
-            for i in 1..=spec.nodes {
+                ));
+            } else {
+                // Only some hosts are in this plane: a host-side peer each.
+                for &i in &hosts {
+                    y.push_str(&format!(
+                        "---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {{name: n{i}-plane-{k}}}
+spec: {{node: n{i}, peerIP: \"{rr}\", asNumber: {ASN}, sourceAddress: None, reversePeering: Manual}}
+"
+                    ));
+                }
+            }
+            for i in hosts {
                 y.push_str(&format!(
                     "---
 apiVersion: projectcalico.org/v3
@@ -670,7 +766,7 @@ pub fn plan_input(spec: &LabSpec) -> PlanInput {
                 block_size: Some(spec.block_size),
                 pools: vec![POOL_CIDR.parse().expect("the lab pool is a CIDR")],
                 planes: spec.planes,
-                planes_per_host: None,
+                planes_per_host: spec.planes_per_host,
                 models: vec![Model::L2Planes],
                 ..PlanInput::default()
             };
@@ -701,6 +797,9 @@ pub fn plan_command(spec: &LabSpec) -> String {
     }
     if spec.topology == Topology::L2Planes {
         s.push_str(&format!(" --planes {}", i.planes));
+        if let Some(l) = i.planes_per_host {
+            s.push_str(&format!(" --planes-per-host {l}"));
+        }
     }
     if spec.topology.is_fabric() {
         s.push_str(&format!(" --racks {}", i.racks));
@@ -733,6 +832,13 @@ pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>)
     let p = plan(&plan_input(spec))?;
     let model = &p.models[0];
     let role_of = |r: Role| model.roles.iter().find(|x| x.role == r);
+    // L2 planes: the planner's reflector figures are the busiest plane's; each
+    // plane's reflector serves its own hosts' blocks.
+    let plane_hosts = crate::plan::plane_hosts(spec.nodes, spec.planes, spec.planes_per_host());
+    let blocks = u64::from(crate::plan::blocks_per_node(
+        spec.pods_per_node,
+        spec.block_size,
+    ));
     let mut v = Vec::new();
     for n in &layout.nodes {
         let role = if n.route_reflector {
@@ -740,6 +846,16 @@ pub fn expected(spec: &LabSpec, layout: &Layout) -> Result<(Plan, Vec<Expected>)
         } else {
             Role::Node
         };
+        if let (true, Some(k)) = (n.route_reflector && layout.planes > 0, n.plane()) {
+            let h = plane_hosts.get(k as usize - 1).copied().unwrap_or(0);
+            v.push(Expected {
+                role,
+                sessions: h,
+                routes: h * blocks,
+                pod_routes: 0,
+            });
+            continue;
+        }
         let r = role_of(role).ok_or_else(|| {
             LabError::invalid(
                 "--topology",
@@ -964,6 +1080,126 @@ mod tests {
         assert_eq!(
             plan_command(&s),
             "tabbyctl plan --model l2-planes --nodes 3 --pods-per-node 2 --block-size 26 --pool 100.64.0.0/16 --planes 2"
+        );
+    }
+
+    #[test]
+    fn l2_planes_partial_membership() {
+        let mut s = spec(Topology::L2Planes, Encap::None, StoreKind::Sqlite, 5);
+        s.planes = 4;
+        s.planes_per_host = Some(3);
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        // n3 is in planes 3, 4 and 1 (in rotation from plane 3): its Node address is
+        // its first plane's, plane 1.
+        let n3 = l.node("n3").unwrap();
+        let legs: Vec<String> = n3
+            .legs()
+            .map(|g| format!("{} {} {}", g.ifname, g.address, g.port))
+            .collect();
+        assert_eq!(
+            legs,
+            [
+                "p1 198.18.1.3/24 n3p1",
+                "p3 198.18.3.3/24 n3p3",
+                "p4 198.18.4.3/24 n3p4"
+            ]
+        );
+        assert_eq!(
+            n3.gateways,
+            [1, 3, 4].map(|k| plane_addr(k, PLANE_GATEWAY_HOST))
+        );
+        let y = resources(&s);
+        // Plane 4 holds n2, n3, n4 only: a peer per host on both sides.
+        assert!(y.contains("metadata: {name: n3-plane-4}"), "{y}");
+        assert!(!y.contains("metadata: {name: n1-plane-4}"), "{y}");
+        assert!(!y.contains("metadata: {name: plane-4-n1}"), "{y}");
+        assert!(y.contains("metadata: {name: plane-4-n2}"), "{y}");
+        assert!(!y.contains("metadata: {name: plane-4}"), "{y}");
+        let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+        assert_eq!(docs.len(), 2 + 2 * 15);
+        let (p, e) = expected(&s, &l).unwrap();
+        // The planner's reflector figures are the busiest plane's (4 hosts); each
+        // reflector is predicted its own plane's hosts.
+        let rr = p.models[0]
+            .roles
+            .iter()
+            .find(|r| r.role == Role::RouteReflector)
+            .unwrap();
+        assert_eq!((rr.sessions, rr.routes), (4, 4));
+        let rrs: Vec<(u64, u64)> = e[..4].iter().map(|x| (x.sessions, x.routes)).collect();
+        assert_eq!(rrs, [(4, 4), (4, 4), (4, 4), (3, 3)]);
+        // Hosts: a session per plane they are in, every block once in the FIB.
+        assert_eq!((e[4].role, e[4].sessions, e[4].routes), (Role::Node, 3, 5));
+        assert!(plan_command(&s).ends_with("--planes 4 --planes-per-host 3"));
+        // Two of four planes: n1 (1, 2) and n3 (3, 4) share none.
+        s.planes_per_host = Some(2);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("n1 (plane 1, plane 2) and n3 (plane 3, plane 4)"),
+            "{err}"
+        );
+        s.nodes = 2;
+        s.validate().unwrap();
+        s.planes_per_host = Some(5);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("outside 1..=4")
+        );
+        // etcd on L2 planes: a leg on every plane; each host names its planes' ones.
+        s.nodes = 5;
+        s.planes_per_host = Some(3);
+        s.store = StoreKind::Etcd;
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let e = l.etcd.as_ref().unwrap();
+        let legs: Vec<String> = e
+            .legs()
+            .map(|g| format!("{} {} {}", g.ifname, g.address, g.bridge))
+            .collect();
+        assert_eq!(legs[3], "p4 198.18.4.251/24 br4");
+        assert_eq!(
+            l.store_url,
+            "etcd://198.18.1.251:2379,198.18.2.251:2379,198.18.3.251:2379,198.18.4.251:2379"
+        );
+        let n2 = l.node("n2").unwrap();
+        let url = "etcd://198.18.2.251:2379,198.18.3.251:2379,198.18.4.251:2379";
+        assert!(l.agent_args(n2).windows(2).any(|w| w == ["--store", url]));
+        assert_eq!(l.cni_conf("n2", 1500)["datastore"], url);
+        assert!(l.etcd_args(e).contains(&format!(
+            "{},http://127.0.0.1:2379",
+            l.store_url.replace("etcd://", "http://").replace(",", ",http://")
+        )));
+    }
+
+    #[test]
+    fn fabric_etcd_on_every_rack() {
+        let s = spec(Topology::AsPerServer, Encap::None, StoreKind::Etcd, 4);
+        s.validate().unwrap();
+        let l = Layout::new(&s);
+        l.check().unwrap();
+        let e = l.etcd.as_ref().unwrap();
+        let legs: Vec<String> = e
+            .legs()
+            .map(|g| format!("{} {} {} {}", g.ifname, g.address, g.bridge, g.port))
+            .collect();
+        assert_eq!(
+            legs,
+            [
+                "r1 198.18.1.251/24 rack1 etcd1",
+                "r2 198.18.2.251/24 rack2 etcd2"
+            ]
+        );
+        // n3 is in rack 2: its rack's etcd address only.
+        let n3 = l.node("n3").unwrap();
+        assert_eq!(l.node_store_url(n3), "etcd://198.18.2.251:2379");
+        assert_eq!(
+            l.cni_conf("n3", 1500)["datastore"],
+            "etcd://198.18.2.251:2379"
         );
     }
 

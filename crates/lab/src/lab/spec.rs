@@ -41,7 +41,7 @@ pub enum Topology {
     /// BGPPeer peers every node with them.
     RouteReflector,
     /// A layer-2 fabric of several planes (one bridge and subnet each); every node is
-    /// in every plane and peers with each plane's dedicated route reflector (one per
+    /// in every plane (or `--planes-per-host` of them) and peers with each plane's dedicated route reflector (one per
     /// plane, its own cluster ID, no pods), so it learns each route once per plane
     /// and installs ECMP over the planes.
     L2Planes,
@@ -268,6 +268,9 @@ pub struct LabSpec {
     pub nodes: u32,
     /// Planes of the `l2-planes` topology (ignored by the others).
     pub planes: u32,
+    /// Planes each `l2-planes` host is in, `None` for all of them: host i takes
+    /// [`crate::plan::host_planes`] (`l` planes in rotation from plane i).
+    pub planes_per_host: Option<u32>,
     /// Pods on each node (none on dedicated route reflectors).
     pub pods_per_node: u32,
     /// The pool's block size.
@@ -294,6 +297,7 @@ impl LabSpec {
             matrix: MatrixMode::Full,
             nodes: 3,
             planes: DEFAULT_PLANES,
+            planes_per_host: None,
             pods_per_node: 2,
             block_size: DEFAULT_BLOCK_SIZE,
             timeout_secs: 60,
@@ -361,6 +365,7 @@ impl LabSpec {
                     ),
                 ));
             }
+            self.validate_membership()?;
             if self.encap != Encap::None {
                 return Err(LabError::invalid(
                     "--encap",
@@ -368,12 +373,6 @@ impl LabSpec {
                         "{} with l2-planes is not built yet: VXLAN tunnels to a node's one address, which is on one plane, so cutting that plane would cut the tunnels; use --encap none",
                         self.encap
                     ),
-                ));
-            }
-            if self.store == StoreKind::Etcd {
-                return Err(LabError::invalid(
-                    "--store",
-                    "etcd with l2-planes is not built yet: etcd would sit on one plane and cutting it would cut the agents off their datastore; use --store sqlite",
                 ));
             }
         }
@@ -388,6 +387,39 @@ impl LabSpec {
 }
 
 impl LabSpec {
+    /// The planes host `i` (1-based) is in.
+    pub fn host_planes(&self, i: u32) -> Vec<u32> {
+        crate::plan::host_planes(i, self.planes, self.planes_per_host())
+    }
+
+    /// Planes each host is in.
+    pub fn planes_per_host(&self) -> u32 {
+        self.planes_per_host.unwrap_or(self.planes)
+    }
+
+    fn validate_membership(&self) -> Result<(), LabError> {
+        let l = self.planes_per_host();
+        if !(1..=self.planes).contains(&l) {
+            return Err(LabError::invalid(
+                "--planes-per-host",
+                format!("{l} is outside 1..={} (the planes)", self.planes),
+            ));
+        }
+        if let Some((a, b)) = crate::plan::unconnected_hosts(self.nodes, self.planes, l) {
+            return Err(LabError::invalid(
+                "--planes-per-host",
+                format!(
+                    "{l} of {} planes: hosts n{a} ({}) and n{b} ({}) share no plane, and a plane only reaches its own hosts, so their pods could not reach each other; give more than half the planes ({} or more) or fewer nodes",
+                    self.planes,
+                    plane_list(&self.host_planes(a)),
+                    plane_list(&self.host_planes(b)),
+                    self.planes / 2 + 1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_fabric(&self) -> Result<(), LabError> {
         let t = self.topology;
         if !(1..=MAX_RACKS).contains(&self.racks) {
@@ -420,14 +452,13 @@ impl LabSpec {
                 ),
             ));
         }
-        if self.store == StoreKind::Etcd {
-            return Err(LabError::invalid(
-                "--store",
-                format!("etcd with {t} is not built yet: use --store sqlite"),
-            ));
-        }
         Ok(())
     }
+}
+
+fn plane_list(planes: &[u32]) -> String {
+    let v: Vec<String> = planes.iter().map(|k| format!("plane {k}")).collect();
+    v.join(", ")
 }
 
 /// Lab names become namespace and file names and the namespace prefix `tl-<name>-`
@@ -569,7 +600,9 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("2..=4"));
         s.planes = 2;
         s.store = StoreKind::Etcd;
-        assert!(s.validate().unwrap_err().to_string().contains("--store"));
+        s.validate().unwrap();
+        s.encap = Encap::Vxlan;
+        assert!(s.validate().unwrap_err().to_string().contains("--encap"));
         let mut s = ok.clone();
         s.topology = Topology::AsPerRackL3Spine;
         s.nodes = 4;

@@ -180,6 +180,9 @@ pub struct LabState {
     /// L2 planes (`l2-planes` only).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub planes: u32,
+    /// Planes each host is in, when not all (`l2-planes` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planes_per_host: Option<u32>,
     /// Namespaces made, in order.
     pub namespaces: Vec<String>,
     /// Processes started.
@@ -223,6 +226,9 @@ impl LabState {
             } else {
                 0
             },
+            planes_per_host: spec
+                .planes_per_host
+                .filter(|_| spec.topology == Topology::L2Planes),
             namespaces: Vec::new(),
             processes: Vec::new(),
             nodes: Vec::new(),
@@ -256,6 +262,7 @@ impl LabState {
             // The planes' reflectors come on top of the hosts.
             spec.nodes = self.nodes.iter().filter(|n| !n.route_reflector).count() as u32;
             spec.planes = self.planes;
+            spec.planes_per_host = self.planes_per_host;
         }
         spec.pods_per_node = self.pods_per_node;
         spec.block_size = self.block_size;

@@ -427,7 +427,9 @@ impl Builder<'_> {
             return Ok(());
         };
         self.netns(&e.ns)?;
-        host::add_leg(&e.ns, &e.leg, &l.fabric_ns)?;
+        for leg in e.legs() {
+            host::add_leg(&e.ns, leg, &l.fabric_ns)?;
+        }
         host::ip_in(
             &e.ns,
             &["route", "add", "default", "via", &e.gateway.to_string()],
