@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tabby_api::policy::{Action, PolicyType, TierAction};
 
-use crate::model::{Endpoint, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope};
+use crate::model::{
+    Endpoint, EndpointToHost, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope,
+};
 
 /// Traffic direction relative to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,6 +203,9 @@ pub struct Compiled {
     pub endpoints: Vec<EndpointProgram>,
     /// Failsafe ports, allowed ahead of host endpoint programs.
     pub failsafe: Failsafe,
+    /// The verdict for workload-to-host traffic after the workload's egress program
+    /// allowed it.
+    pub endpoint_to_host: EndpointToHost,
 }
 
 fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -562,6 +567,7 @@ fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compil
         model,
         out: Compiled {
             failsafe: model.failsafe.clone(),
+            endpoint_to_host: model.endpoint_to_host,
             ..Compiled::default()
         },
         set_index: BTreeMap::new(),

@@ -26,10 +26,18 @@
 //! Hooks: `forward` dispatches traffic from and to workload interfaces (egress
 //! program of the source, then ingress program of the destination); `input` and
 //! `output` police the host's own traffic on host endpoint interfaces, after
-//! loopback, local workload interfaces, IPv6 neighbour discovery and established
-//! flows are accepted and, in each host endpoint chain, the failsafe ports. Host
-//! endpoints do not police forwarded traffic (`applyOnForward` is not programmed),
-//! and traffic between the host and its own workloads is not policed.
+//! loopback, IPv6 neighbour discovery and established flows are accepted and, in
+//! each host endpoint chain, the failsafe ports. Host endpoints do not police
+//! forwarded traffic (`applyOnForward` is not programmed).
+//!
+//! Between the host and its own workloads, as Felix does: traffic from a workload
+//! to the host (`input`, a local workload interface) goes to `wl-to-host`: IPv6
+//! router and neighbour discovery accepted, then the workload's egress program,
+//! then `DefaultEndpointToHostAction` (drop by default, accept, or return to the
+//! host's other input rules). Host endpoint programs and failsafe ports never
+//! apply to it. Traffic from the host to a local workload (`output`) is always
+//! accepted, whatever the workload's ingress policy (kubelet probes; Felix's
+//! `cali-OUTPUT` returns for workload interfaces).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +46,7 @@ use serde_json::{Value, json};
 use tabby_api::policy::{Action, TierAction};
 
 use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, stable_hash};
-use crate::model::FailsafePort;
+use crate::model::{EndpointToHost, FailsafePort};
 
 /// The table name in both families.
 pub const TABLE: &str = "tabby";
@@ -55,6 +63,8 @@ pub const FROM_HOST_ENDPOINT_MAP: &str = "from-host-endpoint";
 pub const TO_HOST_ENDPOINT_MAP: &str = "to-host-endpoint";
 /// Set of the local workload interfaces (never policed as host interfaces).
 pub const WORKLOAD_INTERFACES: &str = "workload-interfaces";
+/// Chain of traffic from local workloads to the host (Felix's `cali-wl-to-host`).
+pub const WORKLOAD_TO_HOST: &str = "wl-to-host";
 /// Chain of the inbound failsafe ports.
 pub const FAILSAFE_IN: &str = "failsafe-in";
 /// Chain of the outbound failsafe ports.
@@ -659,14 +669,25 @@ fn table(c: &Compiled, f: Family) -> Table {
             vec![meta_match(key, json!("lo")), json!({"accept": null})],
             None,
         );
-        b.rule(
-            hook,
-            vec![
-                meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
-                json!({"accept": null}),
-            ],
-            Some("Traffic between the host and its workloads"),
-        );
+        if hook == "input" {
+            b.rule(
+                hook,
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"goto": {"target": WORKLOAD_TO_HOST}}),
+                ],
+                Some("Workload to host: egress policy, then DefaultEndpointToHostAction"),
+            );
+        } else {
+            b.rule(
+                hook,
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"accept": null}),
+                ],
+                Some("Host to workload: always allowed"),
+            );
+        }
         if f == Family::Ipv6 {
             // Neighbour discovery and MLD must work whatever the policy says.
             b.rule(
@@ -692,6 +713,40 @@ fn table(c: &Compiled, f: Family) -> Table {
             );
         }
     }
+    // Felix's cali-wl-to-host: IPv6 router and neighbour discovery first (a
+    // workload must reach its router whatever its policy says), the workload's
+    // egress program, then the configured action. Failsafe ports and host
+    // endpoint programs do not apply.
+    b.chain(WORKLOAD_TO_HOST);
+    if f == Family::Ipv6 {
+        b.rule(
+            WORKLOAD_TO_HOST,
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                    "right": {"set": [130, 131, 132, 133, 135, 136]}}}),
+                json!({"accept": null}),
+            ],
+            Some("IPv6 router and neighbour discovery"),
+        );
+    }
+    b.rule(
+        WORKLOAD_TO_HOST,
+        vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
+        None,
+    );
+    let action = match c.endpoint_to_host {
+        EndpointToHost::Drop => "drop",
+        EndpointToHost::Return => "return",
+        EndpointToHost::Accept => "accept",
+    };
+    b.rule(
+        WORKLOAD_TO_HOST,
+        vec![json!({action: null})],
+        Some(&format!(
+            "DefaultEndpointToHostAction {}",
+            c.endpoint_to_host.as_str()
+        )),
+    );
     b.chain(FAILSAFE_IN);
     b.chain(FAILSAFE_OUT);
     for (chain, ports, peer) in [

@@ -92,6 +92,7 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"chain":{"family":"ip","name":"to-host-endpoint-48885f29b43dc638","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"to-workload-30f915c07345c9c7","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tw-cali-a","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"wl-to-host","table":"tabby"}}},
 {"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cali-a"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"map":{"elem":[["eth0",{"goto":{"target":"fh-eth0"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"map":{"elem":[["cali-a",{"jump":{"target":"tw-cali-a"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
@@ -116,11 +117,11 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-cdcf4322bd0a8981"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"input","comment":"Traffic between the host and its workloads","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"input","comment":"Workload to host: egress policy, then DefaultEndpointToHostAction","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"goto":{"target":"wl-to-host"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"vmap":{"data":"@from-host-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"output","comment":"Traffic between the host and its workloads","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"output","comment":"Host to workload: always allowed","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"vmap":{"data":"@to-host-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-46843bb0d18d8793","comment":"profile kns.web ingress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-61ca5cab7b224583","comment":"profile kns.web egress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
@@ -135,7 +136,9 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-30f915c07345c9c7"}}],"family":"ip","table":"tabby"}}}
+{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-30f915c07345c9c7"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"wl-to-host","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"wl-to-host","comment":"DefaultEndpointToHostAction Drop","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
 
 // Hand-checked: program and tier chains are named by a hash of their rules, so
@@ -326,9 +329,41 @@ fn explain_host_endpoints_failsafes_and_workload_host_traffic() {
     // No egress policy and no profile: the host endpoint is closed outbound.
     let v = explain_between(&m, &hep, &from_peer, &tcp(443)).expect("explain");
     assert_eq!(v.action, VerdictAction::Deny);
-    // Workload to host: not policed by host endpoints.
-    let v = explain_between(&m, &Peer::Endpoint("web/a".into()), &hep, &tcp(9)).expect("explain");
-    assert_eq!(v.action, VerdictAction::Allow);
+    // Workload to its host: its egress program (kns.web allows), then
+    // DefaultEndpointToHostAction, Drop by default; never the host endpoint's
+    // programs or failsafe ports (tcp:22 is failsafe, 10250 allowed by edge).
+    let wl = Peer::Endpoint("web/a".into());
+    for port in [9, 22, 10250] {
+        let v = explain_between(&m, &wl, &hep, &tcp(port)).expect("explain");
+        assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+        assert!(
+            v.reason.contains("DefaultEndpointToHostAction Drop"),
+            "{}",
+            v.reason
+        );
+    }
+    // The host's address counts as the host.
+    let host_ip = Peer::Address("198.18.0.1".parse().expect("ip"));
+    let v = explain_between(&m, &wl, &host_ip, &tcp(9)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+    for action in ["Accept", "Return"] {
+        let m = model(&BEFORE.replace(
+            "  failsafeOutboundHostPorts: []",
+            &format!("  failsafeOutboundHostPorts: []\n  defaultEndpointToHostAction: {action}"),
+        ));
+        let v = explain_between(&m, &wl, &hep, &tcp(9)).expect("explain");
+        assert_eq!(v.action, VerdictAction::Allow, "{action}: {}", v.reason);
+    }
+    // Another node's host endpoint is reached by forwarding: its failsafes and
+    // ingress program apply (web/a is not in the edge selection).
+    let n2 = Peer::Endpoint("n2-eth0".into());
+    let v = explain_between(&m, &wl, &n2, &tcp(10250)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+    let v = explain_between(&m, &wl, &n2, &tcp(22)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Allow, "{}", v.reason);
+    // Host to workload: always allowed.
+    let v = explain_between(&m, &hep, &wl, &tcp(9)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Allow, "{}", v.reason);
     // Two addresses: nothing to explain.
     assert!(explain_between(&m, &from_peer, &from_stranger, &tcp(1)).is_err());
     // An address given where an endpoint id is expected.

@@ -56,6 +56,7 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"chain": {"family": "ip", "name": "to-workload-bed95a0f424b40a5", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "tw-cali-a", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "tw-cali-b", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "wl-to-host", "table": "tabby"}}},
 {"add": {"map": {"elem": [["cali-a", {"jump": {"target": "fw-cali-a"}}], ["cali-b", {"jump": {"target": "fw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "from-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"family": "ip", "map": "verdict", "name": "from-host-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"elem": [["cali-a", {"jump": {"target": "tw-cali-a"}}], ["cali-b", {"jump": {"target": "tw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "to-endpoint", "table": "tabby", "type": "ifname"}}},
@@ -76,11 +77,11 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"rule": {"chain": "fw-cali-b", "expr": [{"goto": {"target": "from-workload-cdcf4322bd0a8981"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": ["established", "related"]}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "lo"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "input", "comment": "Traffic between the host and its workloads", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "input", "comment": "Workload to host: egress policy, then DefaultEndpointToHostAction", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"goto": {"target": "wl-to-host"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"vmap": {"data": "@from-host-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": ["established", "related"]}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "lo"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "output", "comment": "Traffic between the host and its workloads", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "output", "comment": "Host to workload: always allowed", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"vmap": {"data": "@to-host-endpoint", "key": {"meta": {"key": "oifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "pro-kns.web-46843bb0d18d8793", "comment": "profile kns.web ingress[0]", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "pro-kns.web-61ca5cab7b224583", "comment": "profile kns.web egress[0]", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
@@ -97,7 +98,9 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "tw-cali-a", "expr": [{"goto": {"target": "to-workload-30f915c07345c9c7"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tw-cali-b", "expr": [{"goto": {"target": "to-workload-bed95a0f424b40a5"}}], "family": "ip", "table": "tabby"}}}
+{"add": {"rule": {"chain": "tw-cali-b", "expr": [{"goto": {"target": "to-workload-bed95a0f424b40a5"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "wl-to-host", "expr": [{"vmap": {"data": "@from-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "wl-to-host", "comment": "DefaultEndpointToHostAction Drop", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}}
 ]"#;
 
 fn compiled() -> tabby_policy::Compiled {
@@ -146,8 +149,9 @@ fn ipv6_table_has_the_empty_set_and_no_selector_rule() {
         v4.len() + got.len()
     );
     assert_eq!(
-        v4.len() + 1,
+        v4.len() + 2,
         got.len(),
-        "IPv4 has the allow rule in addition, IPv6 the two neighbour discovery rules"
+        "IPv4 has the allow rule in addition, IPv6 the two neighbour discovery rules \
+         and the workload-to-host one"
     );
 }
