@@ -439,8 +439,16 @@ impl Compiler<'_> {
             || !m.service_account_names.is_empty()
             || m.service_account_selector.is_some();
         if positive {
-            let members = self.selection_members(m);
-            let i = self.set(Self::selection_key(m), false, members);
+            // Resolve a selection only the first time it is seen: thousands of
+            // rules name the same selectors.
+            let key = Self::selection_key(m);
+            let i = match self.set_index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let members = self.selection_members(m);
+                    self.set(key, false, members)
+                }
+            };
             ir.in_sets.push(i);
         }
         if !m.not_nets.is_empty() {
@@ -448,8 +456,14 @@ impl Compiler<'_> {
             ir.not_in_sets.push(i);
         }
         if let Some(s) = &m.not_selector {
-            let members = self.not_selection_members(s);
-            let i = self.set(format!("selector {}", s.canonical()), false, members);
+            let key = format!("selector {}", s.canonical());
+            let i = match self.set_index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let members = self.not_selection_members(s);
+                    self.set(key, false, members)
+                }
+            };
             ir.not_in_sets.push(i);
         }
         ir.ports = self.ports(&m.ports, m, proto, local);

@@ -80,17 +80,17 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"chain":{"family":"ip","name":"failsafe-out","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
-{"add":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"from-workload-cdcf4322bd0a8981","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-host-endpoint-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-workload-d9c093d9150823de","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"fw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"input","name":"input","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","hook":"output","name":"output","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-46843bb0d18d8793","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-61ca5cab7b224583","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"th-eth0","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"to-host-endpoint-48885f29b43dc638","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"to-workload-30f915c07345c9c7","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"tier-default-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"to-host-endpoint-4a5e1ce30ea09322","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"to-workload-8f2cdaaf9c949e6b","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"wl-to-host","table":"tabby"}}},
 {"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cali-a"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
@@ -99,22 +99,22 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"map":{"elem":[["eth0",{"goto":{"target":"th-eth0"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":22}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":17}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"198.18.0.0","len":24}}}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":68}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-81f96138aee0d854"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-e6a4ca4803237165"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@to-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"tier-default-068d2c4579c022e6"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-cdcf4322bd0a8981"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"jump":{"target":"tier-default-e6a4ca4803237165"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-d9c093d9150823de"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","comment":"Workload to host: egress policy, then DefaultEndpointToHostAction","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"goto":{"target":"wl-to-host"}}],"family":"ip","table":"tabby"}}},
@@ -125,49 +125,34 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"output","expr":[{"vmap":{"data":"@to-host-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-46843bb0d18d8793","comment":"profile kns.web ingress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-61ca5cab7b224583","comment":"profile kns.web egress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-48885f29b43dc638"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-30f915c07345c9c7"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-4a5e1ce30ea09322"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-8f2cdaaf9c949e6b"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"wl-to-host","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"wl-to-host","comment":"DefaultEndpointToHostAction Drop","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
 
-// Hand-checked: program and tier chains are named by a hash of their rules, so
-// the changed rule makes a new tier chain and a new program chain jumping to it
-// (added first), the set gains 198.18.0.3 (aggregated with .2 into .2/31: the
-// old /32 element goes, the /31 comes), eth0's own chain fh-eth0 is refilled
-// with a goto to the new program chain, and the old two chains are flushed and
-// deleted. Nothing else is touched;
-// IPv6 has no change at all (the set has no IPv6 member, so the rule is not
-// rendered there either way).
+// Hand-checked: program and tier chains are named after the program's first
+// interface, not their rules, so the changed rule only refills eth0's tier chain
+// (flush, then its two rules) in place; the set gains 198.18.0.3 (aggregated
+// with .2 into .2/31: the old /32 element goes, the /31 comes). The program
+// chain, fh-eth0 and everything else are not touched; IPv6 has no change at all
+// (the set has no IPv6 member, so the rule is not rendered there either way).
 const EXPECTED_DIFF: &str = r#"[
-{"add":{"chain":{"family":"ip","name":"from-host-endpoint-130d5d8dcc569f60","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tier-default-10134b527aa999e9","table":"tabby"}}},
 {"delete":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":32}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
 {"add":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":31}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-130d5d8dcc569f60"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"tier-default-10134b527aa999e9"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":{"set":[10250,10255]}}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"delete":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"delete":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}}
+{"flush":{"chain":{"family":"ip","name":"tier-default-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":{"set":[10250,10255]}}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
 
 fn compare(got: &[Value], want: &str) {
