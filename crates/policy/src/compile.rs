@@ -222,6 +222,27 @@ struct Compiler<'m> {
     out: Compiled,
     set_index: BTreeMap<String, usize>,
     port_index: BTreeMap<String, usize>,
+    /// Policies in evaluation order (tier order, tier, order, key), by the
+    /// namespace they are confined to (`None`: global policies).
+    by_namespace: BTreeMap<Option<&'m str>, Vec<&'m Policy>>,
+}
+
+/// The policies in evaluation order, by namespace (sorted once per compile,
+/// not once per endpoint).
+fn policies_by_namespace(model: &Model) -> BTreeMap<Option<&str>, Vec<&Policy>> {
+    let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
+    let mut sorted: Vec<(String, &Policy)> = model.policies.iter().map(|p| (p.key(), p)).collect();
+    sorted.sort_by(|(ka, a), (kb, b)| {
+        order_cmp(tier_order(&a.tier), tier_order(&b.tier))
+            .then_with(|| a.tier.cmp(&b.tier))
+            .then_with(|| order_cmp(a.order, b.order))
+            .then_with(|| ka.cmp(kb))
+    });
+    let mut out: BTreeMap<Option<&str>, Vec<&Policy>> = BTreeMap::new();
+    for (_, p) in sorted {
+        out.entry(p.namespace.as_deref()).or_default().push(p);
+    }
+    out
 }
 
 /// Whether a policy applies to an endpoint (direction aside).
@@ -501,18 +522,33 @@ impl Compiler<'_> {
 
     fn program(&mut self, e: &Endpoint, d: Direction) -> Program {
         let model = self.model;
-        let mut applicable: Vec<&Policy> = model
-            .policies
-            .iter()
-            .filter(|p| p.types.contains(&d.policy_type()) && policy_selects(model, p, e))
-            .collect();
-        let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
-        applicable.sort_by(|a, b| {
-            order_cmp(tier_order(&a.tier), tier_order(&b.tier))
-                .then_with(|| a.tier.cmp(&b.tier))
-                .then_with(|| order_cmp(a.order, b.order))
-                .then_with(|| a.key().cmp(&b.key()))
-        });
+        // Only global policies and those of the endpoint's namespace can apply;
+        // each list is in evaluation order, so a merge keeps the order.
+        let none = Vec::new();
+        let global = self.by_namespace.get(&None).unwrap_or(&none);
+        let local = match e.namespace.as_deref() {
+            Some(ns) => self.by_namespace.get(&Some(ns)).unwrap_or(&none),
+            None => &none,
+        };
+        let applies =
+            |p: &&Policy| p.types.contains(&d.policy_type()) && policy_selects(model, p, e);
+        let mut a: Vec<&Policy> = global.iter().copied().filter(applies).collect();
+        let b: Vec<&Policy> = local.iter().copied().filter(applies).collect();
+        let applicable = if b.is_empty() {
+            a
+        } else if a.is_empty() {
+            b
+        } else {
+            let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
+            a.extend(b);
+            a.sort_by(|x, y| {
+                order_cmp(tier_order(&x.tier), tier_order(&y.tier))
+                    .then_with(|| x.tier.cmp(&y.tier))
+                    .then_with(|| order_cmp(x.order, y.order))
+                    .then_with(|| x.key().cmp(&y.key()))
+            });
+            a
+        };
         let mut prog = Program::default();
         for p in applicable {
             let rules = match d {
@@ -586,6 +622,7 @@ fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compil
         },
         set_index: BTreeMap::new(),
         port_index: BTreeMap::new(),
+        by_namespace: policies_by_namespace(model),
     };
     // Programs depend only on what policy can see of an endpoint; replicas of a
     // workload share it, so each distinct identity is compiled once.
