@@ -17,8 +17,8 @@
 //! default outbound failsafes; and what host endpoints must not touch: forwarded
 //! traffic, loopback. Between the host and its workloads: workload to host goes
 //! through the workload's egress policy, then defaultEndpointToHostAction (Drop
-//! by default, then Accept in a second pass), never host endpoint policy or
-//! failsafes; host to workload is always allowed.
+//! by default, then Accept and Return in later passes), never host endpoint
+//! policy or failsafes; host to workload is always allowed.
 
 mod support;
 
@@ -608,22 +608,22 @@ fn cases() -> Vec<Case> {
     v
 }
 
-/// The same policy with `defaultEndpointToHostAction: Accept`.
-fn resources_accept() -> String {
+/// The same policy with `defaultEndpointToHostAction: <action>`.
+fn resources_with(action: &str) -> String {
     resources().replace(
         "spec:\n  failsafeInboundHostPorts:",
-        "spec:\n  defaultEndpointToHostAction: Accept\n  failsafeInboundHostPorts:",
+        &format!("spec:\n  defaultEndpointToHostAction: {action}\n  failsafeInboundHostPorts:"),
     )
 }
 
-/// Workload-to-host cases under `defaultEndpointToHostAction: Accept`.
+/// Workload-to-host cases under `defaultEndpointToHostAction` Accept or Return.
 fn accept_cases() -> Vec<Case> {
     let fe = Pod("prod/fe");
     let be = Pod("prod/be");
     let n1 = Node("node1-eth1", "198.18.0.1");
     let n2 = Node("node1-all", "198.18.1.1");
     vec![
-        c(fe, n1, T, 8081, true, "workload to host: Accept"),
+        c(fe, n1, T, 8081, true, "workload to host: Accept / Return"),
         c(
             fe,
             n2,
@@ -697,21 +697,28 @@ fn kernel_traffic_matrix_matches_explain() {
     let lab = std::sync::Arc::new(lab);
     let (mut report, mut bad) = run(&lab, &model, &compiled, &cases);
 
-    // defaultEndpointToHostAction: Accept, applied as a full replacement.
-    let resources = parse_documents(&resources_accept(), "matrix.yaml").expect("resources load");
-    let accept = Model::from_resources(&resources).expect("model");
-    assert_eq!(
-        accept.endpoint_to_host,
-        tabby_policy::model::EndpointToHost::Accept
-    );
-    let compiled = compile_for_node(&accept, "node1");
-    lab.nft(&render(&compiled))
-        .expect("nft accepts the rendering");
-    let more = accept_cases();
-    report.push("  -- defaultEndpointToHostAction: Accept --".to_string());
-    let (r, b) = run(&lab, &accept, &compiled, &more);
-    report.extend(r);
-    bad += b;
+    // defaultEndpointToHostAction Accept, then Return, each applied as a full
+    // replacement. Return leaves Tabby's input chain: with no other rules on the
+    // hook the packet is accepted, and host endpoint policy still does not apply.
+    let mut more = Vec::new();
+    for (action, want) in [
+        ("Accept", tabby_policy::model::EndpointToHost::Accept),
+        ("Return", tabby_policy::model::EndpointToHost::Return),
+    ] {
+        let resources =
+            parse_documents(&resources_with(action), "matrix.yaml").expect("resources load");
+        let m = Model::from_resources(&resources).expect("model");
+        assert_eq!(m.endpoint_to_host, want);
+        let compiled = compile_for_node(&m, "node1");
+        lab.nft(&render(&compiled))
+            .expect("nft accepts the rendering");
+        let k = accept_cases();
+        report.push(format!("  -- defaultEndpointToHostAction: {action} --"));
+        let (r, b) = run(&lab, &m, &compiled, &k);
+        report.extend(r);
+        bad += b;
+        more.extend(k);
+    }
     eprintln!("{}", report.join("\n"));
     eprintln!(
         "{} cases in {:?}",
