@@ -53,8 +53,8 @@ gbps() {
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
 
-echo "| endpoints | policies | kernel rules | model ms | compile ms | render ms | nft apply ms | total ms | 1 changed: model+compile+diff ms | 1 changed: nft apply ms | no-op nft batch ms |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| endpoints | policies | kernel rules | model ms | compile ms | render ms | nft apply ms | total ms | 1 changed: model / compile / render / diff = sum ms | 1 changed: nft apply ms | 1 changed: end to end ms | no-op nft batch ms |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 ip netns exec "$node" nft list tables >/dev/null
 "$bench" "$node" 1000 1000 "$rounds"
 "$bench" "$node" 1000 10000 "$rounds"

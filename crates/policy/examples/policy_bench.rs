@@ -1,8 +1,9 @@
 //! Policy benchmark driver (bench/policy/run.sh runs it): builds a synthetic
 //! model of E workload endpoints and P NetworkPolicies on one node, times
 //! model building, compilation, rendering and `nft -j -f` into a network
-//! namespace, then one changed policy applied incrementally. Prints Markdown
-//! rows.
+//! namespace, then one changed policy applied incrementally (model, compile,
+//! render and diff timed apart, then `nft` apply, then the whole end to end).
+//! Prints Markdown rows.
 //!
 //!   policy_bench NETNS ENDPOINTS POLICIES [ROUNDS]
 //!
@@ -115,6 +116,7 @@ fn main() {
     let rounds: usize = args.get(4).map_or(3, |r| r.parse().expect("ROUNDS"));
     let (mut t_model, mut t_compile, mut t_render, mut t_apply) = (vec![], vec![], vec![], vec![]);
     let (mut t_inc_compute, mut t_inc_apply, mut t_noop) = (vec![], vec![], vec![]);
+    let (mut t_inc_steps, mut t_inc_total) = (Vec::new(), vec![]);
     let mut rules = 0;
     let mut inc_cmds = 0;
     let resources = resources(endpoints, policies, None);
@@ -138,20 +140,31 @@ fn main() {
             .sum();
         t_apply.push(nft(netns, &full));
 
-        // One policy changed: rebuild, recompile, diff, apply.
+        // One policy changed: rebuild, recompile, render, diff, apply; each step
+        // timed, and the whole (model change to kernel) end to end.
         let s = Instant::now();
         let model2 = Model::from_resources(&changed).expect("model");
+        let a = s.elapsed();
         let compiled2 = compile_for_node(&model2, "bench");
-        let update = diff(&rs, &ruleset(&compiled2));
-        t_inc_compute.push(s.elapsed());
+        let b = s.elapsed();
+        let rs2 = ruleset(&compiled2);
+        let c = s.elapsed();
+        let update = diff(&rs, &rs2);
+        let d = s.elapsed();
+        t_inc_steps.push([a, b - a, c - b, d - c]);
+        t_inc_compute.push(d);
         inc_cmds = update.len();
         t_inc_apply.push(nft(netns, &batch(update)));
+        t_inc_total.push(s.elapsed());
+        // Back to the first state for the next round (not timed).
+        nft(netns, &batch(diff(&rs2, &rs)));
         // What any nft run costs with this table loaded: process start, netns
-        // entry, reading the kernel's ruleset into nft's cache.
+        // entry, nft's cache of the kernel's tables; the batch only adds the
+        // table that is already there.
         t_noop.push(nft(
             netns,
             &batch(vec![
-                serde_json::json!({"list": {"table": {"family": "ip", "name": "tabby"}}}),
+                serde_json::json!({"add": {"table": {"family": "ip", "name": "tabby"}}}),
             ]),
         ));
     }
@@ -159,15 +172,25 @@ fn main() {
         + median(t_compile.clone())
         + median(t_render.clone())
         + median(t_apply.clone());
+    let step = |i: usize| {
+        ms(median(
+            t_inc_steps.iter().map(|s: &[Duration; 4]| s[i]).collect(),
+        ))
+    };
     println!(
-        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} ({inc_cmds} cmds) | {} | {} |",
+        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} / {} / {} / {} = {} ({inc_cmds} cmds) | {} | {} | {} |",
         ms(median(t_model)),
         ms(median(t_compile)),
         ms(median(t_render)),
         ms(median(t_apply)),
         ms(total),
+        step(0),
+        step(1),
+        step(2),
+        step(3),
         ms(median(t_inc_compute)),
         ms(median(t_inc_apply)),
+        ms(median(t_inc_total)),
         ms(median(t_noop)),
     );
 }

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tabby_api::policy::{Action, PolicyType, TierAction};
 
-use crate::model::{Endpoint, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope};
+use crate::model::{
+    Endpoint, EndpointToHost, EntityMatch, Failsafe, Icmp, Model, Policy, PortSpec, Rule, Scope,
+};
 
 /// Traffic direction relative to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -201,6 +203,9 @@ pub struct Compiled {
     pub endpoints: Vec<EndpointProgram>,
     /// Failsafe ports, allowed ahead of host endpoint programs.
     pub failsafe: Failsafe,
+    /// The verdict for workload-to-host traffic after the workload's egress program
+    /// allowed it.
+    pub endpoint_to_host: EndpointToHost,
 }
 
 fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -217,6 +222,27 @@ struct Compiler<'m> {
     out: Compiled,
     set_index: BTreeMap<String, usize>,
     port_index: BTreeMap<String, usize>,
+    /// Policies in evaluation order (tier order, tier, order, key), by the
+    /// namespace they are confined to (`None`: global policies).
+    by_namespace: BTreeMap<Option<&'m str>, Vec<&'m Policy>>,
+}
+
+/// The policies in evaluation order, by namespace (sorted once per compile,
+/// not once per endpoint).
+fn policies_by_namespace(model: &Model) -> BTreeMap<Option<&str>, Vec<&Policy>> {
+    let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
+    let mut sorted: Vec<(String, &Policy)> = model.policies.iter().map(|p| (p.key(), p)).collect();
+    sorted.sort_by(|(ka, a), (kb, b)| {
+        order_cmp(tier_order(&a.tier), tier_order(&b.tier))
+            .then_with(|| a.tier.cmp(&b.tier))
+            .then_with(|| order_cmp(a.order, b.order))
+            .then_with(|| ka.cmp(kb))
+    });
+    let mut out: BTreeMap<Option<&str>, Vec<&Policy>> = BTreeMap::new();
+    for (_, p) in sorted {
+        out.entry(p.namespace.as_deref()).or_default().push(p);
+    }
+    out
 }
 
 /// Whether a policy applies to an endpoint (direction aside).
@@ -434,8 +460,16 @@ impl Compiler<'_> {
             || !m.service_account_names.is_empty()
             || m.service_account_selector.is_some();
         if positive {
-            let members = self.selection_members(m);
-            let i = self.set(Self::selection_key(m), false, members);
+            // Resolve a selection only the first time it is seen: thousands of
+            // rules name the same selectors.
+            let key = Self::selection_key(m);
+            let i = match self.set_index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let members = self.selection_members(m);
+                    self.set(key, false, members)
+                }
+            };
             ir.in_sets.push(i);
         }
         if !m.not_nets.is_empty() {
@@ -443,8 +477,14 @@ impl Compiler<'_> {
             ir.not_in_sets.push(i);
         }
         if let Some(s) = &m.not_selector {
-            let members = self.not_selection_members(s);
-            let i = self.set(format!("selector {}", s.canonical()), false, members);
+            let key = format!("selector {}", s.canonical());
+            let i = match self.set_index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let members = self.not_selection_members(s);
+                    self.set(key, false, members)
+                }
+            };
             ir.not_in_sets.push(i);
         }
         ir.ports = self.ports(&m.ports, m, proto, local);
@@ -482,18 +522,33 @@ impl Compiler<'_> {
 
     fn program(&mut self, e: &Endpoint, d: Direction) -> Program {
         let model = self.model;
-        let mut applicable: Vec<&Policy> = model
-            .policies
-            .iter()
-            .filter(|p| p.types.contains(&d.policy_type()) && policy_selects(model, p, e))
-            .collect();
-        let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
-        applicable.sort_by(|a, b| {
-            order_cmp(tier_order(&a.tier), tier_order(&b.tier))
-                .then_with(|| a.tier.cmp(&b.tier))
-                .then_with(|| order_cmp(a.order, b.order))
-                .then_with(|| a.key().cmp(&b.key()))
-        });
+        // Only global policies and those of the endpoint's namespace can apply;
+        // each list is in evaluation order, so a merge keeps the order.
+        let none = Vec::new();
+        let global = self.by_namespace.get(&None).unwrap_or(&none);
+        let local = match e.namespace.as_deref() {
+            Some(ns) => self.by_namespace.get(&Some(ns)).unwrap_or(&none),
+            None => &none,
+        };
+        let applies =
+            |p: &&Policy| p.types.contains(&d.policy_type()) && policy_selects(model, p, e);
+        let mut a: Vec<&Policy> = global.iter().copied().filter(applies).collect();
+        let b: Vec<&Policy> = local.iter().copied().filter(applies).collect();
+        let applicable = if b.is_empty() {
+            a
+        } else if a.is_empty() {
+            b
+        } else {
+            let tier_order = |t: &str| model.tiers.get(t).and_then(|t| t.order);
+            a.extend(b);
+            a.sort_by(|x, y| {
+                order_cmp(tier_order(&x.tier), tier_order(&y.tier))
+                    .then_with(|| x.tier.cmp(&y.tier))
+                    .then_with(|| order_cmp(x.order, y.order))
+                    .then_with(|| x.key().cmp(&y.key()))
+            });
+            a
+        };
         let mut prog = Program::default();
         for p in applicable {
             let rules = match d {
@@ -562,10 +617,12 @@ fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compil
         model,
         out: Compiled {
             failsafe: model.failsafe.clone(),
+            endpoint_to_host: model.endpoint_to_host,
             ..Compiled::default()
         },
         set_index: BTreeMap::new(),
         port_index: BTreeMap::new(),
+        by_namespace: policies_by_namespace(model),
     };
     // Programs depend only on what policy can see of an endpoint; replicas of a
     // workload share it, so each distinct identity is compiled once.

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use tabby_api::policy::{Action, TierAction};
 
 use crate::compile::{Compiled, Direction, IrEntity, IrPort, IrRule, Program, compile};
-use crate::model::{Endpoint, FailsafePort, Model};
+use crate::model::{Endpoint, EndpointToHost, FailsafePort, Model};
 
 /// The outcome of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,7 +213,13 @@ fn failsafe_hit<'a>(
 /// - an address to a host endpoint (traffic to the host on its interface): the
 ///   inbound failsafe ports, then the host endpoint's ingress program; a host
 ///   endpoint to an address: the outbound failsafe ports, then its egress program;
-/// - between the host and its own workloads: allowed, not policed.
+/// - a workload to its own host (one of the node's host endpoints, or an address
+///   of one): the workload's egress program, then `DefaultEndpointToHostAction`
+///   (Drop by default; Return and Accept allow); never the host endpoint's
+///   programs or the failsafe ports;
+/// - a workload to another node's host endpoint: its egress program, then that
+///   host endpoint's failsafe ports and ingress program;
+/// - the host to its own workloads: always allowed (kubelet probes), as Felix.
 pub fn explain_compiled(
     model: &Model,
     compiled: &Compiled,
@@ -266,11 +272,47 @@ pub fn explain_compiled(
         (Side::Endpoint(a), Side::Endpoint(b)) if a.host && b.host => {
             Err(ExplainError::NoEndpointInFlow)
         }
-        (Side::Endpoint(a), Side::Endpoint(b)) if a.host || b.host => Ok(allow(format!(
-            "traffic between the host and its workloads ({} to {}) is not policed",
+        (Side::Endpoint(a), Side::Endpoint(b)) if a.host => Ok(allow(format!(
+            "traffic from the host to its workloads ({} to {}) is always allowed",
             a.key(),
             b.key()
         ))),
+        (Side::Endpoint(w), Side::Endpoint(h)) if h.host && same_node(w, h) => {
+            to_host(compiled, find(w)?, w, h, src_ip, &pkt)
+        }
+        (Side::Endpoint(w), Side::Address(a))
+            if !w.host && local_host_endpoint(compiled, w, *a).is_some() =>
+        {
+            let h = local_host_endpoint(compiled, w, *a).and_then(|k| model.endpoint(k));
+            match h {
+                Some(h) => to_host(compiled, find(w)?, w, h, src_ip, &pkt),
+                None => Err(ExplainError::NoEndpointInFlow),
+            }
+        }
+        (Side::Endpoint(w), Side::Endpoint(h)) if h.host => {
+            // To another node's host endpoint: this node polices the egress; the
+            // other node its failsafe ports and host endpoint ingress.
+            let (ok, by, why) = evaluate(compiled, &find(w)?.egress, Direction::Egress, &pkt);
+            let mut text = format!("egress of {} ({src_ip}): {why}", w.key());
+            if !ok {
+                return Ok(verdict(false, by, text));
+            }
+            if let Some(p) = failsafe_hit(&compiled.failsafe.inbound, flow, src_ip) {
+                text.push_str(&format!(
+                    "; allowed by the inbound failsafe port {}/{} of host endpoint {}",
+                    p.protocol,
+                    p.port,
+                    h.key()
+                ));
+                return Ok(verdict(true, by, text));
+            }
+            let (ok, by, why) = evaluate(compiled, &find(h)?.ingress, Direction::Ingress, &pkt);
+            text.push_str(&format!(
+                "; ingress of host endpoint {} ({dst_ip}): {why}",
+                h.key()
+            ));
+            Ok(verdict(ok, by, text))
+        }
         (Side::Address(_), Side::Endpoint(h)) if h.host => {
             if let Some(p) = failsafe_hit(&compiled.failsafe.inbound, flow, src_ip) {
                 return Ok(allow(format!(
@@ -329,6 +371,61 @@ pub fn explain_compiled(
             })
         }
     }
+}
+
+/// Whether two endpoints are on the same node (an unknown node counts as this one).
+fn same_node(a: &Endpoint, b: &Endpoint) -> bool {
+    a.node.is_none() || b.node.is_none() || a.node == b.node
+}
+
+/// The key of a compiled host endpoint on the workload's node that has `ip`.
+fn local_host_endpoint<'c>(c: &'c Compiled, w: &Endpoint, ip: IpAddr) -> Option<&'c str> {
+    c.endpoints
+        .iter()
+        .find(|e| {
+            e.host
+                && (w.node.is_none() || e.node.is_none() || e.node == w.node)
+                && e.ips.iter().any(|n| n.addr() == ip)
+        })
+        .map(|e| e.endpoint.as_str())
+}
+
+/// A workload to its own host: the workload's egress program, then
+/// `DefaultEndpointToHostAction`; the host endpoint's programs and the failsafe
+/// ports do not apply.
+fn to_host(
+    c: &Compiled,
+    prog: &crate::compile::EndpointProgram,
+    w: &Endpoint,
+    h: &Endpoint,
+    src_ip: IpAddr,
+    pkt: &Packet<'_>,
+) -> Result<Verdict, ExplainError> {
+    let (ok, by, why) = evaluate(c, &prog.egress, Direction::Egress, pkt);
+    let text = format!("egress of {} ({src_ip}): {why}", w.key());
+    if !ok {
+        return Ok(verdict(false, by, text));
+    }
+    let action = c.endpoint_to_host;
+    let then = match action {
+        EndpointToHost::Drop => "dropped",
+        EndpointToHost::Return => "returned to the host's other input rules (accepted)",
+        EndpointToHost::Accept => "accepted",
+    };
+    Ok(Verdict {
+        action: if action == EndpointToHost::Drop {
+            VerdictAction::Deny
+        } else {
+            VerdictAction::Allow
+        },
+        decided_by: Some(by),
+        reason: format!(
+            "{text}; to its own host ({}): {then} by DefaultEndpointToHostAction {} \
+             (host endpoint policy and failsafe ports do not apply)",
+            h.key(),
+            action.as_str()
+        ),
+    })
 }
 
 fn verdict(ok: bool, by: DecidedBy, reason: String) -> Verdict {

@@ -271,6 +271,45 @@ pub struct Model {
     pub tiers: BTreeMap<String, Tier>,
     /// Host ports that host endpoint policy never blocks.
     pub failsafe: Failsafe,
+    /// What happens to traffic from a local workload to the host itself once the
+    /// workload's egress policy allowed it (`defaultEndpointToHostAction`).
+    pub endpoint_to_host: EndpointToHost,
+}
+
+/// Felix's `defaultEndpointToHostAction`: the verdict for traffic from a workload
+/// to its own host after the workload's egress policy allowed it. Host endpoint
+/// policy and failsafe ports never apply to it (Felix's INPUT chain goes to
+/// `cali-wl-to-host` for workload interfaces before host endpoint dispatch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EndpointToHost {
+    /// Dropped (Felix's default).
+    #[default]
+    Drop,
+    /// Returned from Tabby's input chain to the host's other input rules (other
+    /// nftables base chains on the hook decide; with none, it is accepted).
+    Return,
+    /// Accepted.
+    Accept,
+}
+
+impl EndpointToHost {
+    /// From the FelixConfiguration's effective value (`Drop`, `Return`, `Accept`).
+    pub fn from_felix(spec: &tabby_api::felix::FelixConfigurationSpec) -> EndpointToHost {
+        match spec.effective_default_endpoint_to_host_action().as_str() {
+            "Accept" => EndpointToHost::Accept,
+            "Return" => EndpointToHost::Return,
+            _ => EndpointToHost::Drop,
+        }
+    }
+
+    /// `Drop`, `Return` or `Accept`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointToHost::Drop => "Drop",
+            EndpointToHost::Return => "Return",
+            EndpointToHost::Accept => "Accept",
+        }
+    }
 }
 
 /// One failsafe port: traffic with this protocol and destination port (and, with
@@ -760,6 +799,7 @@ impl Model {
             } else if let Some(s) = r.spec.as_felix_configuration() {
                 if r.metadata.name == "default" {
                     m.failsafe = Failsafe::from_felix(&id, s)?;
+                    m.endpoint_to_host = EndpointToHost::from_felix(s);
                 }
             } else if let Some(s) = r.spec.as_tier() {
                 let mut s: TierSpec = s.clone();

@@ -5,11 +5,13 @@
 //!
 //! Each interface has a one-rule chain (`fw-<iface>` / `tw-<iface>` from / to a
 //! workload, `fh-<iface>` / `th-<iface>` into / out of the host by a host
-//! endpoint) that goes to its program chain. Program, tier and profile chains are
-//! named by a hash of their rules (`to-workload-<hash>`, `tier-<tier>-<hash>`,
-//! `pro-<profile>-<hash>`, ...): endpoints with the same program (replicas) share
-//! them, so the kernel holds rules per distinct program rather than per pod, and
-//! a chain that did not change keeps its name and its rules across updates.
+//! endpoint) that goes to its program chain. Endpoints with the same program
+//! (replicas) share its chains, so the kernel holds rules per distinct program
+//! rather than per pod. Program and tier chains (`to-workload-<hash>`,
+//! `tier-<tier>-<hash>`, ...) are named by a hash of the program's first
+//! interface, so their names survive changes of their rules: one changed policy
+//! flushes and refills only the tier chains it is in. Profile chains
+//! (`pro-<profile>-<hash>`) are named by a hash of their rules and shared.
 //!
 //! The rendering is first a [`Ruleset`] (data: sets, maps and chains by name), then
 //! commands:
@@ -26,10 +28,18 @@
 //! Hooks: `forward` dispatches traffic from and to workload interfaces (egress
 //! program of the source, then ingress program of the destination); `input` and
 //! `output` police the host's own traffic on host endpoint interfaces, after
-//! loopback, local workload interfaces, IPv6 neighbour discovery and established
-//! flows are accepted and, in each host endpoint chain, the failsafe ports. Host
-//! endpoints do not police forwarded traffic (`applyOnForward` is not programmed),
-//! and traffic between the host and its own workloads is not policed.
+//! loopback, IPv6 neighbour discovery and established flows are accepted and, in
+//! each host endpoint chain, the failsafe ports. Host endpoints do not police
+//! forwarded traffic (`applyOnForward` is not programmed).
+//!
+//! Between the host and its own workloads, as Felix does: traffic from a workload
+//! to the host (`input`, a local workload interface) goes to `wl-to-host`: IPv6
+//! router and neighbour discovery accepted, then the workload's egress program,
+//! then `DefaultEndpointToHostAction` (drop by default, accept, or return to the
+//! host's other input rules). Host endpoint programs and failsafe ports never
+//! apply to it. Traffic from the host to a local workload (`output`) is always
+//! accepted, whatever the workload's ingress policy (kubelet probes; Felix's
+//! `cali-OUTPUT` returns for workload interfaces).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,7 +48,7 @@ use serde_json::{Value, json};
 use tabby_api::policy::{Action, TierAction};
 
 use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, stable_hash};
-use crate::model::FailsafePort;
+use crate::model::{EndpointToHost, FailsafePort};
 
 /// The table name in both families.
 pub const TABLE: &str = "tabby";
@@ -55,6 +65,8 @@ pub const FROM_HOST_ENDPOINT_MAP: &str = "from-host-endpoint";
 pub const TO_HOST_ENDPOINT_MAP: &str = "to-host-endpoint";
 /// Set of the local workload interfaces (never policed as host interfaces).
 pub const WORKLOAD_INTERFACES: &str = "workload-interfaces";
+/// Chain of traffic from local workloads to the host (Felix's `cali-wl-to-host`).
+pub const WORKLOAD_TO_HOST: &str = "wl-to-host";
 /// Chain of the inbound failsafe ports.
 pub const FAILSAFE_IN: &str = "failsafe-in";
 /// Chain of the outbound failsafe ports.
@@ -425,6 +437,8 @@ struct Builder {
     f: Family,
     sets: BTreeMap<String, NamedSet>,
     chains: BTreeMap<String, Chain>,
+    /// Program chain by the program's rendered content.
+    programs: BTreeMap<String, String>,
 }
 
 impl Builder {
@@ -467,6 +481,15 @@ impl Builder {
         name
     }
 
+    /// A chain with a name its owner chose (unique per owner), and its rules.
+    fn owned_chain(&mut self, name: &str, rules: RuleList) -> String {
+        self.chain(name);
+        for (expr, comment) in rules {
+            self.rule(name, expr, comment.as_deref());
+        }
+        name.to_string()
+    }
+
     fn rule(&mut self, chain: &str, expr: Vec<Value>, comment: Option<&str>) {
         let r = rule_obj(self.f, chain, expr, comment);
         self.chains
@@ -500,6 +523,7 @@ fn table(c: &Compiled, f: Family) -> Table {
         f,
         sets: BTreeMap::new(),
         chains: BTreeMap::new(),
+        programs: BTreeMap::new(),
     };
     for s in c.ip_sets.iter().filter(|s| !s.literal) {
         let elems: Vec<Value> = s.members.iter().filter(|n| f.has(n)).map(prefix).collect();
@@ -543,15 +567,19 @@ fn table(c: &Compiled, f: Family) -> Table {
             workloads.push((iface, e));
         }
     }
-    // One set of chains per distinct program (endpoints of one group share it).
+    // One set of chains per distinct program (endpoints of one group share it,
+    // and so do groups whose programs render the same in the family). The
+    // chains are named after the first interface with that program, not after
+    // their rules: when a policy changes, its tier chains keep their names and
+    // are refilled, and nothing that jumps to them changes.
     let mut names: BTreeMap<(usize, Direction, bool), String> = BTreeMap::new();
     for (list, host) in [(&workloads, false), (&hosts, true)] {
-        for (_, e) in list.iter() {
+        for (iface, e) in list.iter() {
             for d in [Direction::Egress, Direction::Ingress] {
                 if let std::collections::btree_map::Entry::Vacant(slot) =
                     names.entry((e.group, d, host))
                 {
-                    slot.insert(endpoint_chain(&mut b, c, e, d, host));
+                    slot.insert(endpoint_chain(&mut b, c, e, d, host, iface));
                 }
             }
         }
@@ -659,14 +687,25 @@ fn table(c: &Compiled, f: Family) -> Table {
             vec![meta_match(key, json!("lo")), json!({"accept": null})],
             None,
         );
-        b.rule(
-            hook,
-            vec![
-                meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
-                json!({"accept": null}),
-            ],
-            Some("Traffic between the host and its workloads"),
-        );
+        if hook == "input" {
+            b.rule(
+                hook,
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"goto": {"target": WORKLOAD_TO_HOST}}),
+                ],
+                Some("Workload to host: egress policy, then DefaultEndpointToHostAction"),
+            );
+        } else {
+            b.rule(
+                hook,
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"accept": null}),
+                ],
+                Some("Host to workload: always allowed"),
+            );
+        }
         if f == Family::Ipv6 {
             // Neighbour discovery and MLD must work whatever the policy says.
             b.rule(
@@ -692,6 +731,40 @@ fn table(c: &Compiled, f: Family) -> Table {
             );
         }
     }
+    // Felix's cali-wl-to-host: IPv6 router and neighbour discovery first (a
+    // workload must reach its router whatever its policy says), the workload's
+    // egress program, then the configured action. Failsafe ports and host
+    // endpoint programs do not apply.
+    b.chain(WORKLOAD_TO_HOST);
+    if f == Family::Ipv6 {
+        b.rule(
+            WORKLOAD_TO_HOST,
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                    "right": {"set": [130, 131, 132, 133, 135, 136]}}}),
+                json!({"accept": null}),
+            ],
+            Some("IPv6 router and neighbour discovery"),
+        );
+    }
+    b.rule(
+        WORKLOAD_TO_HOST,
+        vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
+        None,
+    );
+    let action = match c.endpoint_to_host {
+        EndpointToHost::Drop => "drop",
+        EndpointToHost::Return => "return",
+        EndpointToHost::Accept => "accept",
+    };
+    b.rule(
+        WORKLOAD_TO_HOST,
+        vec![json!({action: null})],
+        Some(&format!(
+            "DefaultEndpointToHostAction {}",
+            c.endpoint_to_host.as_str()
+        )),
+    );
     b.chain(FAILSAFE_IN);
     b.chain(FAILSAFE_OUT);
     for (chain, ports, peer) in [
@@ -773,17 +846,19 @@ pub fn host_chain_name(iface: &str, d: Direction) -> String {
 type RuleList = Vec<(Vec<Value>, Option<String>)>;
 
 /// Renders one direction of an endpoint's program as chains and returns the
-/// program chain's name. Every chain is named by a hash of its rules
-/// (`tier-<tier>-`, `pro-<profile>-`, and for the program chain `from-workload-`,
-/// `to-workload-`, `from-host-endpoint-`, `to-host-endpoint-`), so endpoints with
-/// the same program share chains and an unchanged chain keeps its name across
-/// updates.
+/// program chain's name. The program chain (`from-workload-`, `to-workload-`,
+/// `from-host-endpoint-`, `to-host-endpoint-`) and its tier chains (`tier-<tier>-`)
+/// are named by a hash of the owner, the first interface with this program, so a
+/// changed policy refills its tier chains in place; profile chains
+/// (`pro-<profile>-`) are named by a hash of their rules and shared by every
+/// program using the same profile.
 fn endpoint_chain(
     b: &mut Builder,
     c: &Compiled,
     e: &EndpointProgram,
     d: Direction,
     host: bool,
+    owner: &str,
 ) -> String {
     let f = b.f;
     let prog = e.program(d);
@@ -794,6 +869,9 @@ fn endpoint_chain(
         (true, Direction::Ingress) => "from-host-endpoint",
         (true, Direction::Egress) => "to-host-endpoint",
     };
+    // The owner's direction and kind are in the hash: its tier chains of the two
+    // directions must not share a name.
+    let owner_hash = format!("{:016x}", stable_hash(&format!("{prefix} {owner}")));
     if host {
         let failsafe = match d {
             Direction::Ingress => FAILSAFE_IN,
@@ -803,6 +881,7 @@ fn endpoint_chain(
         main.push((vec![json!({"jump": {"target": failsafe}})], None));
     }
     main.push((vec![clear_accept_mark()], None));
+    let mut tiers: Vec<(String, RuleList)> = Vec::new();
     for t in &prog.tiers {
         let mut rules: RuleList = Vec::new();
         for p in &t.policies {
@@ -822,10 +901,12 @@ fn endpoint_chain(
                 )),
             ));
         }
-        let tc = b.shared_chain(&format!("tier-{}", t.tier), rules);
+        let tc = format!("tier-{}-{owner_hash}", t.tier);
         main.push((vec![json!({"jump": {"target": tc}})], None));
         main.push((return_if_accepted(), None));
+        tiers.push((tc, rules));
     }
+    let mut profiles = Vec::new();
     for pr in &prog.profiles {
         let mut rules: RuleList = Vec::new();
         for r in &pr.rules {
@@ -835,14 +916,32 @@ fn endpoint_chain(
             }
         }
         let pc = b.shared_chain(&format!("pro-{}", pr.profile), rules);
-        main.push((vec![json!({"jump": {"target": pc}})], None));
+        main.push((vec![json!({"jump": {"target": pc.clone()}})], None));
         main.push((return_if_accepted(), None));
+        profiles.push(pc);
     }
     main.push((
         vec![json!({"drop": null})],
         Some("Drop if no profiles matched".to_string()),
     ));
-    b.shared_chain(prefix, main)
+    // Programs that render the same in this family (replicas' groups, or every
+    // IPv4-only program in `ip6`) share the chains of the first.
+    let tier_rules: Vec<(&str, &RuleList)> = prog
+        .tiers
+        .iter()
+        .zip(&tiers)
+        .map(|(t, (_, r))| (t.tier.as_str(), r))
+        .collect();
+    let key = serde_json::to_string(&(prefix, &tier_rules, &profiles)).unwrap_or_default();
+    if let Some(name) = b.programs.get(&key) {
+        return name.clone();
+    }
+    for (name, rules) in tiers {
+        b.owned_chain(&name, rules);
+    }
+    let name = b.owned_chain(&format!("{prefix}-{owner_hash}"), main);
+    b.programs.insert(key, name.clone());
+    name
 }
 
 fn proto_name(p: Option<u8>) -> &'static str {

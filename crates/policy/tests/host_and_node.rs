@@ -80,91 +80,79 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"chain":{"family":"ip","name":"failsafe-out","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
-{"add":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"from-workload-cdcf4322bd0a8981","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-host-endpoint-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"from-workload-d9c093d9150823de","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"fw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"input","name":"input","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","hook":"output","name":"output","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-46843bb0d18d8793","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-61ca5cab7b224583","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"th-eth0","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"to-host-endpoint-48885f29b43dc638","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"to-workload-30f915c07345c9c7","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"tier-default-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"to-host-endpoint-4a5e1ce30ea09322","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"to-workload-8f2cdaaf9c949e6b","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tw-cali-a","table":"tabby"}}},
+{"add":{"chain":{"family":"ip","name":"wl-to-host","table":"tabby"}}},
 {"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cali-a"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"map":{"elem":[["eth0",{"goto":{"target":"fh-eth0"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"map":{"elem":[["cali-a",{"jump":{"target":"tw-cali-a"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"map":{"elem":[["eth0",{"goto":{"target":"th-eth0"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":22}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":17}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"198.18.0.0","len":24}}}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":68}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-81f96138aee0d854"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-e6a4ca4803237165"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@to-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"jump":{"target":"tier-default-068d2c4579c022e6"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-81f96138aee0d854","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-workload-cdcf4322bd0a8981","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-cdcf4322bd0a8981"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"jump":{"target":"tier-default-e6a4ca4803237165"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-host-endpoint-e6a4ca4803237165","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"from-workload-d9c093d9150823de","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-d9c093d9150823de"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"input","comment":"Traffic between the host and its workloads","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"input","comment":"Workload to host: egress policy, then DefaultEndpointToHostAction","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"goto":{"target":"wl-to-host"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"vmap":{"data":"@from-host-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"output","comment":"Traffic between the host and its workloads","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"output","comment":"Host to workload: always allowed","expr":[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"@workload-interfaces"}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"output","expr":[{"vmap":{"data":"@to-host-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-46843bb0d18d8793","comment":"profile kns.web ingress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-61ca5cab7b224583","comment":"profile kns.web egress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-48885f29b43dc638"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-068d2c4579c022e6","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-host-endpoint-48885f29b43dc638","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"to-workload-30f915c07345c9c7","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-30f915c07345c9c7"}}],"family":"ip","table":"tabby"}}}
+{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-4a5e1ce30ea09322"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"jump":{"target":"failsafe-out"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-8f2cdaaf9c949e6b"}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"wl-to-host","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"wl-to-host","comment":"DefaultEndpointToHostAction Drop","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
 
-// Hand-checked: program and tier chains are named by a hash of their rules, so
-// the changed rule makes a new tier chain and a new program chain jumping to it
-// (added first), the set gains 198.18.0.3 (aggregated with .2 into .2/31: the
-// old /32 element goes, the /31 comes), eth0's own chain fh-eth0 is refilled
-// with a goto to the new program chain, and the old two chains are flushed and
-// deleted. Nothing else is touched;
-// IPv6 has no change at all (the set has no IPv6 member, so the rule is not
-// rendered there either way).
+// Hand-checked: program and tier chains are named after the program's first
+// interface, not their rules, so the changed rule only refills eth0's tier chain
+// (flush, then its two rules) in place; the set gains 198.18.0.3 (aggregated
+// with .2 into .2/31: the old /32 element goes, the /31 comes). The program
+// chain, fh-eth0 and everything else are not touched; IPv6 has no change at all
+// (the set has no IPv6 member, so the rule is not rendered there either way).
 const EXPECTED_DIFF: &str = r#"[
-{"add":{"chain":{"family":"ip","name":"from-host-endpoint-130d5d8dcc569f60","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tier-default-10134b527aa999e9","table":"tabby"}}},
 {"delete":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":32}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
 {"add":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":31}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-130d5d8dcc569f60"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"failsafe-in"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"&":[{"meta":{"key":"mark"}},4294901759]}}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"jump":{"target":"tier-default-10134b527aa999e9"}}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"from-host-endpoint-130d5d8dcc569f60","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":{"set":[10250,10255]}}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tier-default-10134b527aa999e9","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"flush":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}},
-{"delete":{"chain":{"family":"ip","name":"from-host-endpoint-81f96138aee0d854","table":"tabby"}}},
-{"delete":{"chain":{"family":"ip","name":"tier-default-068d2c4579c022e6","table":"tabby"}}}
+{"flush":{"chain":{"family":"ip","name":"tier-default-e6a4ca4803237165","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":{"set":[10250,10255]}}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
+{"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
 
 fn compare(got: &[Value], want: &str) {
@@ -326,9 +314,41 @@ fn explain_host_endpoints_failsafes_and_workload_host_traffic() {
     // No egress policy and no profile: the host endpoint is closed outbound.
     let v = explain_between(&m, &hep, &from_peer, &tcp(443)).expect("explain");
     assert_eq!(v.action, VerdictAction::Deny);
-    // Workload to host: not policed by host endpoints.
-    let v = explain_between(&m, &Peer::Endpoint("web/a".into()), &hep, &tcp(9)).expect("explain");
-    assert_eq!(v.action, VerdictAction::Allow);
+    // Workload to its host: its egress program (kns.web allows), then
+    // DefaultEndpointToHostAction, Drop by default; never the host endpoint's
+    // programs or failsafe ports (tcp:22 is failsafe, 10250 allowed by edge).
+    let wl = Peer::Endpoint("web/a".into());
+    for port in [9, 22, 10250] {
+        let v = explain_between(&m, &wl, &hep, &tcp(port)).expect("explain");
+        assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+        assert!(
+            v.reason.contains("DefaultEndpointToHostAction Drop"),
+            "{}",
+            v.reason
+        );
+    }
+    // The host's address counts as the host.
+    let host_ip = Peer::Address("198.18.0.1".parse().expect("ip"));
+    let v = explain_between(&m, &wl, &host_ip, &tcp(9)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+    for action in ["Accept", "Return"] {
+        let m = model(&BEFORE.replace(
+            "  failsafeOutboundHostPorts: []",
+            &format!("  failsafeOutboundHostPorts: []\n  defaultEndpointToHostAction: {action}"),
+        ));
+        let v = explain_between(&m, &wl, &hep, &tcp(9)).expect("explain");
+        assert_eq!(v.action, VerdictAction::Allow, "{action}: {}", v.reason);
+    }
+    // Another node's host endpoint is reached by forwarding: its failsafes and
+    // ingress program apply (web/a is not in the edge selection).
+    let n2 = Peer::Endpoint("n2-eth0".into());
+    let v = explain_between(&m, &wl, &n2, &tcp(10250)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Deny, "{}", v.reason);
+    let v = explain_between(&m, &wl, &n2, &tcp(22)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Allow, "{}", v.reason);
+    // Host to workload: always allowed.
+    let v = explain_between(&m, &hep, &wl, &tcp(9)).expect("explain");
+    assert_eq!(v.action, VerdictAction::Allow, "{}", v.reason);
     // Two addresses: nothing to explain.
     assert!(explain_between(&m, &from_peer, &from_stranger, &tcp(1)).is_err());
     // An address given where an endpoint id is expected.

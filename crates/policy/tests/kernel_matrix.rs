@@ -15,7 +15,10 @@
 //! all); NetworkSet and GlobalNetworkSet; host endpoints (a named interface and
 //! `*`), failsafe ports configured by FelixConfiguration (with a net), Felix's
 //! default outbound failsafes; and what host endpoints must not touch: forwarded
-//! traffic, workload-host traffic, loopback.
+//! traffic, loopback. Between the host and its workloads: workload to host goes
+//! through the workload's egress policy, then defaultEndpointToHostAction (Drop
+//! by default, then Accept and Return in later passes), never host endpoint
+//! policy or failsafes; host to workload is always allowed.
 
 mod support;
 
@@ -563,10 +566,33 @@ fn cases() -> Vec<Case> {
             n1,
             T,
             8081,
-            true,
-            "workload to host: host endpoints do not apply",
+            false,
+            "workload to host: DefaultEndpointToHostAction Drop (default)",
         ),
-        c(n1, be, T, 9011, true, "host to workload: not policed"),
+        c(
+            fe,
+            n1,
+            T,
+            22,
+            false,
+            "workload to host: failsafe ports do not apply",
+        ),
+        c(
+            n1,
+            be,
+            T,
+            9011,
+            true,
+            "host to workload: allowed though be's ingress denies 9011",
+        ),
+        c(
+            n1,
+            iso,
+            U,
+            5300,
+            true,
+            "host to workload: allowed though iso's profile denies UDP in",
+        ),
         c(
             Loopback,
             Loopback,
@@ -580,6 +606,42 @@ fn cases() -> Vec<Case> {
     v6.v6 = true;
     v.push(v6);
     v
+}
+
+/// The same policy with `defaultEndpointToHostAction: <action>`.
+fn resources_with(action: &str) -> String {
+    resources().replace(
+        "spec:\n  failsafeInboundHostPorts:",
+        &format!("spec:\n  defaultEndpointToHostAction: {action}\n  failsafeInboundHostPorts:"),
+    )
+}
+
+/// Workload-to-host cases under `defaultEndpointToHostAction` Accept or Return.
+fn accept_cases() -> Vec<Case> {
+    let fe = Pod("prod/fe");
+    let be = Pod("prod/be");
+    let n1 = Node("node1-eth1", "198.18.0.1");
+    let n2 = Node("node1-all", "198.18.1.1");
+    vec![
+        c(fe, n1, T, 8081, true, "workload to host: Accept / Return"),
+        c(
+            fe,
+            n2,
+            U,
+            5353,
+            false,
+            "workload to host: egress security.block denies UDP to dmz first",
+        ),
+        c(
+            fe,
+            n2,
+            T,
+            8081,
+            true,
+            "workload to host: * host endpoint ingress does not apply",
+        ),
+        c(n1, be, T, 9011, true, "host to workload: still allowed"),
+    ]
 }
 
 fn addr(lab: &Lab, at: At, v6: bool) -> IpAddr {
@@ -631,9 +693,50 @@ fn kernel_traffic_matrix_matches_explain() {
     let lab = Lab::new("tpm", PODS, OUTS);
     lab.nft(&render(&compiled))
         .expect("nft accepts the rendering");
-
     let cases = cases();
-    for k in &cases {
+    let lab = std::sync::Arc::new(lab);
+    let (mut report, mut bad) = run(&lab, &model, &compiled, &cases);
+
+    // defaultEndpointToHostAction Accept, then Return, each applied as a full
+    // replacement. Return leaves Tabby's input chain: with no other rules on the
+    // hook the packet is accepted, and host endpoint policy still does not apply.
+    let mut more = Vec::new();
+    for (action, want) in [
+        ("Accept", tabby_policy::model::EndpointToHost::Accept),
+        ("Return", tabby_policy::model::EndpointToHost::Return),
+    ] {
+        let resources =
+            parse_documents(&resources_with(action), "matrix.yaml").expect("resources load");
+        let m = Model::from_resources(&resources).expect("model");
+        assert_eq!(m.endpoint_to_host, want);
+        let compiled = compile_for_node(&m, "node1");
+        lab.nft(&render(&compiled))
+            .expect("nft accepts the rendering");
+        let k = accept_cases();
+        report.push(format!("  -- defaultEndpointToHostAction: {action} --"));
+        let (r, b) = run(&lab, &m, &compiled, &k);
+        report.extend(r);
+        bad += b;
+        more.extend(k);
+    }
+    eprintln!("{}", report.join("\n"));
+    eprintln!(
+        "{} cases in {:?}",
+        cases.len() + more.len(),
+        started.elapsed()
+    );
+    assert_eq!(bad, 0, "{bad} cases disagree (marked XX above)");
+}
+
+/// Sends every case's traffic and asks `explain` about it: the report lines and
+/// how many disagree with the expectation.
+fn run(
+    lab: &std::sync::Arc<Lab>,
+    model: &Model,
+    compiled: &tabby_policy::Compiled,
+    cases: &[Case],
+) -> (Vec<String>, usize) {
+    for k in cases {
         let dst = match k.to {
             At::Loopback => "node".to_string(),
             At::Pod(p) => p.to_string(),
@@ -642,7 +745,6 @@ fn kernel_traffic_matrix_matches_explain() {
         };
         lab.serve(&dst, k.proto, k.port);
     }
-    let lab = std::sync::Arc::new(lab);
     let handles: Vec<_> = cases
         .iter()
         .map(|k| {
@@ -681,14 +783,9 @@ fn kernel_traffic_matrix_matches_explain() {
                     ip_version: Some(if k.v6 { 6 } else { 4 }),
                     ..Flow::default()
                 };
-                let v = explain_compiled(
-                    &model,
-                    &compiled,
-                    &peer(&lab, k.from),
-                    &peer(&lab, k.to),
-                    &flow,
-                )
-                .unwrap_or_else(|e| panic!("explain {k:?}: {e}"));
+                let v =
+                    explain_compiled(model, compiled, &peer(lab, k.from), &peer(lab, k.to), &flow)
+                        .unwrap_or_else(|e| panic!("explain {k:?}: {e}"));
                 Some((v.action == VerdictAction::Allow, v.reason))
             }
         };
@@ -715,9 +812,7 @@ fn kernel_traffic_matrix_matches_explain() {
                 .unwrap_or_default()
         ));
     }
-    eprintln!("{}", report.join("\n"));
-    eprintln!("{} cases in {:?}", cases.len(), started.elapsed());
-    assert_eq!(bad, 0, "{bad} cases disagree (marked XX above)");
+    (report, bad)
 }
 
 fn verdict(allow: bool) -> &'static str {

@@ -32,9 +32,12 @@ spec:
 // 4294901759) and return once it is set. No host endpoints: the host endpoint
 // maps are empty and `input`/`output` end in their vmap (policy accept). The
 // maps jump to each interface's chain (fw-cali-a, ...), one goto to its program
-// chain; program, tier and profile chains are named by a hash of their rules: a
-// and b share the egress program (both only have the kns.web profile), b's
-// ingress program jumps to the tier chain first.
+// chain; program and tier chains are named by a hash of the program's first
+// interface (and direction), profile chains by a hash of their rules: a and b
+// share the egress program (both only have the kns.web profile, so it is named
+// after cali-a), b's ingress program jumps to its tier chain first. Since the
+// workload-to-host change, `input` goes to `wl-to-host` for workload interfaces
+// (their egress program, then DefaultEndpointToHostAction Drop).
 const EXPECTED_IPV4: &str = r#"[
 {"add": {"table": {"family": "ip", "name": "tabby"}}},
 {"delete": {"table": {"family": "ip", "name": "tabby"}}},
@@ -44,18 +47,19 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"chain": {"family": "ip", "name": "failsafe-in", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "failsafe-out", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "hook": "forward", "name": "forward", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
-{"add": {"chain": {"family": "ip", "name": "from-workload-cdcf4322bd0a8981", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "from-workload-d9c093d9150823de", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "fw-cali-a", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "fw-cali-b", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "hook": "input", "name": "input", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
 {"add": {"chain": {"family": "ip", "hook": "output", "name": "output", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
 {"add": {"chain": {"family": "ip", "name": "pro-kns.web-46843bb0d18d8793", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "pro-kns.web-61ca5cab7b224583", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "tier-default-5aeceeaa872d6024", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "to-workload-30f915c07345c9c7", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "to-workload-bed95a0f424b40a5", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "tier-default-8f2cdbaf9c94a01e", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "to-workload-8f2cdaaf9c949e6b", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "to-workload-8f2cdbaf9c94a01e", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "tw-cali-a", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "tw-cali-b", "table": "tabby"}}},
+{"add": {"chain": {"family": "ip", "name": "wl-to-host", "table": "tabby"}}},
 {"add": {"map": {"elem": [["cali-a", {"jump": {"target": "fw-cali-a"}}], ["cali-b", {"jump": {"target": "fw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "from-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"family": "ip", "map": "verdict", "name": "from-host-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"elem": [["cali-a", {"jump": {"target": "tw-cali-a"}}], ["cali-b", {"jump": {"target": "tw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "to-endpoint", "table": "tabby", "type": "ifname"}}},
@@ -68,36 +72,38 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"rule": {"chain": "forward", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": "invalid"}}, {"drop": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "forward", "expr": [{"vmap": {"data": "@from-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "forward", "expr": [{"vmap": {"data": "@to-endpoint", "key": {"meta": {"key": "oifname"}}}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "from-workload-cdcf4322bd0a8981", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "from-workload-cdcf4322bd0a8981", "expr": [{"jump": {"target": "pro-kns.web-61ca5cab7b224583"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "from-workload-cdcf4322bd0a8981", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "from-workload-cdcf4322bd0a8981", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "fw-cali-a", "expr": [{"goto": {"target": "from-workload-cdcf4322bd0a8981"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "fw-cali-b", "expr": [{"goto": {"target": "from-workload-cdcf4322bd0a8981"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "expr": [{"jump": {"target": "pro-kns.web-61ca5cab7b224583"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "fw-cali-a", "expr": [{"goto": {"target": "from-workload-d9c093d9150823de"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "fw-cali-b", "expr": [{"goto": {"target": "from-workload-d9c093d9150823de"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": ["established", "related"]}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "lo"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "input", "comment": "Traffic between the host and its workloads", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "input", "comment": "Workload to host: egress policy, then DefaultEndpointToHostAction", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"goto": {"target": "wl-to-host"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"vmap": {"data": "@from-host-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": ["established", "related"]}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "lo"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "output", "comment": "Traffic between the host and its workloads", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "output", "comment": "Host to workload: always allowed", "expr": [{"match": {"left": {"meta": {"key": "oifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "output", "expr": [{"vmap": {"data": "@to-host-endpoint", "key": {"meta": {"key": "oifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "pro-kns.web-46843bb0d18d8793", "comment": "profile kns.web ingress[0]", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "pro-kns.web-61ca5cab7b224583", "comment": "profile kns.web egress[0]", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tier-default-5aeceeaa872d6024", "comment": "default web/allow-a ingress[0]", "expr": [{"match": {"left": {"meta": {"key": "l4proto"}}, "op": "==", "right": 6}}, {"match": {"left": {"payload": {"field": "saddr", "protocol": "ip"}}, "op": "==", "right": "@s-d031f8b5b0aa07b4"}}, {"match": {"left": {"payload": {"field": "dport", "protocol": "tcp"}}, "op": "==", "right": {"set": [80, {"range": [8000, 8080]}]}}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tier-default-5aeceeaa872d6024", "comment": "End of tier default. Drop if no policies passed packet", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-30f915c07345c9c7", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-30f915c07345c9c7", "expr": [{"jump": {"target": "pro-kns.web-46843bb0d18d8793"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-30f915c07345c9c7", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-30f915c07345c9c7", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"jump": {"target": "tier-default-5aeceeaa872d6024"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"jump": {"target": "pro-kns.web-46843bb0d18d8793"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "to-workload-bed95a0f424b40a5", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tw-cali-a", "expr": [{"goto": {"target": "to-workload-30f915c07345c9c7"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tw-cali-b", "expr": [{"goto": {"target": "to-workload-bed95a0f424b40a5"}}], "family": "ip", "table": "tabby"}}}
+{"add": {"rule": {"chain": "tier-default-8f2cdbaf9c94a01e", "comment": "default web/allow-a ingress[0]", "expr": [{"match": {"left": {"meta": {"key": "l4proto"}}, "op": "==", "right": 6}}, {"match": {"left": {"payload": {"field": "saddr", "protocol": "ip"}}, "op": "==", "right": "@s-d031f8b5b0aa07b4"}}, {"match": {"left": {"payload": {"field": "dport", "protocol": "tcp"}}, "op": "==", "right": {"set": [80, {"range": [8000, 8080]}]}}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 65536]}}}, {"return": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "tier-default-8f2cdbaf9c94a01e", "comment": "End of tier default. Drop if no policies passed packet", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdaaf9c949e6b", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdaaf9c949e6b", "expr": [{"jump": {"target": "pro-kns.web-46843bb0d18d8793"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdaaf9c949e6b", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdaaf9c949e6b", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"&": [{"meta": {"key": "mark"}}, 4294901759]}}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"jump": {"target": "tier-default-8f2cdbaf9c94a01e"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"jump": {"target": "pro-kns.web-46843bb0d18d8793"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "tw-cali-a", "expr": [{"goto": {"target": "to-workload-8f2cdaaf9c949e6b"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "tw-cali-b", "expr": [{"goto": {"target": "to-workload-8f2cdbaf9c94a01e"}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "wl-to-host", "expr": [{"vmap": {"data": "@from-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
+{"add": {"rule": {"chain": "wl-to-host", "comment": "DefaultEndpointToHostAction Drop", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}}
 ]"#;
 
 fn compiled() -> tabby_policy::Compiled {
@@ -146,8 +152,9 @@ fn ipv6_table_has_the_empty_set_and_no_selector_rule() {
         v4.len() + got.len()
     );
     assert_eq!(
-        v4.len() + 1,
+        v4.len() + 2,
         got.len(),
-        "IPv4 has the allow rule in addition, IPv6 the two neighbour discovery rules"
+        "IPv4 has the allow rule in addition, IPv6 the two neighbour discovery rules \
+         and the workload-to-host one"
     );
 }
