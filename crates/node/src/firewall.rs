@@ -96,19 +96,15 @@ fn is_table_op(cmd: &Value) -> bool {
 /// itself is not created here).
 pub fn nat_commands(inputs: &NatInputs, family: Family) -> Vec<Value> {
     let f = family.as_str();
-    let (addr_type, v4) = match family {
-        Family::Ip => ("ipv4_addr", true),
-        Family::Ip6 => ("ipv6_addr", false),
-    };
     let set = |name: &str, nets: &[IpNet]| {
         let members: Vec<IpNet> = nets
             .iter()
             .copied()
-            .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+            .filter(|n| family.contains(n))
             .collect();
         let merged = IpNet::aggregate(&members);
         let mut s = json!({"family": f, "table": TABLE, "name": name,
-            "type": addr_type, "flags": ["interval"]});
+            "type": family.addr_type(), "flags": ["interval"]});
         if !merged.is_empty() {
             let elems: Vec<Value> = merged
                 .iter()
@@ -199,6 +195,62 @@ mod tests {
         assert_eq!(
             rule6["expr"][2],
             json!({"masquerade": {"flags": ["fully-random"]}})
+        );
+    }
+
+    #[test]
+    fn empty_and_ipv6_only_inputs_leave_sets_without_elements() {
+        let b = render(Some(&NatInputs::default()), None);
+        assert_eq!(count(&b, |c| c["add"]["set"].is_object()), 4);
+        assert_eq!(
+            count(&b, |c| c["add"]["set"].get("elem").is_some()),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            count(&b, |c| c["add"]["rule"].is_object()),
+            2,
+            "a masquerade rule per family"
+        );
+        let v6 = NatInputs {
+            masq_pools: nets(&["2001:db8:64::/48"]),
+            all_pools: nets(&["2001:db8:66::/48", "2001:db8:64::/48"]),
+        };
+        let b = render(Some(&v6), None);
+        let sets: Vec<&Value> = b["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["add"]["set"])
+            .filter(|s| s.is_object())
+            .collect();
+        assert!(
+            sets[..2].iter().all(|s| s.get("elem").is_none()),
+            "no IPv4 members: {b}"
+        );
+        assert_eq!(sets[2]["type"], "ipv6_addr");
+        assert_eq!(
+            sets[2]["elem"],
+            json!([{"prefix": {"addr": "2001:db8:64::", "len": 48}}])
+        );
+        assert_eq!(sets[3]["elem"].as_array().unwrap().len(), 2, "{b}");
+    }
+
+    #[test]
+    fn overlapping_and_unmasked_cidrs_are_merged() {
+        let inputs = NatInputs {
+            masq_pools: vec![],
+            all_pools: nets(&[
+                "100.64.1.0/24",
+                "100.64.0.0/16",
+                "100.65.0.7/16",
+                "100.66.0.0/24",
+            ]),
+        };
+        let cmds = nat_commands(&inputs, Family::Ip);
+        assert_eq!(
+            cmds[1]["add"]["set"]["elem"],
+            json!([{"prefix": {"addr": "100.64.0.0", "len": 15}}, {"prefix": {"addr": "100.66.0.0", "len": 24}}])
         );
     }
 

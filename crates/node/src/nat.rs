@@ -1,7 +1,8 @@
 //! Outgoing NAT (Calico's `natOutgoing`) on nftables: traffic from a pool with
 //! natOutgoing to anywhere outside every pool is masqueraded to the node's address.
-//! [`render`] builds the whole `tabby` table of each family as one nft script (pure,
-//! snapshot-tested); [`Nft`] applies it ([`NftCli`] runs `nft`, [`FakeNft`] records).
+//! [`crate::firewall::render`] puts the sets and chain into the `tabby` table of each
+//! family beside the policy; [`Nft`] applies it ([`NftCli`] runs `nft`, [`FakeNft`]
+//! records).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,14 +68,14 @@ impl Family {
         }
     }
 
-    fn addr_type(self) -> &'static str {
+    pub(crate) fn addr_type(self) -> &'static str {
         match self {
             Family::Ip => "ipv4_addr",
             Family::Ip6 => "ipv6_addr",
         }
     }
 
-    fn contains(self, net: &IpNet) -> bool {
+    pub(crate) fn contains(self, net: &IpNet) -> bool {
         matches!(
             (self, net),
             (Family::Ip, IpNet::V4(_)) | (Family::Ip6, IpNet::V6(_))
@@ -118,68 +119,6 @@ pub enum NatError {
     /// An injected failure (from [`FakeNft::fail_next`]).
     #[error("{0}")]
     Injected(String),
-}
-
-/// The complete nft script for both families: each `tabby` table is created if
-/// missing, deleted and recreated with its sets and chains in the same transaction,
-/// so `nft -f` swaps the old ruleset for the new one atomically.
-pub fn render(inputs: &NatInputs) -> String {
-    Family::ALL
-        .iter()
-        .map(|&family| {
-            let items = [
-                pool_set(family, MASQ_SET, &inputs.masq_pools),
-                pool_set(family, ALL_SET, &inputs.all_pools),
-                nat_chain(family),
-            ];
-            table_script(family, &items)
-        })
-        .collect()
-}
-
-/// Replaces table `tabby` of `family` with one holding `items` (sets, chains),
-/// each already indented by one tab and ending in a newline.
-pub fn table_script(family: Family, items: &[String]) -> String {
-    let f = family.as_str();
-    let mut s = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\ntable {f} {TABLE} {{\n");
-    for item in items {
-        s.push_str(item);
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// An interval set of the `family` members of `nets`, merged (nft rejects
-/// overlapping intervals) and sorted so the script is deterministic.
-pub fn pool_set(family: Family, name: &str, nets: &[IpNet]) -> String {
-    let members: Vec<IpNet> = nets
-        .iter()
-        .copied()
-        .filter(|n| family.contains(n))
-        .collect();
-    let merged = IpNet::aggregate(&members);
-    let mut s = format!(
-        "\tset {name} {{\n\t\ttype {}\n\t\tflags interval\n",
-        family.addr_type()
-    );
-    if !merged.is_empty() {
-        let list: Vec<String> = merged.iter().map(IpNet::to_string).collect();
-        s.push_str(&format!("\t\telements = {{ {} }}\n", list.join(", ")));
-    }
-    s.push_str("\t}\n");
-    s
-}
-
-/// The NAT chain: masquerade from a natOutgoing pool to anything outside all pools
-/// (Calico's `cali-nat-outgoing`, with `--random-fully`).
-pub fn nat_chain(family: Family) -> String {
-    let f = family.as_str();
-    format!(
-        "\tchain {NAT_CHAIN} {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\t{f} saddr @{MASQ_SET} {f} daddr != @{ALL_SET} masquerade fully-random\n\
-         \t}}\n"
-    )
 }
 
 /// The script that removes both `tabby` tables, whether they exist or not.
@@ -478,98 +417,6 @@ mod tests {
     }
 
     #[test]
-    fn renders_both_families_for_a_typical_cluster() {
-        let inputs = NatInputs {
-            masq_pools: nets(&["100.64.0.0/16", "2001:db8:64::/48"]),
-            all_pools: nets(&["100.66.0.0/16", "100.64.0.0/16", "2001:db8:64::/48"]),
-        };
-        let expected = "\
-table ip tabby {}
-delete table ip tabby
-table ip tabby {
-\tset masq-ipam-pools {
-\t\ttype ipv4_addr
-\t\tflags interval
-\t\telements = { 100.64.0.0/16 }
-\t}
-\tset all-ipam-pools {
-\t\ttype ipv4_addr
-\t\tflags interval
-\t\telements = { 100.64.0.0/16, 100.66.0.0/16 }
-\t}
-\tchain postrouting {
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr @masq-ipam-pools ip daddr != @all-ipam-pools masquerade fully-random
-\t}
-}
-table ip6 tabby {}
-delete table ip6 tabby
-table ip6 tabby {
-\tset masq-ipam-pools {
-\t\ttype ipv6_addr
-\t\tflags interval
-\t\telements = { 2001:db8:64::/48 }
-\t}
-\tset all-ipam-pools {
-\t\ttype ipv6_addr
-\t\tflags interval
-\t\telements = { 2001:db8:64::/48 }
-\t}
-\tchain postrouting {
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip6 saddr @masq-ipam-pools ip6 daddr != @all-ipam-pools masquerade fully-random
-\t}
-}
-";
-        assert_eq!(render(&inputs), expected);
-    }
-
-    #[test]
-    fn empty_input_renders_empty_sets_without_elements() {
-        let s = render(&NatInputs::default());
-        assert!(!s.contains("elements"), "{s}");
-        assert_eq!(s.matches("flags interval\n\t}\n").count(), 4, "{s}");
-        assert_eq!(s.matches("masquerade fully-random").count(), 2);
-        assert!(s.starts_with("table ip tabby {}\ndelete table ip tabby\n"));
-        assert!(s.contains("table ip6 tabby {}\ndelete table ip6 tabby\n"));
-    }
-
-    #[test]
-    fn ipv6_only_input_leaves_the_ipv4_sets_empty() {
-        let inputs = NatInputs {
-            masq_pools: nets(&["2001:db8:64::/48"]),
-            all_pools: nets(&["2001:db8:66::/48", "2001:db8:64::/48"]),
-        };
-        let s = render(&inputs);
-        let (v4, v6) = s.split_once("table ip6 tabby {}").unwrap();
-        assert!(!v4.contains("elements"), "{v4}");
-        assert!(v6.contains("\t\telements = { 2001:db8:64::/48 }\n"), "{v6}");
-        assert!(
-            v6.contains("\t\telements = { 2001:db8:64::/48, 2001:db8:66::/48 }\n"),
-            "{v6}"
-        );
-        assert!(v6.contains("type ipv6_addr"));
-    }
-
-    #[test]
-    fn overlapping_and_unmasked_cidrs_are_merged() {
-        let s = pool_set(
-            Family::Ip,
-            ALL_SET,
-            &nets(&[
-                "100.64.1.0/24",
-                "100.64.0.0/16",
-                "100.65.0.7/16",
-                "100.66.0.0/24",
-            ]),
-        );
-        assert!(
-            s.contains("elements = { 100.64.0.0/15, 100.66.0.0/24 }"),
-            "{s}"
-        );
-    }
-
-    #[test]
     fn from_pools_follows_nat_outgoing_and_disabled() {
         let pool = |cidr: &str, nat: bool, disabled: bool| IPPoolSpec {
             cidr: Some(cidr.parse().unwrap()),
@@ -602,19 +449,19 @@ table ip6 tabby {
     #[test]
     fn fake_records_and_tracks_state() {
         let fake = FakeNft::new();
-        let script = render(&NatInputs::default());
-        fake.apply(&script).unwrap();
+        let batch = crate::firewall::render(Some(&NatInputs::default()), None);
+        fake.apply_json(&batch).unwrap();
         assert!(fake.list_table("ip").unwrap().is_some());
         assert!(fake.list_table("ip6").unwrap().is_some());
+        assert_eq!(fake.current_json(), Some(batch.clone()));
         fake.fail_next("boom");
         assert_eq!(fake.delete_tables().unwrap_err().to_string(), "boom");
         fake.delete_tables().unwrap();
         assert_eq!(fake.list_table("ip").unwrap(), None);
-        assert_eq!(fake.scripts(), vec![script.clone()]);
         assert_eq!(
             fake.calls(),
             vec![
-                NftCall::Apply(script),
+                NftCall::ApplyJson(batch),
                 NftCall::List("ip".into()),
                 NftCall::List("ip6".into()),
                 NftCall::DeleteTables,

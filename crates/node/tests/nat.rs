@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use tabby_dataplane::NetnsFile;
-use tabby_node::nat::{NatInputs, Nft, NftCli, render};
+use tabby_node::firewall;
+use tabby_node::nat::{NatInputs, Nft, NftCli};
 use tabby_testnet::{End, Netns, TestNet, require_root};
 
 /// Runs `f` on a thread inside `ns`; sockets made there stay in `ns`.
@@ -136,7 +137,8 @@ fn masquerades_to_the_outside_but_not_between_pools() {
         ip("100.64.0.10")
     );
 
-    nft.apply(&render(&cluster_inputs())).unwrap();
+    nft.apply_json(&firewall::render(Some(&cluster_inputs()), None))
+        .unwrap();
     assert_eq!(
         seen_source(&n.pod, &n.outside, ip("198.18.0.2")),
         ip("198.18.0.1"),
@@ -168,9 +170,9 @@ fn masquerades_to_the_outside_but_not_between_pools() {
 fn apply_is_idempotent_and_replaces_the_whole_table() {
     let n = topology("i");
     let nft = NftCli::in_netns(n.node.name());
-    let script = render(&cluster_inputs());
-    nft.apply(&script).unwrap();
-    nft.apply(&script).unwrap();
+    let batch = firewall::render(Some(&cluster_inputs()), None);
+    nft.apply_json(&batch).unwrap();
+    nft.apply_json(&batch).unwrap();
     let listing = nft.list_table("ip").unwrap().unwrap();
     assert_eq!(count(&listing, "rule"), 1, "{listing}");
     assert_eq!(count(&listing, "set"), 2, "{listing}");
@@ -185,7 +187,8 @@ fn apply_is_idempotent_and_replaces_the_whole_table() {
         masq_pools: vec![],
         all_pools: nets(&["100.64.0.0/16"]),
     };
-    nft.apply(&render(&no_nat)).unwrap();
+    nft.apply_json(&firewall::render(Some(&no_nat), None))
+        .unwrap();
     let listing = nft.list_table("ip").unwrap().unwrap();
     assert_eq!(count(&listing, "rule"), 1, "{listing}");
     assert_eq!(
@@ -200,7 +203,8 @@ fn delete_tables_leaves_no_tabby_table() {
     let nft = NftCli::in_netns(n.node.name());
     // Deleting what is not there is fine.
     nft.delete_tables().unwrap();
-    nft.apply(&render(&cluster_inputs())).unwrap();
+    nft.apply_json(&firewall::render(Some(&cluster_inputs()), None))
+        .unwrap();
     let before = tables(&n.node);
     assert!(
         before.contains(&("ip".into(), "tabby".into())),

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Layout, Store, Workload};
+use common::{Cluster, Layout, Store, tcp_between, tcp_exchange};
 use tabby_api::Kind;
 use tabby_policy::explain::VerdictAction;
 
@@ -75,74 +75,6 @@ async fn explain_allows(
     let model = tabby_policy::model::Model::from_resources(&resources).unwrap();
     let v = tabby_policy::explain::explain(&model, from, to, protocol, port).unwrap();
     v.action == VerdictAction::Allow
-}
-
-/// Whether a TCP connection from `client` to `server`:`port` gets through. Unlike
-/// the harness's exchange, the listener gives up after a deadline, so a denied
-/// attempt leaves no socket behind.
-fn tcp_exchange(server: &Workload, client: &Workload, port: u16) -> Result<(), String> {
-    tcp_between(server.ns.name(), server.ip, client.ns.name(), port)
-}
-
-/// [`tcp_exchange`] between any two namespaces: a listener on `ip`:`port` in
-/// `server_ns`, a connection from `client_ns`.
-fn tcp_between(
-    server_ns: &str,
-    ip: std::net::IpAddr,
-    client_ns: &str,
-    port: u16,
-) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use tabby_dataplane::NetnsFile;
-    let err = |what: &'static str| {
-        move |e: std::io::Error| tabby_dataplane::Error::Netns {
-            path: what.into(),
-            reason: e.to_string(),
-        }
-    };
-    let sns = NetnsFile::open(format!("/run/netns/{server_ns}")).map_err(|e| e.to_string())?;
-    let cns = NetnsFile::open(format!("/run/netns/{client_ns}")).map_err(|e| e.to_string())?;
-    let addr = SocketAddr::new(ip, port);
-    let listener: TcpListener = sns
-        .run(move || TcpListener::bind(addr).map_err(err("bind")))
-        .map_err(|e| e.to_string())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let server_thread = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).ok();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-                    let mut buf = [0u8; 4];
-                    if s.read_exact(&mut buf).is_ok() {
-                        let _ = s.write_all(&buf);
-                    }
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    let result = cns
-        .run(move || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).map_err(err("connect"))
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|mut stream| {
-            stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            stream.write_all(b"ping").map_err(|e| e.to_string())?;
-            let mut back = [0u8; 4];
-            stream.read_exact(&mut back).map_err(|e| e.to_string())?;
-            if &back == b"ping" {
-                Ok(())
-            } else {
-                Err(format!("echo was {back:?}"))
-            }
-        });
-    let _ = server_thread.join();
-    result
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

@@ -615,45 +615,60 @@ pub fn cni_plugin() -> PathBuf {
 /// TCP: a listener in `server`'s namespace, a connection from `client`'s, one
 /// message each way.
 pub fn tcp_exchange(server: &Workload, client: &Workload, port: u16) -> Result<(), String> {
-    let sns =
-        NetnsFile::open(format!("/run/netns/{}", server.ns.name())).map_err(|e| e.to_string())?;
-    let cns =
-        NetnsFile::open(format!("/run/netns/{}", client.ns.name())).map_err(|e| e.to_string())?;
-    let addr = SocketAddr::new(server.ip, port);
+    tcp_between(server.ns.name(), server.ip, client.ns.name(), port)
+}
+
+/// [`tcp_exchange`] between any two namespaces: a listener on `ip`:`port` in
+/// `server_ns`, a connection from `client_ns`. The listener gives up after a
+/// deadline, so a failed (or denied) attempt leaves no socket behind and the port
+/// can be tried again.
+pub fn tcp_between(server_ns: &str, ip: IpAddr, client_ns: &str, port: u16) -> Result<(), String> {
+    let err = |what: &'static str| {
+        move |e: std::io::Error| tabby_dataplane::Error::Netns {
+            path: what.into(),
+            reason: e.to_string(),
+        }
+    };
+    let sns = NetnsFile::open(format!("/run/netns/{server_ns}")).map_err(|e| e.to_string())?;
+    let cns = NetnsFile::open(format!("/run/netns/{client_ns}")).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::new(ip, port);
     let listener: TcpListener = sns
-        .run(move || {
-            TcpListener::bind(addr).map_err(|e| tabby_dataplane::Error::Netns {
-                path: "bind".into(),
-                reason: e.to_string(),
-            })
-        })
+        .run(move || TcpListener::bind(addr).map_err(err("bind")))
         .map_err(|e| e.to_string())?;
-    let server_thread = std::thread::spawn(move || -> Result<(), String> {
-        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        s.write_all(&buf).map_err(|e| e.to_string())?;
-        Ok(())
-    });
-    let mut stream: TcpStream = cns
-        .run(move || {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-                tabby_dataplane::Error::Netns {
-                    path: "connect".into(),
-                    reason: e.to_string(),
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let server_thread = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).ok();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                    let mut buf = [0u8; 4];
+                    if s.read_exact(&mut buf).is_ok() {
+                        let _ = s.write_all(&buf);
+                    }
+                    return;
                 }
-            })
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let result = cns
+        .run(move || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(err("connect"))
         })
-        .map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    stream.write_all(b"ping").map_err(|e| e.to_string())?;
-    let mut back = [0u8; 4];
-    stream.read_exact(&mut back).map_err(|e| e.to_string())?;
-    server_thread
-        .join()
-        .map_err(|_| "server panicked".to_string())??;
-    if &back != b"ping" {
-        return Err(format!("echo was {back:?}"));
-    }
-    Ok(())
+        .map_err(|e| e.to_string())
+        .and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            stream.write_all(b"ping").map_err(|e| e.to_string())?;
+            let mut back = [0u8; 4];
+            stream.read_exact(&mut back).map_err(|e| e.to_string())?;
+            if &back == b"ping" {
+                Ok(())
+            } else {
+                Err(format!("echo was {back:?}"))
+            }
+        });
+    let _ = server_thread.join();
+    result
 }
