@@ -254,8 +254,24 @@ impl EtcdCluster {
 
     /// SIGSTOPs member `i`: it keeps its sockets open but answers nothing, like a hung
     /// or partitioned machine. [`EtcdCluster::resume`] undoes it; Drop still kills it.
+    ///
+    /// Returns once every thread of the process is stopped: `kill` only queues the
+    /// signal, and on a loaded machine a thread can still answer a request shortly
+    /// after it.
     pub fn pause(&mut self, i: usize) -> Result<(), HarnessError> {
-        self.signal(i, "-STOP")
+        self.signal(i, "-STOP")?;
+        let pid = self.members[i].child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            if Instant::now() > deadline {
+                return Err(HarnessError::Io {
+                    what: format!("waiting for member {i} (pid {pid}) to stop"),
+                    source: std::io::Error::other("threads still running after 5s"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
     }
 
     /// SIGCONTs a member stopped by [`EtcdCluster::pause`].
@@ -686,4 +702,21 @@ fn openssl(step: &str, args: &[String]) -> Result<(), HarnessError> {
             ),
         })
     }
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/<pid>/task/<tid>/stat`). A process that is gone counts as stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true;
+        };
+        // "tid (comm) S ...": the state follows the last ')', comm may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }

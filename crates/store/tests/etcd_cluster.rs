@@ -13,9 +13,38 @@ use tabby_store::etcd::{EtcdConfig, EtcdStore};
 use tabby_store::etcd_harness::EtcdCluster;
 use tabby_store::{Datastore, Revision, StoreError, WatchEvent, WatchStream};
 
-async fn cluster(size: usize) -> EtcdCluster {
+/// One cluster at a time: these tests measure failover against deadlines of a second
+/// or two, and three clusters fsyncing at once on a small loaded machine can blow
+/// those deadlines without anything being wrong.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A running cluster that holds this file's turn until it is dropped.
+struct Held {
+    // Declared first, so the cluster is gone before the turn passes on.
+    cluster: EtcdCluster,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = EtcdCluster;
+    fn deref(&self) -> &EtcdCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut EtcdCluster {
+        &mut self.cluster
+    }
+}
+
+async fn cluster(size: usize) -> Held {
+    let turn = ONE_AT_A_TIME.lock().await;
     match EtcdCluster::start(size).await {
-        Ok(c) => c,
+        Ok(cluster) => Held {
+            cluster,
+            _turn: turn,
+        },
         Err(e) => panic!("cannot run the etcd tests: {e}"),
     }
 }
