@@ -56,8 +56,8 @@ gbps() {
 echo "| endpoints | policies | kernel rules | model ms | compile ms | render ms | nft apply ms | total ms | 1 changed: model / compile / render / diff = sum ms | 1 changed: nft apply ms | 1 changed: end to end ms | no-op nft batch ms |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 ip netns exec "$node" nft list tables >/dev/null
-"$bench" "$node" 1000 1000 "$rounds"
-"$bench" "$node" 1000 10000 "$rounds"
+ip netns exec "$node" "$bench" - 1000 1000 "$rounds"
+ip netns exec "$node" "$bench" - 1000 10000 "$rounds"
 rules="$(ip netns exec "$node" nft -a list table ip tabby | grep -c ' # handle ' || true)"
 # The load on a shared machine moves iperf3 by more than the ruleset does:
 # alternate loaded and empty runs and take the median of each.

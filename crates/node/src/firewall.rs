@@ -288,13 +288,23 @@ spec: {node: n2, interfaceName: calib, ipNetworks: [100.64.1.1/32], profiles: [k
             .collect();
         assert!(chains.contains(&"forward"), "{chains:?}");
         assert!(chains.contains(&NAT_CHAIN), "{chains:?}");
-        assert!(
-            chains.iter().any(|c| c.contains("calia")),
-            "the local endpoint's chains: {chains:?}"
+        let dispatched: Vec<&str> = b["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["add"]["map"]["family"] == "ip")
+            .filter_map(|c| c["add"]["map"]["elem"].as_array())
+            .flatten()
+            .filter_map(|e| e[0].as_str())
+            .collect();
+        assert_eq!(
+            dispatched,
+            ["calia", "calia"],
+            "the local endpoint, in the from- and to-endpoint maps; not the other node's"
         );
         assert!(
-            !chains.iter().any(|c| c.contains("calib")),
-            "no chains for the other node's endpoint: {chains:?}"
+            chains.iter().any(|c| c.starts_with("to-workload-")),
+            "the local endpoint's program chain: {chains:?}"
         );
     }
 

@@ -42,7 +42,8 @@ async fn set_role(c: &Cluster, wep: &str, role: &str) {
 }
 
 /// The chain names of `nft list table ip tabby` on node `i`.
-fn chains(c: &Cluster, i: usize) -> Vec<String> {
+/// The `ip tabby` table of node `i`, as `nft -j` lists it (empty if absent).
+fn table(c: &Cluster, i: usize) -> Vec<serde_json::Value> {
     let Ok(out) = c.nodes[i]
         .ns
         .output(&["nft", "-j", "list", "table", "ip", "tabby"])
@@ -50,14 +51,26 @@ fn chains(c: &Cluster, i: usize) -> Vec<String> {
         return Vec::new();
     };
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v["nftables"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| o["chain"]["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    v["nftables"].as_array().cloned().unwrap_or_default()
+}
+
+/// Names of the chains in node `i`'s `ip tabby` table.
+fn chains(c: &Cluster, i: usize) -> Vec<String> {
+    table(c, i)
+        .iter()
+        .filter_map(|o| o["chain"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// The interfaces node `i`'s `to-endpoint` map sends to a program chain.
+fn dispatched(c: &Cluster, i: usize) -> Vec<String> {
+    table(c, i)
+        .iter()
+        .filter(|o| o["map"]["name"] == "to-endpoint")
+        .filter_map(|o| o["map"]["elem"].as_array())
+        .flatten()
+        .filter_map(|e| e[0].as_str().map(String::from))
+        .collect()
 }
 
 /// Whether the policy model built from the store allows `from` → `to` on TCP `port`.
@@ -102,10 +115,11 @@ async fn agent_enforces_network_policy_with_real_traffic() {
     c.wait_full_reachability(Duration::from_secs(40));
 
     // With only the kns.default profile, everything is allowed; the agent's table
-    // holds the endpoint chains and the natOutgoing chain together.
+    // holds the endpoint programs (web's interface in the map) and the natOutgoing
+    // chain together.
     wait_for("the policy chains on n1", Duration::from_secs(10), || {
-        let ch = chains(&c, 0);
-        ch.iter().any(|n| n.contains("caliweb")) && ch.iter().any(|n| n == "postrouting")
+        dispatched(&c, 0).iter().any(|n| n.contains("caliweb"))
+            && chains(&c, 0).iter().any(|n| n == "postrouting")
     });
     tcp_exchange(&c.workloads[web], &c.workloads[other], 8080).unwrap();
     let web_ip = c.workloads[web].ip.to_string();
@@ -164,7 +178,7 @@ async fn agent_enforces_network_policy_with_real_traffic() {
         .output(&["nft", "delete", "table", "ip", "tabby"])
         .unwrap();
     wait_for("the table to be restored", Duration::from_secs(40), || {
-        chains(&c, 0).iter().any(|n| n.contains("caliweb"))
+        dispatched(&c, 0).iter().any(|n| n.contains("caliweb"))
     });
     assert!(tcp_exchange(&c.workloads[web], &c.workloads[other], 8080).is_err());
 

@@ -7,6 +7,9 @@
 //!
 //!   policy_bench NETNS ENDPOINTS POLICIES [ROUNDS]
 //!
+//! NETNS `-` runs `nft` in this process's own namespace (run the driver under
+//! `ip netns exec`, as bench/policy/run.sh does: the agent calls nft directly).
+//!
 //! Endpoint i: namespace `ns<i%10>`, label `app=app<i%100>`, interface
 //! `cali<i>` (zero-padded), address 100.64.<i/250>.<i%250+1>. Policy j: namespace
 //! `ns<j%10>`, order j, selecting `app == 'app<j%100>'` (10 endpoints each),
@@ -78,8 +81,17 @@ fn resources_changed(endpoints: usize, policies: usize) -> Vec<Resource> {
 fn nft(netns: &str, v: &Value) -> Duration {
     let body = v.to_string();
     let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-j", "-f", "-"])
+    // `-`: this process already runs in the node's namespace (as the agent does)
+    // and calls nft directly, without the cost of `ip netns exec`.
+    let mut cmd = if netns == "-" {
+        Command::new("nft")
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns, "nft"]);
+        c
+    };
+    let mut child = cmd
+        .args(["-j", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

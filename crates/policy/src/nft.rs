@@ -3,11 +3,12 @@
 //! chain per distinct endpoint program and direction (and per tier and profile in
 //! it), verdict maps dispatching by interface, and the conntrack fast path first.
 //!
-//! Each interface has a one-rule chain (`fw-<iface>` / `tw-<iface>` from / to a
-//! workload, `fh-<iface>` / `th-<iface>` into / out of the host by a host
-//! endpoint) that goes to its program chain. Endpoints with the same program
-//! (replicas) share its chains, so the kernel holds rules per distinct program
-//! rather than per pod. Program and tier chains (`to-workload-<hash>`,
+//! The verdict maps send each interface straight to its program chain (jump for
+//! workloads, goto for host endpoints); there is no chain per interface. Endpoints
+//! with the same program (replicas) share its chains, so the kernel holds chains
+//! and rules per distinct program rather than per pod: what every `nft` run
+//! fetches into its cache and every commit validates does not grow with the pods.
+//! Program and tier chains (`to-workload-<hash>`,
 //! `tier-<tier>-<hash>`, ...) are named by a hash of the program's first
 //! interface, so their names survive changes of their rules: one changed policy
 //! flushes and refills only the tier chains it is in. Profile chains
@@ -590,34 +591,20 @@ fn table(c: &Compiled, f: Family) -> Table {
         json!({"type": "ifname"}),
         workloads.iter().map(|(i, _)| json!(i)).collect(),
     );
-    // Each interface gets its own small chain (`fw-<iface>`, `tw-<iface>`,
-    // `fh-<iface>`, `th-<iface>`) that goes to the shared program chain: the
-    // ruleset reads per interface, and a changed program swaps one rule.
-    for (list, host) in [(&workloads, false), (&hosts, true)] {
-        for (i, e) in list.iter() {
-            for d in [Direction::Egress, Direction::Ingress] {
-                let own = if host {
-                    host_chain_name(i, d)
-                } else {
-                    chain_name(i, d)
-                };
-                b.chain(&own);
-                b.rule(
-                    &own,
-                    vec![json!({"goto": {"target": names[&(e.group, d, host)]}})],
-                    None,
-                );
-            }
-        }
-    }
+    // The verdict maps send each interface straight to its (shared) program
+    // chain: no chain per interface, so the kernel's chain count (which every
+    // `nft` run fetches and every commit validates) grows with distinct programs,
+    // not with pods. Workloads are jumped to (the forward hook runs the source's
+    // egress, then the destination's ingress); host endpoints are gone to.
     let vmap = |list: &[(&str, &EndpointProgram)], d: Direction, host: bool| -> Vec<Value> {
         list.iter()
             .filter(|(i, _)| *i != ALL_INTERFACES)
-            .map(|(i, _)| {
+            .map(|(i, e)| {
+                let target = &names[&(e.group, d, host)];
                 if host {
-                    json!([i, {"goto": {"target": host_chain_name(i, d)}}])
+                    json!([i, {"goto": {"target": target}}])
                 } else {
-                    json!([i, {"jump": {"target": chain_name(i, d)}}])
+                    json!([i, {"jump": {"target": target}}])
                 }
             })
             .collect()
@@ -666,7 +653,12 @@ fn table(c: &Compiled, f: Family) -> Table {
         None,
     );
 
-    let all = hosts.iter().any(|(i, _)| *i == ALL_INTERFACES);
+    // The host endpoint for all interfaces (`interfaceName: "*"`), if any: its
+    // program chain, gone to after the per-interface map.
+    let all = hosts
+        .iter()
+        .find(|(i, _)| *i == ALL_INTERFACES)
+        .map(|(_, e)| e.group);
     for (hook, key, map, d) in [
         (
             "input",
@@ -723,10 +715,10 @@ fn table(c: &Compiled, f: Family) -> Table {
             vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
             None,
         );
-        if all {
+        if let Some(group) = all {
             b.rule(
                 hook,
-                vec![json!({"goto": {"target": host_chain_name(ALL_INTERFACES, d)}})],
+                vec![json!({"goto": {"target": names[&(group, d, true)]}})],
                 Some("Host endpoint for all interfaces"),
             );
         }
@@ -816,31 +808,6 @@ fn failsafe_rules(f: Family, ports: &[FailsafePort], peer: &str) -> Vec<Vec<Valu
         ]);
     }
     out
-}
-
-/// `fw-<iface>` (from the workload: egress) or `tw-<iface>` (to it: ingress):
-/// the interface's chain, one rule going to its (shared) program chain.
-pub fn chain_name(iface: &str, d: Direction) -> String {
-    match d {
-        Direction::Egress => format!("fw-{iface}"),
-        Direction::Ingress => format!("tw-{iface}"),
-    }
-}
-
-/// `fh-<iface>` (from the host endpoint into the host: its ingress) or
-/// `th-<iface>` (from the host out of it: egress); `fh/all` and `th/all` for the
-/// host endpoint of all interfaces (`/` is in no interface name; nft reads `*`
-/// as a wildcard).
-pub fn host_chain_name(iface: &str, d: Direction) -> String {
-    let iface = if iface == ALL_INTERFACES {
-        "/all".to_string()
-    } else {
-        format!("-{iface}")
-    };
-    match d {
-        Direction::Egress => format!("th{iface}"),
-        Direction::Ingress => format!("fh{iface}"),
-    }
 }
 
 type RuleList = Vec<(Vec<Value>, Option<String>)>;

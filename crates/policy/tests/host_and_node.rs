@@ -61,9 +61,8 @@ fn model(text: &str) -> Model {
 }
 
 // Hand-checked. Only n1's endpoints have chains (n1-eth0 and web/a), but the
-// `role == edge` set holds n2's host endpoint address too. Each interface's
-// chain (fh-eth0, th-eth0, fw-cali-a, tw-cali-a) is one goto to its program
-// chain. The host endpoint program chains start with the invalid-state drop and
+// `role == edge` set holds n2's host endpoint address too. The verdict maps
+// send each interface (eth0, cali-a) straight to its program chain. The host endpoint program chains start with the invalid-state drop and
 // the failsafe jump, then run the program like a workload's: tier chain, end-of-tier drop, "Drop if no profiles
 // matched" (a host endpoint without policy or profile is closed, except for
 // failsafes). FelixConfiguration sets inbound tcp:22 and udp:68 from
@@ -78,28 +77,23 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"set":{"elem":["cali-a"],"family":"ip","name":"workload-interfaces","table":"tabby","type":"ifname"}}},
 {"add":{"chain":{"family":"ip","name":"failsafe-in","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"failsafe-out","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"fh-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"forward","name":"forward","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","name":"from-host-endpoint-e6a4ca4803237165","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"from-workload-d9c093d9150823de","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"fw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","hook":"input","name":"input","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","hook":"output","name":"output","policy":"accept","prio":0,"table":"tabby","type":"filter"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-46843bb0d18d8793","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"pro-kns.web-61ca5cab7b224583","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"th-eth0","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"tier-default-e6a4ca4803237165","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"to-host-endpoint-4a5e1ce30ea09322","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"to-workload-8f2cdaaf9c949e6b","table":"tabby"}}},
-{"add":{"chain":{"family":"ip","name":"tw-cali-a","table":"tabby"}}},
 {"add":{"chain":{"family":"ip","name":"wl-to-host","table":"tabby"}}},
-{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"fw-cali-a"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["eth0",{"goto":{"target":"fh-eth0"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"tw-cali-a"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
-{"add":{"map":{"elem":[["eth0",{"goto":{"target":"th-eth0"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"from-workload-d9c093d9150823de"}}]],"family":"ip","map":"verdict","name":"from-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["eth0",{"goto":{"target":"from-host-endpoint-e6a4ca4803237165"}}]],"family":"ip","map":"verdict","name":"from-host-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["cali-a",{"jump":{"target":"to-workload-8f2cdaaf9c949e6b"}}]],"family":"ip","map":"verdict","name":"to-endpoint","table":"tabby","type":"ifname"}}},
+{"add":{"map":{"elem":[["eth0",{"goto":{"target":"to-host-endpoint-4a5e1ce30ea09322"}}]],"family":"ip","map":"verdict","name":"to-host-endpoint","table":"tabby","type":"ifname"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":22}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"failsafe-in","comment":"failsafe","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":17}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"198.18.0.0","len":24}}}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":68}},{"accept":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fh-eth0","expr":[{"goto":{"target":"from-host-endpoint-e6a4ca4803237165"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"forward","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
@@ -114,7 +108,6 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"jump":{"target":"pro-kns.web-61ca5cab7b224583"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"from-workload-d9c093d9150823de","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"from-workload-d9c093d9150823de","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"fw-cali-a","expr":[{"goto":{"target":"from-workload-d9c093d9150823de"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}},{"accept":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"input","comment":"Workload to host: egress policy, then DefaultEndpointToHostAction","expr":[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@workload-interfaces"}},{"goto":{"target":"wl-to-host"}}],"family":"ip","table":"tabby"}}},
@@ -125,7 +118,6 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"output","expr":[{"vmap":{"data":"@to-host-endpoint","key":{"meta":{"key":"oifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-46843bb0d18d8793","comment":"profile kns.web ingress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"pro-kns.web-61ca5cab7b224583","comment":"profile kns.web egress[0]","expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"th-eth0","expr":[{"goto":{"target":"to-host-endpoint-4a5e1ce30ea09322"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"default edge ingress[0]","expr":[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":6}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":"@s-e5c54272564cc569"}},{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":10250}},{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"|":[{"meta":{"key":"mark"}},65536]}}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"tier-default-e6a4ca4803237165","comment":"End of tier default. Drop if no policies passed packet","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"to-host-endpoint-4a5e1ce30ea09322","expr":[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}],"family":"ip","table":"tabby"}}},
@@ -136,7 +128,6 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 {"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"jump":{"target":"pro-kns.web-46843bb0d18d8793"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","expr":[{"match":{"left":{"&":[{"meta":{"key":"mark"}},65536]},"op":"==","right":65536}},{"return":null}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"to-workload-8f2cdaaf9c949e6b","comment":"Drop if no profiles matched","expr":[{"drop":null}],"family":"ip","table":"tabby"}}},
-{"add":{"rule":{"chain":"tw-cali-a","expr":[{"goto":{"target":"to-workload-8f2cdaaf9c949e6b"}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"wl-to-host","expr":[{"vmap":{"data":"@from-endpoint","key":{"meta":{"key":"iifname"}}}}],"family":"ip","table":"tabby"}}},
 {"add":{"rule":{"chain":"wl-to-host","comment":"DefaultEndpointToHostAction Drop","expr":[{"drop":null}],"family":"ip","table":"tabby"}}}
 ]"#;
@@ -145,7 +136,7 @@ const EXPECTED_HOST_IPV4: &str = r#"[
 // interface, not their rules, so the changed rule only refills eth0's tier chain
 // (flush, then its two rules) in place; the set gains 198.18.0.3 (aggregated
 // with .2 into .2/31: the old /32 element goes, the /31 comes). The program
-// chain, fh-eth0 and everything else are not touched; IPv6 has no change at all
+// chain, the maps and everything else are not touched; IPv6 has no change at all
 // (the set has no IPv6 member, so the rule is not rendered there either way).
 const EXPECTED_DIFF: &str = r#"[
 {"delete":{"element":{"elem":[{"prefix":{"addr":"198.18.0.2","len":32}}],"family":"ip","name":"s-e5c54272564cc569","table":"tabby"}}},
@@ -211,7 +202,7 @@ fn one_program_per_interface_when_nodes_share_names() {
     assert!(
         map.elems[0][1]["goto"]["target"]
             .as_str()
-            .is_some_and(|t| t.starts_with("fh-"))
+            .is_some_and(|t| t.starts_with("from-host-endpoint-"))
     );
 }
 
@@ -421,12 +412,8 @@ spec: {node: n1, ipNetworks: [100.64.0.2/32], interfaceName: cali-b, profiles: [
             "delete element workload-interfaces",
             "delete element from-endpoint",
             "delete element to-endpoint",
-            "flush chain fw-cali-b",
-            "flush chain tw-cali-b",
-            "delete chain fw-cali-b",
-            "delete chain tw-cali-b",
         ],
-        "b had the same programs as a: only its own interface chains go, the shared ones stay"
+        "b had the same programs as a: only its map elements go, the shared chains stay"
     );
     // An endpoint with its own program (a profile that does not exist: no
     // profile chain, just its egress and ingress program chains) takes those
@@ -459,10 +446,6 @@ spec: {node: n1, ipNetworks: [100.64.0.2/32], interfaceName: cali-b, profiles: [
             "delete element",
             "flush chain",
             "flush chain",
-            "flush chain",
-            "flush chain",
-            "delete chain",
-            "delete chain",
             "delete chain",
             "delete chain",
         ]

@@ -31,8 +31,7 @@ spec:
 // (65536), return. Endpoint chains clear it first (mark &= 0xfffeffff =
 // 4294901759) and return once it is set. No host endpoints: the host endpoint
 // maps are empty and `input`/`output` end in their vmap (policy accept). The
-// maps jump to each interface's chain (fw-cali-a, ...), one goto to its program
-// chain; program and tier chains are named by a hash of the program's first
+// maps jump straight to each interface's program chain; program and tier chains are named by a hash of the program's first
 // interface (and direction), profile chains by a hash of their rules: a and b
 // share the egress program (both only have the kns.web profile, so it is named
 // after cali-a), b's ingress program jumps to its tier chain first. Since the
@@ -48,8 +47,6 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"chain": {"family": "ip", "name": "failsafe-out", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "hook": "forward", "name": "forward", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
 {"add": {"chain": {"family": "ip", "name": "from-workload-d9c093d9150823de", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "fw-cali-a", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "fw-cali-b", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "hook": "input", "name": "input", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
 {"add": {"chain": {"family": "ip", "hook": "output", "name": "output", "policy": "accept", "prio": 0, "table": "tabby", "type": "filter"}}},
 {"add": {"chain": {"family": "ip", "name": "pro-kns.web-46843bb0d18d8793", "table": "tabby"}}},
@@ -57,12 +54,10 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"chain": {"family": "ip", "name": "tier-default-8f2cdbaf9c94a01e", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "to-workload-8f2cdaaf9c949e6b", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "to-workload-8f2cdbaf9c94a01e", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "tw-cali-a", "table": "tabby"}}},
-{"add": {"chain": {"family": "ip", "name": "tw-cali-b", "table": "tabby"}}},
 {"add": {"chain": {"family": "ip", "name": "wl-to-host", "table": "tabby"}}},
-{"add": {"map": {"elem": [["cali-a", {"jump": {"target": "fw-cali-a"}}], ["cali-b", {"jump": {"target": "fw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "from-endpoint", "table": "tabby", "type": "ifname"}}},
+{"add": {"map": {"elem": [["cali-a", {"jump": {"target": "from-workload-d9c093d9150823de"}}], ["cali-b", {"jump": {"target": "from-workload-d9c093d9150823de"}}]], "family": "ip", "map": "verdict", "name": "from-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"family": "ip", "map": "verdict", "name": "from-host-endpoint", "table": "tabby", "type": "ifname"}}},
-{"add": {"map": {"elem": [["cali-a", {"jump": {"target": "tw-cali-a"}}], ["cali-b", {"jump": {"target": "tw-cali-b"}}]], "family": "ip", "map": "verdict", "name": "to-endpoint", "table": "tabby", "type": "ifname"}}},
+{"add": {"map": {"elem": [["cali-a", {"jump": {"target": "to-workload-8f2cdaaf9c949e6b"}}], ["cali-b", {"jump": {"target": "to-workload-8f2cdbaf9c94a01e"}}]], "family": "ip", "map": "verdict", "name": "to-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"map": {"family": "ip", "map": "verdict", "name": "to-host-endpoint", "table": "tabby", "type": "ifname"}}},
 {"add": {"rule": {"chain": "failsafe-in", "comment": "failsafe", "expr": [{"match": {"left": {"meta": {"key": "l4proto"}}, "op": "==", "right": 6}}, {"match": {"left": {"payload": {"field": "dport", "protocol": "tcp"}}, "op": "==", "right": {"set": [22, 179, 2379, 2380, 5473, 6443, 6666, 6667]}}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "failsafe-in", "comment": "failsafe", "expr": [{"match": {"left": {"meta": {"key": "l4proto"}}, "op": "==", "right": 17}}, {"match": {"left": {"payload": {"field": "dport", "protocol": "udp"}}, "op": "==", "right": 68}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
@@ -76,8 +71,6 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "expr": [{"jump": {"target": "pro-kns.web-61ca5cab7b224583"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "from-workload-d9c093d9150823de", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "fw-cali-a", "expr": [{"goto": {"target": "from-workload-d9c093d9150823de"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "fw-cali-b", "expr": [{"goto": {"target": "from-workload-d9c093d9150823de"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"ct": {"key": "state"}}, "op": "in", "right": ["established", "related"]}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "lo"}}, {"accept": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "input", "comment": "Workload to host: egress policy, then DefaultEndpointToHostAction", "expr": [{"match": {"left": {"meta": {"key": "iifname"}}, "op": "==", "right": "@workload-interfaces"}}, {"goto": {"target": "wl-to-host"}}], "family": "ip", "table": "tabby"}}},
@@ -100,8 +93,6 @@ const EXPECTED_IPV4: &str = r#"[
 {"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"jump": {"target": "pro-kns.web-46843bb0d18d8793"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "expr": [{"match": {"left": {"&": [{"meta": {"key": "mark"}}, 65536]}, "op": "==", "right": 65536}}, {"return": null}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "to-workload-8f2cdbaf9c94a01e", "comment": "Drop if no profiles matched", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tw-cali-a", "expr": [{"goto": {"target": "to-workload-8f2cdaaf9c949e6b"}}], "family": "ip", "table": "tabby"}}},
-{"add": {"rule": {"chain": "tw-cali-b", "expr": [{"goto": {"target": "to-workload-8f2cdbaf9c94a01e"}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "wl-to-host", "expr": [{"vmap": {"data": "@from-endpoint", "key": {"meta": {"key": "iifname"}}}}], "family": "ip", "table": "tabby"}}},
 {"add": {"rule": {"chain": "wl-to-host", "comment": "DefaultEndpointToHostAction Drop", "expr": [{"drop": null}], "family": "ip", "table": "tabby"}}}
 ]"#;
