@@ -27,7 +27,6 @@ use tracing::{debug, info, warn};
 
 use crate::desired::{self, Advertisement, Desired, KernelView, Settings, VXLAN_DEVICE};
 use crate::metrics::{Health, Metrics};
-use crate::nat::{Nft, NftCli};
 use crate::peers::{DerivedBgp, FileEnvSecrets, PeerInputs};
 use crate::reconcile::Reconciler;
 use crate::snapshot::StoreView;
@@ -542,7 +541,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         dir: cfg.secrets_dir.clone(),
     };
     let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
-    let nft = NftCli { netns: None };
+    let nft = crate::nat::best_nft();
     let mut last_fw: Option<crate::firewall::Applied> = None;
     let mut policy: Option<tabby_policy::compile::Compiled> = None;
     // Bandwidth limits (issue 8): see crate::qos.
@@ -727,7 +726,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // natOutgoing and network policy: one table per family, one transaction.
         if cfg.nat || cfg.policy {
             // Someone may have flushed the table: look on resync passes only (each look
-            // is an `nft` process).
+            // costs a ruleset fetch).
             if resync && matches!(nft.list_table("ip"), Ok(None)) {
                 last_fw = None;
             }

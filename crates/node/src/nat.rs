@@ -1,8 +1,8 @@
 //! Outgoing NAT (Calico's `natOutgoing`) on nftables: traffic from a pool with
 //! natOutgoing to anywhere outside every pool is masqueraded to the node's address.
 //! [`crate::firewall::render`] puts the sets and chain into the `tabby` table of each
-//! family beside the policy; [`Nft`] applies it ([`NftCli`] runs `nft`, [`FakeNft`]
-//! records).
+//! family beside the policy; [`Nft`] applies it ([`NftLib`] through a long-lived
+//! libnftables context, [`NftCli`] by running `nft`, [`FakeNft`] records).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -273,6 +273,85 @@ impl Nft for NftCli {
 
     fn delete_tables(&self) -> Result<(), NatError> {
         self.apply(&delete_script())
+    }
+}
+
+/// libnftables in this process: one context (one netlink socket) kept open for
+/// the agent's life, in the agent's own network namespace. Applying a batch then
+/// costs the kernel commit, not a process start, nft's full cache fetch and the
+/// socket close that waits for deleted rules to be freed (see
+/// [`tabby_sys::nftables`]). Same behaviour as [`NftCli`] otherwise.
+pub struct NftLib {
+    session: Mutex<tabby_sys::nftables::Session>,
+}
+
+impl NftLib {
+    /// Opens the context, or says why not (library missing).
+    pub fn open() -> Result<NftLib, String> {
+        tabby_sys::nftables::Session::open().map(|s| NftLib {
+            session: Mutex::new(s),
+        })
+    }
+
+    fn run(&self, what: &str, commands: &str, json: bool) -> Result<String, NatError> {
+        // A panic while holding the lock cannot leave the context half-used in a
+        // way the next run would see: each run starts from its own buffers.
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        s.run(commands, json).map_err(|e| NatError::Failed {
+            cmd: format!("libnftables: {what}"),
+            status: "error".to_string(),
+            stderr: e.0,
+        })
+    }
+}
+
+impl std::fmt::Debug for NftLib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NftLib")
+    }
+}
+
+impl Nft for NftLib {
+    fn apply(&self, script: &str) -> Result<(), NatError> {
+        self.run("nft -f -", script, false).map(drop)
+    }
+
+    fn apply_json(&self, batch: &serde_json::Value) -> Result<(), NatError> {
+        self.run("nft -j -f -", &batch.to_string(), true).map(drop)
+    }
+
+    fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError> {
+        let what = format!("nft -j list table {family} {TABLE}");
+        match self.run(&what, &format!("list table {family} {TABLE}"), true) {
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|e| NatError::Parse {
+                    cmd: what,
+                    reason: e.to_string(),
+                }),
+            Err(NatError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_tables(&self) -> Result<(), NatError> {
+        self.apply(&delete_script())
+    }
+}
+
+/// The agent's nftables: [`NftLib`] when libnftables loads, else [`NftCli`]
+/// (logged once, with the reason).
+pub fn best_nft() -> Box<dyn Nft> {
+    match NftLib::open() {
+        Ok(lib) => Box::new(lib),
+        Err(why) => {
+            tracing::warn!(reason = %why, "libnftables unavailable; running the nft program per batch");
+            Box::new(NftCli::new())
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! model of E workload endpoints and P NetworkPolicies on one node, times
 //! model building, compilation, rendering and `nft -j -f` into a network
 //! namespace, then one changed policy applied incrementally (model, compile,
-//! render and diff timed apart, then `nft` apply, then the whole end to end).
+//! render and diff timed apart, then `nft` apply, then the whole end to end);
+//! then the full and the changed batch through a long-lived libnftables context,
+//! as the agent applies them.
 //! Prints Markdown rows.
 //!
 //!   policy_bench NETNS ENDPOINTS POLICIES [ROUNDS]
@@ -129,6 +131,19 @@ fn main() {
     let (mut t_model, mut t_compile, mut t_render, mut t_apply) = (vec![], vec![], vec![], vec![]);
     let (mut t_inc_compute, mut t_inc_apply, mut t_noop) = (vec![], vec![], vec![]);
     let (mut t_inc_steps, mut t_inc_total) = (Vec::new(), vec![]);
+    let (mut t_lib_full, mut t_lib_inc) = (vec![], vec![]);
+    // The agent's way when libnftables loads: one context kept open (NETNS `-`
+    // only: the context belongs to this process's namespace).
+    let mut session = (netns == "-").then(|| {
+        tabby_sys::nftables::Session::open().expect("libnftables (apt-get install libnftables1)")
+    });
+    let mut lib = |v: &Value| -> Option<Duration> {
+        let s = session.as_mut()?;
+        let body = v.to_string();
+        let started = Instant::now();
+        s.run(&body, true).expect("libnftables batch");
+        Some(started.elapsed())
+    };
     let mut rules = 0;
     let mut inc_cmds = 0;
     let resources = resources(endpoints, policies, None);
@@ -166,10 +181,17 @@ fn main() {
         t_inc_steps.push([a, b - a, c - b, d - c]);
         t_inc_compute.push(d);
         inc_cmds = update.len();
-        t_inc_apply.push(nft(netns, &batch(update)));
+        t_inc_apply.push(nft(netns, &batch(update.clone())));
         t_inc_total.push(s.elapsed());
         // Back to the first state for the next round (not timed).
         nft(netns, &batch(diff(&rs2, &rs)));
+        // The same through the long-lived libnftables context: the full state,
+        // then the one changed policy, then back (not timed).
+        if let Some(t) = lib(&full) {
+            t_lib_full.push(t);
+            t_lib_inc.push(lib(&batch(update.clone())).expect("session"));
+            lib(&batch(diff(&rs2, &rs)));
+        }
         // What any nft run costs with this table loaded: process start, netns
         // entry, nft's cache of the kernel's tables; the batch only adds the
         // table that is already there.
@@ -189,8 +211,15 @@ fn main() {
             t_inc_steps.iter().map(|s: &[Duration; 4]| s[i]).collect(),
         ))
     };
+    let lib_ms = |v: Vec<Duration>| {
+        if v.is_empty() {
+            "n/a".to_string()
+        } else {
+            ms(median(v))
+        }
+    };
     println!(
-        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} / {} / {} / {} = {} ({inc_cmds} cmds) | {} | {} | {} |",
+        "| {endpoints} | {policies} | {rules} | {} | {} | {} | {} | {} | {} / {} / {} / {} = {} ({inc_cmds} cmds) | {} | {} | {} | {} | {} |",
         ms(median(t_model)),
         ms(median(t_compile)),
         ms(median(t_render)),
@@ -204,5 +233,7 @@ fn main() {
         ms(median(t_inc_apply)),
         ms(median(t_inc_total)),
         ms(median(t_noop)),
+        lib_ms(t_lib_full),
+        lib_ms(t_lib_inc),
     );
 }

@@ -1,5 +1,7 @@
-//! The few syscalls Tabby needs that have no safe wrapper in our
-//! dependencies: TCP MD5 signatures (RFC 2385) and IP_MINTTL for BGP TTL
-//! security (GTSM, RFC 5082). Every unsafe block states why it is sound.
+//! The few places Tabby needs `unsafe`: syscalls with no safe wrapper in our
+//! dependencies (TCP MD5 signatures, RFC 2385; IP_MINTTL for BGP TTL security,
+//! GTSM, RFC 5082) and a long-lived libnftables context loaded at run time.
+//! Every unsafe block states why it is sound.
 
+pub mod nftables;
 pub mod tcp;
