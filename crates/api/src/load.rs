@@ -721,6 +721,101 @@ pub fn from_json_value(value: Value, source: &str) -> Result<Resource, LoadError
     decode(&doc, source).map_err(|problems| LoadError { problems })
 }
 
+/// Decodes a stored resource leniently: a field this version does not know (written
+/// by a newer version, or by calicoctl) is dropped and reported rather than failing
+/// the whole record. Returns the resource and one [`Problem`] per ignored field
+/// (path and key named, for a warning). Any other schema problem is still an error.
+/// Files given to `tabbyctl apply` go through the strict [`parse_documents`].
+pub fn from_json_value_lenient(
+    mut value: Value,
+    source: &str,
+) -> Result<(Resource, Vec<Problem>), LoadError> {
+    let mut ignored: Vec<Problem> = Vec::new();
+    // Each round removes the unknown fields the strict decoder reported (serde stops
+    // at the first one per object, so a record with several takes several rounds).
+    for _ in 0..64 {
+        match from_json_value(value.clone(), source) {
+            Ok(r) => return Ok((r, ignored)),
+            Err(e) => {
+                let unknown = |p: &Problem| {
+                    p.kind == ProblemKind::Schema && p.message.starts_with("unknown field")
+                };
+                if !e.problems.iter().all(unknown) {
+                    return Err(e);
+                }
+                let mut removed = false;
+                for p in &e.problems {
+                    if let Some(path) = &p.path
+                        && !ignored.iter().any(|i| i.path.as_deref() == Some(path))
+                        && remove_path(&mut value, path)
+                    {
+                        removed = true;
+                        ignored.push(Problem {
+                            message: "unknown to this version of Tabby; ignored".to_string(),
+                            ..p.clone()
+                        });
+                    }
+                }
+                if !removed {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    from_json_value(value, source).map(|r| (r, ignored))
+}
+
+/// Removes the field at a dotted path with `[i]` indexes (`spec.ingress[0].foo`),
+/// as the decoder reports it. Whether something was removed.
+fn remove_path(value: &mut Value, path: &str) -> bool {
+    let mut parts: Vec<PathPart<'_>> = Vec::new();
+    for seg in path.split('.') {
+        let (name, mut rest) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (seg, ""),
+        };
+        if !name.is_empty() {
+            parts.push(PathPart::Key(name));
+        }
+        while let Some(r) = rest.strip_prefix('[') {
+            let Some((idx, tail)) = r.split_once(']') else {
+                return false;
+            };
+            let Ok(i) = idx.parse::<usize>() else {
+                return false;
+            };
+            parts.push(PathPart::Index(i));
+            rest = tail;
+        }
+    }
+    let Some((PathPart::Key(last), parents)) = parts.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for p in parents {
+        at = match (p, at) {
+            (PathPart::Key(k), Value::Object(m)) => match m.get_mut(*k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (PathPart::Index(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match at {
+        Value::Object(m) => m.remove(*last).is_some(),
+        _ => false,
+    }
+}
+
+enum PathPart<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
 /// Several resources as one `List`: `<Kind>List` when they share a kind, else a
 /// Kubernetes `v1` `List`.
 pub fn list_value(resources: &[Resource]) -> Value {
@@ -985,5 +1080,47 @@ spec:
             describe_serde_error("unknown field `zzz`, there are no fields".into()),
             "unknown field; this object takes no fields"
         );
+    }
+
+    #[test]
+    fn stored_records_with_unknown_fields_decode_leniently() {
+        let v: Value = serde_json::json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "WorkloadEndpoint",
+            "metadata": {"name": "n1-k8s-p-eth0", "namespace": "ns", "futureMeta": 1},
+            "spec": {
+                "node": "n1",
+                "interfaceName": "cali0123456789a",
+                "ipNetworks": ["100.64.0.5/32"],
+                "shinyNewField": {"a": 1},
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "hostIP": "x", "future": true}]
+            },
+            "futureTop": "x"
+        });
+        // Strict decoding refuses it...
+        assert!(from_json_value(v.clone(), "/calico/k").is_err());
+        // ...lenient decoding keeps the record and names every ignored field.
+        let (r, ignored) = from_json_value_lenient(v, "/calico/k").unwrap();
+        assert_eq!(r.name(), "n1-k8s-p-eth0");
+        let w = r.spec.as_workload_endpoint().unwrap();
+        assert_eq!(w.node.as_deref(), Some("n1"));
+        assert_eq!(w.ports.len(), 1);
+        let paths: Vec<&str> = ignored.iter().filter_map(|p| p.path.as_deref()).collect();
+        for want in [
+            "futureTop",
+            "metadata.futureMeta",
+            "spec.shinyNewField",
+            "spec.ports[0].future",
+        ] {
+            assert!(paths.contains(&want), "{want} not in {paths:?}");
+        }
+        assert!(ignored.iter().all(|p| p.source == "/calico/k"));
+        // A field of the wrong type is still an error, naming it.
+        let bad = serde_json::json!({
+            "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": "p"}, "spec": {"cidr": 5, "extra": 1}
+        });
+        let e = from_json_value_lenient(bad, "k").unwrap_err();
+        assert!(e.to_string().contains("spec.cidr"), "{e}");
     }
 }

@@ -112,16 +112,34 @@ impl Client {
         &self.store
     }
 
-    fn decode(&self, kind: Kind, name: &str, kv: &tabby_store::KeyValue) -> Result<Resource> {
+    /// Decodes a stored record leniently (fields this version does not know are
+    /// dropped and returned), with the revision as its resourceVersion.
+    fn decode_lenient(
+        &self,
+        kind: Kind,
+        name: &str,
+        kv: &tabby_store::KeyValue,
+    ) -> Result<(Resource, Vec<tabby_api::load::Problem>)> {
         let corrupt = |message: String| ClientError::Corrupt {
             kind,
             name: name.to_string(),
             message,
         };
         let value: Value = serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
-        let mut r =
-            tabby_api::load::from_json_value(value, &kv.key).map_err(|e| corrupt(e.to_string()))?;
+        let (mut r, ignored) = tabby_api::load::from_json_value_lenient(value, &kv.key)
+            .map_err(|e| corrupt(e.to_string()))?;
         r.set_resource_version(Some(kv.mod_revision.to_string()));
+        Ok((r, ignored))
+    }
+
+    /// Decodes a stored record for reading: a field this version does not know
+    /// (written by a newer version or by calicoctl) is a warning naming the key and
+    /// field, never a failed read or list.
+    fn decode(&self, kind: Kind, name: &str, kv: &tabby_store::KeyValue) -> Result<Resource> {
+        let (r, ignored) = self.decode_lenient(kind, name, kv)?;
+        for p in ignored {
+            tracing::warn!("{p}");
+        }
         Ok(r)
     }
 
@@ -329,7 +347,15 @@ impl Client {
                     name: name.to_string(),
                 });
             };
-            let old = self.decode(kind, name, &kv)?;
+            let (old, ignored) = self.decode_lenient(kind, name, &kv)?;
+            if !ignored.is_empty() {
+                // Writing it back would silently drop what a newer writer stored.
+                let fields: Vec<String> = ignored.iter().filter_map(|p| p.path.clone()).collect();
+                return Err(ClientError::Invalid(format!(
+                    "{kind} {name:?}: not rewriting it: the stored record has fields this version does not know ({}), which would be lost",
+                    fields.join(", ")
+                )));
+            }
             let mut new = old.clone();
             f(&mut new)?;
             if new.kind() != kind || new.name() != old.name() || new.namespace() != old.namespace()
