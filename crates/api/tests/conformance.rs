@@ -1,6 +1,6 @@
 //! Calico's own validation tables (`ippool_validation` and `ipam_config_rules` of the
-//! shared `conformance/ipam_cases.json`), read as data and run through Tabby's validation.
-//! The shared folder sits beside the checkout; `TABBY_SHARED_DIR` points elsewhere.
+//! repository's `conformance/ipam_cases.json`), read as data and run through Tabby's validation.
+//! `TABBY_CONFORMANCE_DIR` points at another copy.
 
 use std::path::Path;
 
@@ -8,14 +8,14 @@ use serde_json::{Value, json};
 use tabby_api::load::from_json_value;
 
 fn table() -> Value {
-    let shared = std::env::var_os("TABBY_SHARED_DIR")
+    let dir = std::env::var_os("TABBY_CONFORMANCE_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let path = shared.join("conformance/ipam_cases.json");
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance"));
+    let path = dir.join("ipam_cases.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "conformance data missing: cannot read {} ({e}); set TABBY_SHARED_DIR to the \
-             directory holding conformance/ipam_cases.json",
+            "conformance data missing: cannot read {} ({e}); set TABBY_CONFORMANCE_DIR to the \
+             directory holding ipam_cases.json",
             path.display()
         )
     });

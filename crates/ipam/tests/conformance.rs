@@ -1,4 +1,4 @@
-//! Runs every table of `shared/conformance/ipam_cases.json` (except `ippool_validation`,
+//! Runs every table of `conformance/ipam_cases.json` (except `ippool_validation`,
 //! which belongs to the API crate) against the IPAM crate, on the in-memory store and on
 //! SQLite. The file is read as data at test time; failures are collected and reported
 //! together.
@@ -23,11 +23,11 @@ use tabby_ipam::{
 const SKIPPED_TABLES: &[&str] = &["_source", "ippool_validation"];
 
 fn cases_path() -> PathBuf {
-    match std::env::var_os("TABBY_SHARED_DIR") {
-        Some(dir) => PathBuf::from(dir).join("conformance/ipam_cases.json"),
+    match std::env::var_os("TABBY_CONFORMANCE_DIR") {
+        Some(dir) => PathBuf::from(dir).join("ipam_cases.json"),
         None => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/conformance/ipam_cases.json"
+            "/../../conformance/ipam_cases.json"
         )),
     }
 }
@@ -36,7 +36,7 @@ fn load_cases() -> Value {
     let path = cases_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot read the IPAM conformance tables at {}: {e} (set TABBY_SHARED_DIR to the shared/ directory)",
+            "cannot read the IPAM conformance tables at {}: {e} (set TABBY_CONFORMANCE_DIR to a directory holding it)",
             path.display()
         )
     });

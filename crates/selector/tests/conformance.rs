@@ -1,4 +1,4 @@
-//! Runs Calico's own selector test tables (`shared/conformance/selector_cases.json`,
+//! Runs Calico's own selector test tables (`conformance/selector_cases.json`,
 //! extracted from libcalico-go's parser and tokenizer tests) against this crate.
 //! Every case is checked; all failures are reported together.
 
@@ -46,11 +46,11 @@ struct ExpectedToken {
 }
 
 fn cases_path() -> PathBuf {
-    match std::env::var_os("TABBY_SHARED_DIR") {
-        Some(dir) => PathBuf::from(dir).join("conformance/selector_cases.json"),
+    match std::env::var_os("TABBY_CONFORMANCE_DIR") {
+        Some(dir) => PathBuf::from(dir).join("selector_cases.json"),
         None => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/conformance/selector_cases.json"
+            "/../../conformance/selector_cases.json"
         )),
     }
 }
@@ -59,8 +59,8 @@ fn load() -> Cases {
     let path = cases_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "conformance data missing: cannot read {} ({e}); set TABBY_SHARED_DIR to the \
-             directory holding conformance/selector_cases.json",
+            "conformance data missing: cannot read {} ({e}); set TABBY_CONFORMANCE_DIR to the \
+             directory holding selector_cases.json",
             path.display()
         )
     });
