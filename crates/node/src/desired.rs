@@ -194,7 +194,7 @@ fn same_subnet(a: &IpNet, b: &IpNet) -> bool {
     a.trunc() == b.trunc() || (a.contains(&b.addr()) && b.contains(&a.addr()))
 }
 
-fn pool_of<'a>(pools: &'a [PoolInfo], net: &IpNet) -> Option<&'a PoolInfo> {
+pub(crate) fn pool_of<'a>(pools: &'a [PoolInfo], net: &IpNet) -> Option<&'a PoolInfo> {
     // The most specific pool containing the prefix.
     pools
         .iter()
@@ -229,8 +229,192 @@ fn path_for(pool: &PoolInfo, me: &NodeInfo, remote: &NodeInfo) -> Path {
     }
 }
 
-/// Computes the desired state. `learned` maps prefixes BGP has best paths for to their
-/// next hops (ECMP set, best first).
+/// What does not depend on any one prefix: the pod MTU, the VXLAN device (without
+/// its per-node entries), natOutgoing inputs and the node-wide problems.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// Pod MTU.
+    pub mtu: u32,
+    /// The VXLAN device with empty neighbour and FDB tables, when a pool needs it
+    /// and this node has its tunnel address.
+    pub vxlan: Option<VxlanDesired>,
+    /// natOutgoing sets.
+    pub nat: NatInputs,
+    /// Node-wide problems (refused modes, a missing tunnel address).
+    pub problems: Vec<String>,
+}
+
+/// Computes the [`Globals`] for node `me`.
+pub fn globals(
+    pools: &[PoolInfo],
+    me: &NodeInfo,
+    settings: &Settings,
+    kernel: &KernelView,
+) -> Globals {
+    let mut g = Globals {
+        mtu: pod_mtu(settings, pools),
+        ..Default::default()
+    };
+    // Refuse IPIP where the kernel cannot do it.
+    if !settings.ipip_supported {
+        for p in pools
+            .iter()
+            .filter(|p| p.ipip != EncapMode::Never && !p.disabled)
+        {
+            g.problems.push(format!(
+                "IPPool {:?}: ipipMode {:?} needs IPIP, which this kernel does not support (no ipip link type); use vxlanMode instead. Remote blocks of this pool get no routes",
+                p.name, p.ipip
+            ));
+        }
+    }
+    // The VXLAN device, if any enabled IPv4 pool uses VXLAN.
+    let vxlan_needed = pools
+        .iter()
+        .any(|p| !p.disabled && p.cidr.addr().is_ipv4() && p.vxlan != EncapMode::Never);
+    if vxlan_needed {
+        match (me.vxlan_tunnel_ip, me.ipv4) {
+            (Some(tun), Some(node_ip)) => {
+                g.vxlan = Some(VxlanDesired {
+                    spec: VxlanSpec {
+                        name: VXLAN_DEVICE.into(),
+                        vni: VXLAN_VNI,
+                        port: VXLAN_PORT,
+                        local: Some(node_ip.addr()),
+                        parent: kernel.uplink,
+                        mac: Some(me.vxlan_mac),
+                        mtu: Some(settings.host_mtu - VXLAN_OVERHEAD),
+                        learning: false,
+                    },
+                    address: IpNet::new(IpAddr::V4(tun), 32).expect("32 is a valid prefix"),
+                    neighbours: BTreeMap::new(),
+                    fdb: BTreeMap::new(),
+                });
+            }
+            (None, _) => g.problems.push(format!(
+                "Node {:?} has no ipv4VXLANTunnelAddr yet; VXLAN routes wait for it",
+                me.name
+            )),
+            (_, None) => g.problems.push(format!(
+                "Node {:?} has no IPv4 address; VXLAN needs one",
+                me.name
+            )),
+        }
+    }
+    g.nat = NatInputs {
+        masq_pools: pools
+            .iter()
+            .filter(|p| p.nat_outgoing && !p.disabled)
+            .map(|p| p.cidr)
+            .collect(),
+        all_pools: pools.iter().map(|p| p.cidr).collect(),
+    };
+    g
+}
+
+/// A remote node's VXLAN entries: its tunnel address to its VTEP MAC (neighbour)
+/// and the MAC to its node address (FDB), when it has both addresses.
+pub fn vxlan_peer(n: &NodeInfo) -> Option<(IpAddr, [u8; 6], IpAddr)> {
+    match (n.vxlan_tunnel_ip, n.ipv4) {
+        (Some(t), Some(ip)) => Some((IpAddr::V4(t), n.vxlan_mac, ip.addr())),
+        _ => None,
+    }
+}
+
+/// What a per-prefix route computation reads besides the prefix's own sources.
+pub struct RouteCtx<'a> {
+    /// Every pool.
+    pub pools: &'a [PoolInfo],
+    /// This node.
+    pub me: &'a NodeInfo,
+    /// Whether the VXLAN device is wanted (routes over it exist only then).
+    pub vxlan: bool,
+    /// The VXLAN device's index, or [`PENDING_VXLAN`].
+    pub vxlan_oif: u32,
+    /// The kernel's interfaces.
+    pub kernel: &'a KernelView,
+}
+
+impl RouteCtx<'_> {
+    /// Whether a prefix may be exported (its pool does not disable it).
+    pub fn exportable(&self, net: &IpNet) -> bool {
+        pool_of(self.pools, net).is_some_and(|p| !p.disable_bgp_export)
+    }
+
+    /// The route to `net` (a block or a borrowed address) on `remote`, by its pool's
+    /// encapsulation: over VXLAN, natively on the same subnet, or `None` when BGP
+    /// (or nothing) provides it. `Err` says why a route that should exist cannot.
+    pub fn remote_route(&self, net: IpNet, remote: &NodeInfo) -> Result<Option<Route>, String> {
+        let Some(pool) = pool_of(self.pools, &net) else {
+            return Ok(None);
+        };
+        match path_for(pool, self.me, remote) {
+            Path::Vxlan => {
+                if !self.vxlan {
+                    return Ok(None);
+                }
+                let Some(t) = remote.vxlan_tunnel_ip else {
+                    return Err(format!(
+                        "Node {:?} has no VXLAN tunnel address; no route to {net} yet",
+                        remote.name
+                    ));
+                };
+                Ok(Some(Route::via_onlink(net, IpAddr::V4(t), self.vxlan_oif)))
+            }
+            Path::Ipip => Ok(None), // refused in globals, or a kernel we never see here
+            Path::Direct => {
+                let (Some(ip), Some(up)) = (remote.ipv4, self.kernel.uplink) else {
+                    return Ok(None);
+                };
+                Ok(Some(Route::via_onlink(net, ip.addr(), up)))
+            }
+            Path::Bgp => Ok(None),
+        }
+    }
+
+    /// The route BGP asks for: `hops` without this node's own addresses, `None`
+    /// when the prefix belongs to an encapsulated pool or no hop is left.
+    pub fn learned_route(&self, prefix: IpNet, hops: &[IpAddr]) -> Option<Route> {
+        if let Some(p) = pool_of(self.pools, &prefix)
+            && (p.vxlan != EncapMode::Never || p.ipip != EncapMode::Never)
+        {
+            return None;
+        }
+        let mine: Vec<IpAddr> = [self.me.ipv4, self.me.ipv6]
+            .iter()
+            .flatten()
+            .map(|n| n.addr())
+            .collect();
+        let hops: Vec<NextHop> = hops
+            .iter()
+            .filter(|h| !mine.contains(h))
+            .map(|h| hop(*h))
+            .collect();
+        (!hops.is_empty()).then(|| Route::ecmp(prefix, hops))
+    }
+}
+
+/// Adds the communities of every `prefixAdvertisements` entry containing `net`.
+pub fn with_communities(
+    net: &IpNet,
+    mut adv: Advertisement,
+    prefix_communities: &[(IpNet, Advertisement)],
+) -> Advertisement {
+    for (p, a) in prefix_communities {
+        if p.contains(net) {
+            adv.communities.extend(&a.communities);
+            adv.large_communities.extend(&a.large_communities);
+            adv.communities.sort();
+            adv.communities.dedup();
+            adv.large_communities.sort();
+            adv.large_communities.dedup();
+        }
+    }
+    adv
+}
+
+/// The whole desired state from a snapshot (start-up, tests): every block, workload
+/// and learned route at once. The agent keeps the same result up to date per prefix
+/// ([`crate::routes`]); this is the reference it is tested against.
 pub fn compute(
     snap: &Snapshot,
     settings: &Settings,
@@ -251,124 +435,67 @@ pub fn compute(
         return d;
     };
     let pools: Vec<PoolInfo> = snap.pools.clone();
-
-    // Refuse IPIP where the kernel cannot do it.
-    if !settings.ipip_supported {
-        for p in pools
-            .iter()
-            .filter(|p| p.ipip != EncapMode::Never && !p.disabled)
-        {
-            d.problems.push(format!(
-                "IPPool {:?}: ipipMode {:?} needs IPIP, which this kernel does not support (no ipip link type); use vxlanMode instead. Remote blocks of this pool get no routes",
-                p.name, p.ipip
-            ));
-        }
-    }
-
-    // The VXLAN device, if any enabled IPv4 pool uses VXLAN.
-    let vxlan_needed = pools
-        .iter()
-        .any(|p| !p.disabled && p.cidr.addr().is_ipv4() && p.vxlan != EncapMode::Never);
-    if vxlan_needed {
-        match (me.vxlan_tunnel_ip, me.ipv4) {
-            (Some(tun), Some(node_ip)) => {
-                let mut v = VxlanDesired {
-                    spec: VxlanSpec {
-                        name: VXLAN_DEVICE.into(),
-                        vni: VXLAN_VNI,
-                        port: VXLAN_PORT,
-                        local: Some(node_ip.addr()),
-                        parent: kernel.uplink,
-                        mac: Some(me.vxlan_mac),
-                        mtu: Some(settings.host_mtu - VXLAN_OVERHEAD),
-                        learning: false,
-                    },
-                    address: IpNet::new(IpAddr::V4(tun), 32).expect("32 is a valid prefix"),
-                    neighbours: BTreeMap::new(),
-                    fdb: BTreeMap::new(),
-                };
-                for n in snap.nodes.iter().filter(|n| n.name != me.name) {
-                    if let (Some(t), Some(ip)) = (n.vxlan_tunnel_ip, n.ipv4) {
-                        v.neighbours.insert(IpAddr::V4(t), n.vxlan_mac);
-                        v.fdb.insert(n.vxlan_mac, ip.addr());
-                    }
-                }
-                d.vxlan = Some(v);
+    let g = globals(&pools, me, settings, kernel);
+    d.problems = g.problems;
+    d.nat = g.nat;
+    d.vxlan = g.vxlan;
+    if let Some(v) = &mut d.vxlan {
+        for n in snap.nodes.iter().filter(|n| n.name != me.name) {
+            if let Some((t, mac, ip)) = vxlan_peer(n) {
+                v.neighbours.insert(t, mac);
+                v.fdb.insert(mac, ip);
             }
-            (None, _) => d.problems.push(format!(
-                "Node {:?} has no ipv4VXLANTunnelAddr yet; VXLAN routes wait for it",
-                me.name
-            )),
-            (_, None) => d.problems.push(format!(
-                "Node {:?} has no IPv4 address; VXLAN needs one",
-                me.name
-            )),
         }
     }
-    let vxlan_oif = kernel
-        .links
-        .get(VXLAN_DEVICE)
-        .copied()
-        .unwrap_or(PENDING_VXLAN);
+    let ctx = RouteCtx {
+        pools: &pools,
+        me,
+        vxlan: d.vxlan.is_some(),
+        vxlan_oif: kernel
+            .links
+            .get(VXLAN_DEVICE)
+            .copied()
+            .unwrap_or(PENDING_VXLAN),
+        kernel,
+    };
 
-    // Blocks: ours get blackholes and are exported; remote ones get routes by mode.
     let mut own_blocks: Vec<IpNet> = Vec::new();
     let block_host: Vec<(IpNet, Option<&str>)> = snap
         .blocks
         .iter()
         .map(|b| (b.cidr, b.host.as_deref()))
         .collect();
-    let exportable = |net: &IpNet| pool_of(&pools, net).is_some_and(|p| !p.disable_bgp_export);
-
-    let remote_route = |net: IpNet, remote: &NodeInfo, d: &mut Desired| -> Option<Route> {
-        let pool = pool_of(&pools, &net)?;
-        match path_for(pool, me, remote) {
-            Path::Vxlan => {
-                d.vxlan.as_ref()?;
-                let Some(t) = remote.vxlan_tunnel_ip else {
-                    d.problems.push(format!(
-                        "Node {:?} has no VXLAN tunnel address; no route to {net} yet",
-                        remote.name
-                    ));
-                    return None;
-                };
-                Some(Route::via_onlink(net, IpAddr::V4(t), vxlan_oif))
-            }
-            Path::Ipip => None, // refused above, or a kernel we never see here
-            Path::Direct => {
-                let ip = remote.ipv4?.addr();
-                let up = kernel.uplink?;
-                Some(Route::via_onlink(net, ip, up))
-            }
-            Path::Bgp => None,
-        }
-    };
 
     for (cidr, host) in &block_host {
         match host {
             Some(h) if *h == me.name => {
                 own_blocks.push(*cidr);
+                // A /32 block holds one address whose pod route says it all.
                 let single = cidr.prefix_len() == cidr.max_prefix_len();
                 if !single {
                     d.routes.insert(*cidr, Route::blackhole(*cidr));
                 }
-                if exportable(cidr) {
+                if ctx.exportable(cidr) {
                     d.exports.insert(*cidr, Advertisement::default());
                 }
             }
             Some(h) => {
-                if let Some(remote) = nodes.get(h)
-                    && let Some(r) = remote_route(*cidr, remote, &mut d)
-                {
-                    d.routes.insert(*cidr, r);
+                if let Some(remote) = nodes.get(h) {
+                    match ctx.remote_route(*cidr, remote) {
+                        Ok(Some(r)) => {
+                            d.routes.insert(*cidr, r);
+                        }
+                        Ok(None) => {}
+                        Err(p) => d.problems.push(p),
+                    }
                 }
             }
             None => {}
         }
     }
 
-    // Workloads: local ones get device routes; borrowed addresses (outside any block
-    // affine to the workload's node) get /32 routes or exports.
+    // Workload routes; borrowed addresses (outside their node's affine blocks)
+    // need their own /32s, locally as exports and remotely as routes.
     let affine_to = |ip: &IpNet, node: &str| {
         block_host
             .iter()
@@ -382,7 +509,7 @@ pub fn compute(
                         let host = IpNet::new(ip.addr(), ip.max_prefix_len())
                             .expect("max prefix is valid");
                         d.routes.insert(host, Route::device(host, idx));
-                        if !affine_to(&host, &me.name) && exportable(&host) {
+                        if !affine_to(&host, &me.name) && ctx.exportable(&host) {
                             d.exports.insert(host, Advertisement::default());
                         }
                     }
@@ -398,75 +525,45 @@ pub fn compute(
                 if affine_to(&host, &w.node) {
                     continue;
                 }
-                if let Some(r) = remote_route(host, remote, &mut d) {
-                    d.routes.insert(host, r);
+                match ctx.remote_route(host, remote) {
+                    Ok(Some(r)) => {
+                        d.routes.insert(host, r);
+                    }
+                    Ok(None) => {}
+                    Err(p) => d.problems.push(p),
                 }
             }
         }
     }
 
-    // Service CIDRs and prefix advertisements.
+    // Service CIDRs are exported as they are.
     for c in &snap.service_cidrs {
         d.exports.entry(*c).or_default();
     }
-    for (net, adv) in &snap.prefix_communities {
-        for (e, a) in d.exports.iter_mut() {
-            if net.contains(e) {
-                a.communities.extend(&adv.communities);
-                a.large_communities.extend(&adv.large_communities);
-                a.communities.sort();
-                a.communities.dedup();
-                a.large_communities.sort();
-                a.large_communities.dedup();
-            }
-        }
-    }
-
-    // Learned routes: install unless we program that prefix ourselves (cluster routes
-    // of encapsulated pools are ours, Calico's "handled by Felix") or it is local.
-    let own: BTreeSet<IpNet> = own_blocks.iter().copied().collect();
-    let my_addrs: Vec<IpAddr> = [me.ipv4, me.ipv6]
-        .iter()
-        .flatten()
-        .map(|n| n.addr())
+    // Communities from prefixAdvertisements apply to every export they contain.
+    let exports = std::mem::take(&mut d.exports);
+    d.exports = exports
+        .into_iter()
+        .map(|(e, a)| (e, with_communities(&e, a, &snap.prefix_communities)))
         .collect();
+
+    // Learned routes for pools without encapsulation (BGP mode). Our own blocks and
+    // anything we already route locally win.
+    let own: BTreeSet<IpNet> = own_blocks.iter().copied().collect();
     if settings.bgp_enabled {
         for (prefix, hops) in learned {
             if d.routes.contains_key(prefix) || own.contains(prefix) {
                 continue;
             }
-            if let Some(p) = pool_of(&pools, prefix)
-                && (p.vxlan != EncapMode::Never || p.ipip != EncapMode::Never)
-            {
-                continue;
+            if let Some(route) = ctx.learned_route(*prefix, hops) {
+                d.routes.insert(*prefix, route);
             }
-            let hops: Vec<IpAddr> = hops
-                .iter()
-                .copied()
-                .filter(|h| !my_addrs.contains(h))
-                .collect();
-            let route = match hops.as_slice() {
-                [] => continue,
-                [one] => Route::ecmp(*prefix, vec![hop(*one)]),
-                many => Route::ecmp(*prefix, many.iter().map(|h| hop(*h)).collect()),
-            };
-            d.routes.insert(*prefix, route);
         }
     }
-
-    // natOutgoing.
-    d.nat = NatInputs {
-        masq_pools: pools
-            .iter()
-            .filter(|p| p.nat_outgoing && !p.disabled)
-            .map(|p| p.cidr)
-            .collect(),
-        all_pools: pools.iter().map(|p| p.cidr).collect(),
-    };
     d
 }
 
-fn hop(gateway: IpAddr) -> NextHop {
+pub(crate) fn hop(gateway: IpAddr) -> NextHop {
     NextHop {
         gateway,
         oif: None,

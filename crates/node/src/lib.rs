@@ -14,5 +14,7 @@ pub mod nat;
 pub mod peers;
 pub mod qos;
 pub mod reconcile;
+pub mod routes;
 pub mod snapshot;
 pub mod status;
+pub mod view;
