@@ -21,6 +21,7 @@ fn tabbyctl(args: &[&str], socket: Option<&Path>) -> Output {
 
 fn report(since: u64) -> StatusReport {
     StatusReport {
+        problems: Vec::new(),
         node: "node-a".into(),
         running: true,
         peers: vec![

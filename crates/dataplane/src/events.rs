@@ -77,8 +77,11 @@ fn open() -> Result<(rtnetlink::proto::Connection<RouteNetlinkMessage>, Messages
 
 /// The event a notification stands for.
 fn translate(m: NetlinkMessage<RouteNetlinkMessage>) -> NetlinkEvent {
-    let NetlinkPayload::InnerMessage(m) = m.payload else {
-        return NetlinkEvent::Other;
+    let m = match m.payload {
+        NetlinkPayload::InnerMessage(m) => m,
+        // The kernel dropped notifications: whoever listens must re-read everything.
+        NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => return NetlinkEvent::Lost,
+        _ => return NetlinkEvent::Other,
     };
     let route = |deleted, r: &_| match route_from(r) {
         Some(route) => NetlinkEvent::Route { deleted, route },

@@ -34,6 +34,27 @@ struct WorldState {
     next_index: u32,
     calls: Vec<String>,
     ipip_supported: bool,
+    /// Injected failures: calls starting with the text fail, that many times.
+    failures: Vec<(String, usize)>,
+}
+
+impl WorldState {
+    /// Records `call` and fails it when an injected failure matches.
+    fn call(&mut self, ns: &str, call: &str) -> Result<()> {
+        self.calls.push(format!("{ns}: {call}"));
+        if let Some(f) = self
+            .failures
+            .iter_mut()
+            .find(|(p, n)| *n > 0 && call.starts_with(p.as_str()))
+        {
+            f.1 -= 1;
+            return Err(Error::Netlink {
+                op: call.to_string(),
+                reason: "injected failure".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Every fake namespace of one test, shared by the [`FakeNetlink`]s and
@@ -67,6 +88,12 @@ impl FakeWorld {
             world: self.clone(),
             ns: ns.to_owned(),
         }
+    }
+
+    /// Makes the next `times` calls whose operation starts with `op` (e.g. `list
+    /// links`, `add route`, `list routes`) fail, as a kernel error would.
+    pub fn fail(&self, op: &str, times: usize) {
+        self.lock().failures.push((op.to_string(), times));
     }
 
     /// Every call so far, as `<ns>: <operation>`.
@@ -267,7 +294,7 @@ impl FakeNetlink {
         f: impl FnOnce(&mut WorldState, &str) -> Result<T>,
     ) -> Result<T> {
         let mut w = self.world.lock();
-        w.calls.push(format!("{}: {call}", self.ns));
+        w.call(&self.ns, &call)?;
         f(&mut w, &self.ns)
     }
 }
@@ -279,6 +306,7 @@ fn ns_mut<'a>(w: &'a mut WorldState, ns: &str) -> &'a mut NsState {
 #[async_trait]
 impl Netlink for FakeNetlink {
     async fn links(&self) -> Result<Vec<Link>> {
+        self.world.lock().call(&self.ns, "list links")?;
         Ok(self.world.links(&self.ns))
     }
 
@@ -403,6 +431,9 @@ impl Netlink for FakeNetlink {
     }
 
     async fn routes(&self, family: Family) -> Result<Vec<Route>> {
+        self.world
+            .lock()
+            .call(&self.ns, &format!("list routes {family:?}"))?;
         Ok(self
             .world
             .routes(&self.ns)

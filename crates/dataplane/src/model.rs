@@ -367,9 +367,12 @@ pub enum NetlinkEvent {
         /// The link's index.
         index: u32,
     },
-    /// Anything else: routes of other kinds (local, broadcast, multicast) and lost
-    /// messages (the socket's buffer overflowed): the receiver should resync.
+    /// Anything else: routes of other kinds (local, broadcast, multicast), address
+    /// changes, other message types.
     Other,
+    /// Notifications were lost (the socket's buffer overflowed, or the kernel
+    /// reported an error on it): the receiver should re-read the kernel.
+    Lost,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -1,36 +1,37 @@
-//! The agent's event loop: start-up (register the Node, default pool, tunnel
-//! address, sysctls), then a loop that wakes on store changes, BGP best-path changes,
-//! netlink events and a resync timer, recomputes the desired state and applies it.
-//! The store being unreachable never tears anything down: the last good view is
-//! kept, retried, and fully resynced when the store answers again.
+//! The agent's edges: start-up (detect the address, set sysctls, register the
+//! Node, create the default pool), the real drivers, and the tasks that turn the
+//! store (one snapshot, then a watch), the kernel's notifications, BGP best paths
+//! and timers into [`Input`]s for the state machine in [`crate::machine`], which
+//! does the work. The store being unreachable never tears anything down: the view
+//! is kept, and a watch that lost events (compaction) takes a fresh snapshot that
+//! the view diffs against what it holds.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
 use tabby_api::ippool::{EncapMode, IPPoolSpec};
 use tabby_api::node::{NodeAddress, NodeAddressType, NodeBGPSpec, NodeSpec};
 use tabby_api::{ASNumber, Kind, Resource, Spec};
-use tabby_bgp::{BgpHandle, InstanceConfig, PeerConfig};
 use tabby_client::Client;
 use tabby_dataplane::{Netlink, NetlinkEvent, RtNetlink, Sysctl, TABBY_ROUTE_PROTOCOL};
 use tabby_ipam::TunnelKind;
-use tabby_store::StoreUrl;
+use tabby_store::{Datastore, Revision, StoreError, StoreUrl, WatchEvent};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::desired::{self, Advertisement, Desired, KernelView, Settings, VXLAN_DEVICE};
+use crate::desired::VXLAN_DEVICE;
+use crate::drivers::{Drivers, Speaker, TabbyBgp};
+use crate::machine::{Agent, Input};
 use crate::metrics::{Health, Metrics};
-use crate::peers::{DerivedBgp, FileEnvSecrets, PeerInputs};
-use crate::reconcile::Reconciler;
-use crate::snapshot::StoreView;
 use crate::status::{PeerRow, StatusReport};
+use crate::view::{KeyClass, classify};
 
 /// How the node's address is found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +121,12 @@ pub struct AgentConfig {
     /// Where `nodename` and `mtu` are written for the CNI plugin (Calico's
     /// `/var/lib/calico`).
     pub state_dir: PathBuf,
+    /// `/liveness` fails once the event loop has not turned for this long.
+    pub liveness_deadline: Duration,
+    /// `/readiness` fails once the store has been unreachable for this long.
+    pub store_grace: Duration,
+    /// How often the BGP speaker is asked whether it is alive.
+    pub speaker_check: Duration,
 }
 
 impl AgentConfig {
@@ -153,6 +160,9 @@ impl AgentConfig {
             policy: true,
             restart_grace: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/tabby"),
+            liveness_deadline: Duration::from_secs(60),
+            store_grace: Duration::from_secs(30),
+            speaker_check: Duration::from_secs(5),
         }
     }
 }
@@ -308,28 +318,19 @@ pub async fn ensure_default_pool(client: &Client, pool: &DefaultPool) -> anyhow:
     }
 }
 
-/// Makes sure the node has a VXLAN tunnel address (and MAC) when a pool needs one.
-async fn ensure_vxlan_tunnel(
+/// Allocates this node's VXLAN tunnel address from `pools` and stores it (with its
+/// MAC) on the Node; the Node's watch event brings it back to the view.
+pub(crate) async fn allocate_vxlan_tunnel(
     client: &Client,
-    snap: &desired::Snapshot,
     node: &str,
-) -> anyhow::Result<bool> {
-    let vxlan_pools: Vec<String> = snap
-        .pools
-        .iter()
-        .filter(|p| !p.disabled && p.cidr.addr().is_ipv4() && p.vxlan != EncapMode::Never)
-        .map(|p| p.name.clone())
-        .collect();
-    let me = snap.nodes.iter().find(|n| n.name == node);
-    if vxlan_pools.is_empty() || me.is_some_and(|n| n.vxlan_tunnel_ip.is_some()) {
-        return Ok(false);
-    }
+    pools: &[String],
+) -> anyhow::Result<()> {
     let ipam = tabby_client::ipam::ipam_for(client);
     let ip = ipam
-        .ensure_tunnel_address(node, TunnelKind::Vxlan, &vxlan_pools)
+        .ensure_tunnel_address(node, TunnelKind::Vxlan, pools)
         .await
         .context("allocate the VXLAN tunnel address")?;
-    let mac = desired::vxlan_mac_for(node);
+    let mac = crate::desired::vxlan_mac_for(node);
     client
         .modify(Kind::Node, None, node, |r| {
             if let Spec::Node(n) = &mut r.spec {
@@ -342,7 +343,7 @@ async fn ensure_vxlan_tunnel(
         })
         .await?;
     info!(%ip, "allocated the VXLAN tunnel address");
-    Ok(true)
+    Ok(())
 }
 
 /// Host sysctls the agent needs.
@@ -363,7 +364,7 @@ pub struct Shared {
     /// Node name.
     pub node: String,
     /// The BGP speaker, once running.
-    pub bgp: Mutex<Option<BgpHandle>>,
+    pub bgp: Mutex<Option<Arc<dyn Speaker>>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Health.
@@ -372,12 +373,27 @@ pub struct Shared {
     pub routes_installed: Mutex<u64>,
     /// Unix time of the last successful pass.
     pub last_reconcile: Mutex<Option<u64>>,
+    /// What the operator must know (skipped resources, refused settings).
+    pub problems: Mutex<Vec<String>>,
 }
 
 impl Shared {
+    /// Fresh state for node `node`.
+    pub fn new(node: &str, metrics: Arc<Metrics>, health: Arc<Health>) -> Shared {
+        Shared {
+            node: node.to_string(),
+            bgp: Mutex::new(None),
+            metrics,
+            health,
+            routes_installed: Mutex::new(0),
+            last_reconcile: Mutex::new(None),
+            problems: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The status report for the control socket.
     pub async fn report(&self) -> StatusReport {
-        let bgp = self.bgp.lock().expect("lock poisoned").clone();
+        let bgp = self.bgp.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let peers = match bgp {
             Some(h) => h.peers().await.unwrap_or_default(),
             None => Vec::new(),
@@ -386,40 +402,35 @@ impl Shared {
             node: self.node.clone(),
             running: true,
             peers: peers.iter().map(PeerRow::from_status).collect(),
-            routes_installed: *self.routes_installed.lock().expect("lock poisoned"),
-            last_reconcile_unix: *self.last_reconcile.lock().expect("lock poisoned"),
+            routes_installed: *self
+                .routes_installed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            last_reconcile_unix: *self
+                .last_reconcile
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            problems: self
+                .problems
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// The running BGP side: instance-level settings and the peers we configured.
-struct BgpState {
-    handle: BgpHandle,
-    instance: InstanceConfig,
-    peers: BTreeMap<IpAddr, PeerConfig>,
-    exports: BTreeMap<IpNet, Advertisement>,
-}
-
-enum Wake {
-    Store,
-    Kernel,
-    Routes,
-    Resync,
-    Stop,
-}
-
 /// Runs the agent until SIGTERM/SIGINT. On SIGTERM routes stay in place and BGP
 /// closes without a NOTIFICATION, so peers keep our routes (graceful restart).
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let nl: Arc<dyn Netlink> = Arc::new(RtNetlink::current()?);
-    let sysctl = tabby_dataplane::ProcSysctl::current();
+    let sysctl = Arc::new(tabby_dataplane::ProcSysctl::current());
     // Signals first, so a SIGTERM during start-up is never the default (fatal) action.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -444,14 +455,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    let shared = Arc::new(Shared {
-        node: cfg.node_name.clone(),
-        bgp: Mutex::new(None),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        routes_installed: Mutex::new(0),
-        last_reconcile: Mutex::new(None),
-    });
+    health.set_deadline(cfg.liveness_deadline);
+    health.turned();
+    let shared = Arc::new(Shared::new(&cfg.node_name, metrics.clone(), health.clone()));
     if let Some(addr) = cfg.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -482,6 +488,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     // The store: wait for it (never touching the data plane meanwhile).
     let client = loop {
+        health.turned();
         match connect_and_register(&cfg, ipv4).await {
             Ok(c) => break c,
             Err(e) => {
@@ -498,64 +505,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     metrics.set_store_connected(true);
 
-    let (wake_tx, mut wake_rx) = mpsc::channel::<Wake>(1024);
-    spawn_store_watch(client.clone(), wake_tx.clone(), metrics.clone());
-    match tabby_dataplane::monitor(None) {
-        Ok(mut events) => {
-            let tx = wake_tx.clone();
-            let prefix = cfg.interface_prefix.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = events.recv().await {
-                    let relevant = match &ev {
-                        NetlinkEvent::Route { route, .. } => route.protocol == TABBY_ROUTE_PROTOCOL,
-                        NetlinkEvent::Link { name, .. } => {
-                            name.starts_with(&prefix) || name == VXLAN_DEVICE
-                        }
-                        NetlinkEvent::Neighbour { .. } => true,
-                        NetlinkEvent::Other => false,
-                    };
-                    if relevant && tx.try_send(Wake::Kernel).is_err() {
-                        // The loop is busy and will look at the kernel anyway.
-                    }
-                }
-            });
-        }
-        Err(e) => warn!(error = %e, "no netlink monitor; relying on the periodic resync"),
-    }
-    {
-        let tx = wake_tx.clone();
-        let every = cfg.resync;
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(every);
-            t.tick().await;
-            loop {
-                t.tick().await;
-                if tx.send(Wake::Resync).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-
-    let secrets = FileEnvSecrets {
-        dir: cfg.secrets_dir.clone(),
-    };
-    let reconciler = Reconciler::new(nl.clone(), &cfg.interface_prefix);
-    let nft = crate::nat::best_nft();
-    let mut last_fw: Option<crate::firewall::Applied> = None;
-    let mut policy: Option<tabby_policy::compile::Compiled> = None;
-    // Bandwidth limits (issue 8): see crate::qos.
-    let tc = tabby_dataplane::tc::TcCli::new();
-    let mut qos_state = crate::qos::QosState::default();
-    let mut view: Option<(StoreView, desired::Snapshot)> = None;
-    let mut bgp: Option<BgpState> = None;
-    let learned: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>> = Arc::default();
-    let started = Instant::now();
-    let mut store_dirty = true;
-    // When every BGP peer was first seen Established after start.
-    let mut all_up_since: Option<Instant> = None;
-    let mut resync = true;
-    let mut last_problems: Vec<String> = Vec::new();
     let host_mtu = nl
         .links()
         .await?
@@ -563,250 +512,266 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .find(|l| l.index == uplink)
         .and_then(|l| l.mtu)
         .unwrap_or(1500);
+    let (tx, mut rx) = mpsc::channel::<Input>(256);
+    spawn_store_feed(client.store().clone(), tx.clone());
+    match tabby_dataplane::monitor(None) {
+        Ok(events) => spawn_kernel_feed(events, cfg.interface_prefix.clone(), tx.clone()),
+        Err(e) => warn!(error = %e, "no netlink monitor; relying on the periodic resync"),
+    }
+    spawn_timer(cfg.resync, tx.clone(), || Input::Resync);
+    spawn_timer(Duration::from_secs(1), tx.clone(), || Input::Tick);
 
+    let drivers = Drivers {
+        netlink: nl.clone(),
+        sysctl,
+        nft: Arc::from(crate::nat::best_nft()),
+        tc: Arc::new(tabby_dataplane::tc::TcCli::new()),
+        bgp: Arc::new(TabbyBgp),
+    };
+    let restart_grace = cfg.restart_grace;
+    let control_socket = cfg.control_socket.clone();
+    let mut agent = Agent::new(
+        cfg,
+        drivers,
+        Some(client),
+        shared.clone(),
+        ipv4,
+        uplink,
+        ipip_supported,
+        host_mtu,
+    );
+    let mut speaker: Option<Arc<dyn Speaker>> = None;
     loop {
-        // Work out what woke us (draining everything queued meanwhile).
         let first = tokio::select! {
-            w = wake_rx.recv() => w.unwrap_or(Wake::Stop),
-            _ = sigterm.recv() => Wake::Stop,
-            _ = sigint.recv() => Wake::Stop,
-            _ = tokio::time::sleep(Duration::from_secs(1)), if view.is_none() => Wake::Store,
+            i = rx.recv() => i,
+            _ = sigterm.recv() => None,
+            _ = sigint.recv() => None,
         };
-        let mut wakes = vec![first];
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        while let Ok(w) = wake_rx.try_recv() {
-            wakes.push(w);
-        }
-        if wakes.iter().any(|w| matches!(w, Wake::Stop)) {
-            break;
-        }
-        for w in &wakes {
-            match w {
-                Wake::Store => store_dirty = true,
-                Wake::Resync => {
-                    store_dirty = true;
-                    resync = true;
+        let Some(first) = first else { break };
+        health.turned();
+        // Everything queued meanwhile is applied before the work is done once.
+        let tick = matches!(first, Input::Tick);
+        let mut busy = !tick;
+        agent.step(first);
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(i) => {
+                    busy |= !matches!(i, Input::Tick);
+                    agent.step(i);
                 }
-                Wake::Kernel | Wake::Routes | Wake::Stop => {}
+                Err(_) => break,
             }
         }
-        let pass_start = Instant::now();
-        if store_dirty {
-            match StoreView::load(&client).await {
-                Ok(v) => {
-                    metrics.set_store_connected(true);
-                    store_dirty = false;
-                    // Converted once per load, not on every kernel or BGP wake-up.
-                    let snap = v.snapshot();
-                    match ensure_vxlan_tunnel(&client, &snap, &cfg.node_name).await {
-                        Ok(true) => {
-                            // The Node changed; its own watch event brings the new view.
-                        }
-                        Ok(false) => {}
-                        Err(e) => warn!(error = %format!("{e:#}"), "VXLAN tunnel address"),
-                    }
-                    if cfg.policy {
-                        policy = compile_policy(&v, &cfg.node_name, policy.take());
-                    }
-                    view = Some((v, snap));
-                }
-                Err(e) => {
-                    metrics.inc_store_errors();
-                    metrics.set_store_connected(false);
-                    warn!(error = %format!("{e:#}"), "cannot read the datastore; keeping the current data plane");
-                    let tx = wake_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        let _ = tx.send(Wake::Store).await;
-                    });
-                }
-            }
+        if busy || agent.wants_tick() {
+            agent.execute().await;
         }
-        let Some((v, snap)) = &view else { continue };
-
-        // BGP: peers and instance from the store.
-        if cfg.bgp {
-            let inputs = PeerInputs {
-                node_name: &cfg.node_name,
-                nodes: &v.nodes,
-                bgp_config: v.bgp_config(),
-                node_bgp_config: v.bgp_config_named(&format!("node.{}", cfg.node_name)),
-                peers: &v.peers,
-                filters: &v.filters,
-                secrets: &secrets,
-            };
-            match crate::peers::derive(&inputs) {
-                Ok(derived) => {
-                    if let Err(e) =
-                        sync_bgp(&mut bgp, derived, &cfg, &shared, &learned, &wake_tx).await
-                    {
-                        warn!(error = %format!("{e:#}"), "BGP configuration");
-                    }
-                }
-                Err(e) => warn!(error = %e, "BGP peers"),
-            }
-        }
-
-        // Desired state and the kernel.
-        let links = reconciler.links().await.unwrap_or_default();
-        let kernel = KernelView {
-            links: links.clone(),
-            uplink: Some(uplink),
-        };
-        let settings = Settings {
-            node: cfg.node_name.clone(),
-            ipip_supported,
-            host_mtu,
-            mtu_override: cfg.mtu,
-            bgp_enabled: cfg.bgp,
-        };
-        if !snap.nodes.iter().any(|n| n.name == cfg.node_name) {
-            // Our Node was deleted under us. Programming from a view without it would
-            // remove every route; keep the data plane and register again.
-            warn!(
-                "this node's Node resource is gone; keeping the data plane and registering again"
-            );
-            if let Err(e) = register_node(&client, &cfg, ipv4).await {
-                warn!(error = %format!("{e:#}"), "registering the Node");
-            }
-            store_dirty = true;
-            let tx = wake_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = tx.send(Wake::Store).await;
-            });
-            continue;
-        }
-        let learned_now = learned.lock().expect("lock poisoned").clone();
-        let mut d: Desired = desired::compute(snap, &settings, &kernel, &learned_now);
-        if d.problems != last_problems {
-            for p in &d.problems {
-                warn!("{p}");
-            }
-            last_problems = d.problems.clone();
-        }
-        let workload_ifaces: BTreeSet<u32> = snap
-            .workloads
-            .iter()
-            .filter(|w| w.node == cfg.node_name)
-            .filter_map(|w| links.get(&w.interface).copied())
-            .collect();
-        // Graceful restart: learned routes already in the kernel stay until every peer
-        // is back and has had a moment to re-send its table, or the grace runs out.
-        if all_up_since.is_none() && all_established(&bgp).await {
-            all_up_since = Some(Instant::now());
-        }
-        let grace = started.elapsed() < cfg.restart_grace
-            && all_up_since.is_none_or(|t| t.elapsed() < Duration::from_secs(2));
-        if grace {
-            let tx = wake_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = tx.send(Wake::Kernel).await;
-            });
-        }
-        let mut applied = reconciler.apply(&d, &links, &workload_ifaces, grace).await;
-        if d.vxlan.is_some() && !links.contains_key(VXLAN_DEVICE) {
-            // The device is new: routes over it can be resolved now.
-            let fresh = reconciler.links().await.unwrap_or_default();
-            let kernel = KernelView {
-                links: fresh.clone(),
-                uplink: Some(uplink),
-            };
-            d = desired::compute(snap, &settings, &kernel, &learned_now);
-            let again = reconciler.apply(&d, &fresh, &workload_ifaces, grace).await;
-            applied.routes_changed += again.routes_changed;
-            applied.routes_installed = again.routes_installed;
-            applied.errors = again.errors;
-        }
-        // Exports.
-        if let Some(b) = &mut bgp {
-            sync_exports(b, &d.exports).await;
-        }
-        // natOutgoing and network policy: one table per family, one transaction.
-        if cfg.nat || cfg.policy {
-            // Someone may have flushed the table: look on resync passes only (each look
-            // costs a ruleset fetch).
-            if resync && matches!(nft.list_table("ip"), Ok(None)) {
-                last_fw = None;
-            }
-            let nat = cfg.nat.then_some(&d.nat);
-            if let Some((batch, full)) =
-                crate::firewall::plan_apply(last_fw.as_ref(), nat, policy.as_ref())
-            {
-                let t = Instant::now();
-                match nft.apply_json(&batch) {
-                    Ok(()) => {
-                        debug!(secs = t.elapsed().as_secs_f64(), full, "nftables applied");
-                        last_fw = Some(crate::firewall::Applied {
-                            nat: nat.cloned(),
-                            policy: policy.clone(),
-                        });
-                    }
-                    Err(e) => {
-                        // The kernel state is unknown now: the retry replaces it.
-                        last_fw = None;
-                        applied.errors.push(format!("nftables: {e}"));
-                    }
-                }
-            }
-        }
-        // Bandwidth limits (issue 8): tc on the local workloads' interfaces.
-        let qos_plan = crate::qos::desired(&v.workloads, &cfg.node_name);
-        let qos = crate::qos::sync(
-            &tc,
-            &mut qos_state,
-            &qos_plan,
-            &links,
-            &cfg.interface_prefix,
-            resync,
-        );
-        metrics.set_bandwidth(qos_state.limited() as u64, qos.changed.len() as u64);
-        applied.errors.extend(qos.errors);
-        if let Err(e) = write_if_changed(&cfg.state_dir.join("mtu"), &d.mtu.to_string()) {
-            applied.errors.push(format!("{e:#}"));
-        }
-        resync = false;
-        let secs = pass_start.elapsed().as_secs_f64();
-        metrics.observe_reconcile(secs);
-        metrics.set_routes_installed(applied.routes_installed as u64);
-        *shared.routes_installed.lock().expect("lock poisoned") = applied.routes_installed as u64;
-        if applied.errors.is_empty() {
-            *shared.last_reconcile.lock().expect("lock poisoned") = Some(unix_now());
-            health.set_ready(true);
-        } else {
-            metrics.inc_reconcile_errors();
-            for e in &applied.errors {
-                warn!("{e}");
-            }
-            // Retry soon.
-            let tx = wake_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = tx.send(Wake::Kernel).await;
-            });
-        }
-        if applied.routes_changed + applied.routes_deleted + applied.vxlan_changes > 0 {
-            debug!(
-                changed = applied.routes_changed,
-                deleted = applied.routes_deleted,
-                vxlan = applied.vxlan_changes,
-                secs,
-                "reconciled"
-            );
+        // A new speaker: follow its best paths. A replacement for a dead one gets
+        // its whole table after the restart grace, dropping what nobody re-sent.
+        if let Some(s) = agent.speaker()
+            && !speaker.as_ref().is_some_and(|old| Arc::ptr_eq(old, &s))
+        {
+            let refresh = speaker.is_some().then_some(restart_grace);
+            spawn_learned_feed(s.clone(), tx.clone(), refresh);
+            spawn_peers_feed(s.clone(), tx.clone());
+            speaker = Some(s);
         }
     }
     info!("stopping: routes stay in place, BGP closes for a graceful restart");
-    if let Some(b) = bgp {
-        let _ = b.handle.shutdown_for_restart().await;
-    }
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    agent.shutdown().await;
+    let _ = std::fs::remove_file(&control_socket);
     Ok(())
+}
+
+/// Feeds the store to the loop: a consistent snapshot of the agent's prefixes,
+/// then one watch from the snapshot's revision, with unused keys dropped here.
+/// After a compaction (events lost) a fresh snapshot; after an error the watch
+/// resumes from the revision after the last event seen.
+fn spawn_store_feed(store: Arc<dyn Datastore>, tx: mpsc::Sender<Input>) {
+    tokio::spawn(async move {
+        let mut next: Option<Revision> = None;
+        let mut backoff = Duration::from_millis(250);
+        while !tx.is_closed() {
+            let from = match next {
+                Some(r) => r,
+                None => match crate::view::snapshot(store.as_ref()).await {
+                    Ok((kvs, revision)) => {
+                        if tx.send(Input::Snapshot { kvs, revision }).await.is_err() {
+                            return;
+                        }
+                        revision + 1
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Input::StoreDown(e.to_string())).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            next = Some(from);
+            let mut stream = match store.watch("/calico/", from).await {
+                Ok(s) => s,
+                Err(StoreError::Compacted { .. }) => {
+                    next = None;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::StoreDown(e.to_string())).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(250);
+            'watch: while let Some(first) = stream.next().await {
+                let mut batch: Vec<WatchEvent> = Vec::new();
+                let mut item = Some(first);
+                while let Some(ev) = item.take() {
+                    match ev {
+                        Ok(WatchEvent::Compacted { .. }) => {
+                            next = None;
+                            break 'watch;
+                        }
+                        Ok(ev) => {
+                            next = Some(ev.revision() + 1);
+                            let key = match &ev {
+                                WatchEvent::Put(kv) => kv.key.as_str(),
+                                WatchEvent::Delete { key, .. } => key.as_str(),
+                                WatchEvent::Compacted { .. } => "",
+                            };
+                            if classify(key) != KeyClass::Unused {
+                                batch.push(ev);
+                            }
+                        }
+                        Err(e) => {
+                            if !batch.is_empty() {
+                                let _ = tx.send(Input::Events(std::mem::take(&mut batch))).await;
+                            }
+                            let _ = tx.send(Input::StoreDown(e.to_string())).await;
+                            break 'watch;
+                        }
+                    }
+                    if batch.len() < 1024 {
+                        item = stream.next().now_or_never().flatten();
+                    }
+                }
+                if !batch.is_empty() && tx.send(Input::Events(batch)).await.is_err() {
+                    return;
+                }
+            }
+            if next.is_some() {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    });
+}
+
+/// Feeds the kernel's notifications to the loop, in batches, keeping only what the
+/// agent acts on: our routes, our links, neighbour deletions, lost notifications.
+fn spawn_kernel_feed(
+    mut events: mpsc::Receiver<NetlinkEvent>,
+    prefix: String,
+    tx: mpsc::Sender<Input>,
+) {
+    let relevant = move |ev: &NetlinkEvent| match ev {
+        NetlinkEvent::Route { route, .. } => route.protocol == TABBY_ROUTE_PROTOCOL,
+        NetlinkEvent::Link { name, .. } => name.starts_with(&prefix) || name == VXLAN_DEVICE,
+        NetlinkEvent::Neighbour { deleted, .. } => *deleted,
+        NetlinkEvent::Lost => true,
+        NetlinkEvent::Other => false,
+    };
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let mut batch: Vec<NetlinkEvent> = Vec::new();
+            if relevant(&ev) {
+                batch.push(ev);
+            }
+            while batch.len() < 4096 {
+                match events.try_recv() {
+                    Ok(ev) if relevant(&ev) => batch.push(ev),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() && tx.send(Input::Kernel(batch)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Feeds a speaker's best-path changes to the loop (the whole table after a lag,
+/// and after `refresh` when given).
+fn spawn_learned_feed(s: Arc<dyn Speaker>, tx: mpsc::Sender<Input>, refresh: Option<Duration>) {
+    let mut routes = s.subscribe_routes();
+    if let Some(after) = refresh {
+        let (s, tx) = (s.clone(), tx.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Ok(all) = s.best_paths().await {
+                let _ = tx.send(Input::LearnedTable(all)).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            match routes.recv().await {
+                Ok(c) => {
+                    let mut batch = vec![c];
+                    while let Ok(c) = routes.try_recv() {
+                        batch.push(c);
+                    }
+                    if tx.send(Input::Learned(batch)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "BGP route events lagged; reloading the table");
+                    if let Ok(all) = s.best_paths().await
+                        && tx.send(Input::LearnedTable(all)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+/// Feeds the sessions' states to the loop whenever one changes.
+fn spawn_peers_feed(s: Arc<dyn Speaker>, tx: mpsc::Sender<Input>) {
+    let mut changes = s.subscribe_peers();
+    tokio::spawn(async move {
+        while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
+            changes.recv().await
+        {
+            while changes.try_recv().is_ok() {}
+            let Ok(peers) = s.peers().await else { break };
+            if tx.send(Input::Peers(peers)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn spawn_timer(every: Duration, tx: mpsc::Sender<Input>, input: fn() -> Input) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            if tx.send(input()).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Writes `text` to `path` unless it already holds exactly that (atomically, via a
 /// temporary file, so the CNI plugin never reads half a number).
-fn write_if_changed(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_if_changed(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
         return Ok(());
     }
@@ -844,224 +809,6 @@ async fn probe_ipip(nl: &dyn Netlink) -> bool {
         Err(e) => {
             info!(reason = %e, "IPIP is not available; pools with ipipMode are refused");
             false
-        }
-    }
-}
-
-fn spawn_store_watch(client: Client, tx: mpsc::Sender<Wake>, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
-        loop {
-            let from = match client.store().revision().await {
-                Ok(r) => r + 1,
-                Err(_) => {
-                    metrics.inc_store_errors();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            // Anything may have changed while we were not watching.
-            let _ = tx.send(Wake::Store).await;
-            match client.store().watch("/calico/", from).await {
-                Ok(mut stream) => {
-                    while let Some(ev) = stream.next().await {
-                        match ev {
-                            Ok(tabby_store::WatchEvent::Compacted { .. }) => break,
-                            Ok(_) => {
-                                let _ = tx.try_send(Wake::Store);
-                            }
-                            Err(e) => {
-                                metrics.inc_store_errors();
-                                warn!(error = %e, "datastore watch failed; re-watching");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics.inc_store_errors();
-                    warn!(error = %e, "cannot watch the datastore; retrying");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-}
-
-async fn all_established(bgp: &Option<BgpState>) -> bool {
-    match bgp {
-        None => true,
-        Some(b) => match b.handle.peers().await {
-            Ok(p) => p.iter().all(|p| p.state == "Established"),
-            Err(_) => false,
-        },
-    }
-}
-
-async fn sync_bgp(
-    state: &mut Option<BgpState>,
-    derived: DerivedBgp,
-    cfg: &AgentConfig,
-    shared: &Arc<Shared>,
-    learned: &Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>,
-    wake: &mpsc::Sender<Wake>,
-) -> anyhow::Result<()> {
-    for w in &derived.warnings {
-        warn!("{w}");
-    }
-    let instance = InstanceConfig {
-        router_id: cfg.router_id.unwrap_or(derived.router_id),
-        asn: derived.asn,
-        listen: Some(derived.listen),
-        cluster_id: derived.cluster_id,
-        hold_time: cfg.bgp_hold_time,
-        connect_retry_secs: cfg.bgp_connect_retry,
-        idle_hold_secs: cfg.bgp_connect_retry.min(5),
-        graceful_restart_time: 120,
-    };
-    if state.as_ref().is_some_and(|s| s.instance != instance) {
-        info!("BGP instance settings changed; restarting the speaker");
-        let old = state.take().expect("checked above");
-        let _ = old.handle.shutdown().await;
-        learned.lock().expect("lock poisoned").clear();
-    }
-    if state.is_none() {
-        let handle = tabby_bgp::start(instance.clone())
-            .await
-            .context("start the BGP speaker")?;
-        let mut routes = handle.subscribe_routes();
-        let learned = learned.clone();
-        let tx = wake.clone();
-        let dump = handle.clone();
-        tokio::spawn(async move {
-            loop {
-                match routes.recv().await {
-                    Ok(change) => {
-                        {
-                            let mut l = learned.lock().expect("lock poisoned");
-                            if change.next_hops.is_empty() {
-                                l.remove(&change.prefix);
-                            } else {
-                                l.insert(change.prefix, change.next_hops);
-                            }
-                        }
-                        let _ = tx.try_send(Wake::Routes);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        // Changes were lost: take the whole table instead.
-                        warn!(missed = n, "BGP route events lagged; reloading the table");
-                        if let Ok(all) = dump.best_paths().await {
-                            let mut l = learned.lock().expect("lock poisoned");
-                            *l = all.into_iter().map(|c| (c.prefix, c.next_hops)).collect();
-                        }
-                        let _ = tx.try_send(Wake::Routes);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        *shared.bgp.lock().expect("lock poisoned") = Some(handle.clone());
-        *state = Some(BgpState {
-            handle,
-            instance,
-            peers: BTreeMap::new(),
-            exports: BTreeMap::new(),
-        });
-    }
-    let s = state.as_mut().expect("started above");
-    let want: BTreeMap<IpAddr, PeerConfig> =
-        derived.peers.into_iter().map(|p| (p.address, p)).collect();
-    let gone: Vec<IpAddr> = s
-        .peers
-        .keys()
-        .filter(|a| !want.contains_key(a))
-        .copied()
-        .collect();
-    for a in gone {
-        if let Err(e) = s.handle.remove_peer(a).await {
-            warn!(peer = %a, error = %e, "remove BGP peer");
-        }
-        s.peers.remove(&a);
-    }
-    for (a, p) in want {
-        match s.peers.get(&a) {
-            Some(old) if *old == p => {}
-            Some(_) => match s.handle.update_peer(p.clone()).await {
-                Ok(()) => {
-                    s.peers.insert(a, p);
-                }
-                Err(e) => warn!(peer = %a, error = %e, "update BGP peer"),
-            },
-            None => match s.handle.add_peer(p.clone()).await {
-                Ok(()) => {
-                    info!(peer = %a, kind = %p.type_label, "BGP peer added");
-                    s.peers.insert(a, p);
-                }
-                Err(e) => warn!(peer = %a, error = %e, "add BGP peer"),
-            },
-        }
-    }
-    let peers = s.handle.peers().await.unwrap_or_default();
-    let up = peers.iter().filter(|p| p.state == "Established").count();
-    shared
-        .metrics
-        .set_bgp_sessions(up as u64, peers.len() as u64);
-    Ok(())
-}
-
-async fn sync_exports(b: &mut BgpState, want: &BTreeMap<IpNet, Advertisement>) {
-    let gone: Vec<IpNet> = b
-        .exports
-        .keys()
-        .filter(|k| !want.contains_key(k))
-        .copied()
-        .collect();
-    if !gone.is_empty() && b.handle.withdraw(gone.clone()).await.is_ok() {
-        for g in gone {
-            b.exports.remove(&g);
-        }
-    }
-    let mut groups: BTreeMap<&Advertisement, Vec<IpNet>> = BTreeMap::new();
-    for (net, adv) in want {
-        if b.exports.get(net) != Some(adv) {
-            groups.entry(adv).or_default().push(*net);
-        }
-    }
-    for (adv, nets) in groups {
-        let attrs = tabby_bgp::api::OriginAttrs {
-            communities: adv.communities.clone(),
-            large_communities: adv
-                .large_communities
-                .iter()
-                .map(|(a, b, c)| tabby_bgp::packet::attribute::LargeCommunity {
-                    global: *a,
-                    local1: *b,
-                    local2: *c,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        if b.handle.originate_with(nets.clone(), attrs).await.is_ok() {
-            for n in nets {
-                b.exports.insert(n, adv.clone());
-            }
-        }
-    }
-}
-
-/// Compiles the policy for the local workloads; on a bad model keeps `previous`
-/// (enforcement never silently disappears because one resource is wrong).
-fn compile_policy(
-    v: &StoreView,
-    node: &str,
-    previous: Option<tabby_policy::compile::Compiled>,
-) -> Option<tabby_policy::compile::Compiled> {
-    let mut resources = v.workloads.clone();
-    resources.extend(v.policy.iter().cloned());
-    match crate::firewall::compile_local(&resources, node) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            warn!(error = %e, "network policy: keeping the last good rules");
-            previous
         }
     }
 }

@@ -3,6 +3,8 @@
 //! and applied as one `nft -j -f` transaction that replaces both tables at once.
 //! Everything here is pure; [`crate::nat::Nft`] applies the result.
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::{Kind, Resource};
@@ -36,38 +38,147 @@ pub fn compile_local(
     Ok(tabby_policy::compile::compile_for_node(&model, node))
 }
 
-/// What is in the kernel after the last successful apply.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    /// The natOutgoing inputs, when NAT is programmed.
-    pub nat: Option<NatInputs>,
-    /// The compiled policy, when policy is enforced.
-    pub policy: Option<Compiled>,
+/// Which kinds the policy engine reads: the policy kinds and workload endpoints.
+pub fn is_policy_kind(kind: Kind) -> bool {
+    kind == Kind::WorkloadEndpoint || POLICY_KINDS.contains(&kind)
 }
 
-/// How to bring the kernel from `last` (what was applied, `None` if unknown) to the
-/// wanted state: `None` when nothing changed, otherwise the batch and whether it is
-/// a full replacement. A change of the natOutgoing inputs, of whether policy is on,
-/// or an unknown kernel state replaces both tables; a policy change alone is an
-/// incremental update that rewrites only the changed sets, maps and chains (and
-/// leaves the NAT chain and established flows alone).
-pub fn plan_apply(
-    last: Option<&Applied>,
-    nat: Option<&NatInputs>,
-    policy: Option<&Compiled>,
-) -> Option<(Value, bool)> {
-    match last {
-        Some(l) if l.nat.as_ref() == nat && l.policy.is_some() == policy.is_some() => {
-            match (&l.policy, policy) {
-                (Some(old), Some(new)) if old != new => {
-                    let cmds = tabby_policy::nft::update_commands(old, new);
-                    (!cmds.is_empty()).then(|| (tabby_policy::nft::batch(cmds), false))
+/// The node's policy state, fed one resource change at a time: the compiled rules
+/// of the local endpoints (selectors over every endpoint) and their rendering, with
+/// the commands that bring the kernel from the last applied state to the current
+/// one. A model that does not compile keeps the last good rules.
+#[derive(Debug)]
+pub struct PolicyState {
+    node: String,
+    resources: BTreeMap<(Kind, Option<String>, String), Resource>,
+    compiled: Compiled,
+    marked: Option<Compiled>,
+    /// Resources changed since the last compile.
+    stale: bool,
+    /// The compiled rules differ from the marked ones.
+    changed: bool,
+    error: Option<String>,
+}
+
+impl PolicyState {
+    /// No resources yet; nothing applied.
+    pub fn new(node: &str) -> PolicyState {
+        PolicyState {
+            node: node.to_string(),
+            resources: BTreeMap::new(),
+            compiled: Compiled::default(),
+            marked: None,
+            stale: true,
+            changed: true,
+            error: None,
+        }
+    }
+
+    /// A resource was created or updated (kinds policy does not read are ignored).
+    pub fn put(&mut self, r: &Resource) {
+        if is_policy_kind(r.kind()) {
+            let key = (
+                r.kind(),
+                r.namespace().map(str::to_string),
+                r.name().to_string(),
+            );
+            self.resources.insert(key, r.clone());
+            self.stale = true;
+        }
+    }
+
+    /// A resource was deleted.
+    pub fn delete(&mut self, kind: Kind, namespace: Option<&str>, name: &str) {
+        let key = (kind, namespace.map(str::to_string), name.to_string());
+        if self.resources.remove(&key).is_some() {
+            self.stale = true;
+        }
+    }
+
+    fn refresh(&mut self) {
+        if !self.stale {
+            return;
+        }
+        self.stale = false;
+        let all: Vec<Resource> = self.resources.values().cloned().collect();
+        match compile_local(&all, &self.node) {
+            Ok(c) => {
+                if c != self.compiled {
+                    self.compiled = c;
+                    self.changed = true;
                 }
-                _ => None,
+                self.error = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "network policy: keeping the last good rules");
+                }
+                self.error = Some(text);
             }
         }
-        _ => Some((render(nat, policy), true)),
     }
+
+    /// Whether the rules differ from the last mark.
+    pub fn is_dirty(&mut self) -> bool {
+        self.refresh();
+        self.changed || self.marked.is_none()
+    }
+
+    /// The whole rendered state.
+    pub fn ruleset(&mut self) -> tabby_policy::nft::Ruleset {
+        self.refresh();
+        tabby_policy::nft::ruleset(&self.compiled)
+    }
+
+    /// The commands from the marked state to the current one (the full state when
+    /// nothing is marked); marks the current state.
+    pub fn take_update(&mut self) -> Vec<Value> {
+        self.refresh();
+        let cmds = match &self.marked {
+            Some(old) => tabby_policy::nft::update_commands(old, &self.compiled),
+            None => tabby_policy::nft::render_commands(&self.compiled),
+        };
+        self.marked = Some(self.compiled.clone());
+        self.changed = false;
+        cmds
+    }
+
+    /// The current state is in the kernel (after a full replacement).
+    pub fn mark(&mut self) {
+        self.refresh();
+        self.marked = Some(self.compiled.clone());
+        self.changed = false;
+    }
+
+    /// Forgets what was applied (the next update must be a full replacement).
+    pub fn unmark(&mut self) {
+        self.marked = None;
+    }
+
+    /// Problems: resources that do not compile.
+    pub fn errors(&self) -> Vec<String> {
+        self.error.iter().cloned().collect()
+    }
+}
+
+/// The full state as one batch: for each family the table `tabby` added, deleted
+/// and re-added holding the policy (when given) and the natOutgoing chain (when
+/// given).
+pub fn full_batch(nat: Option<&NatInputs>, policy: Option<&tabby_policy::nft::Ruleset>) -> Value {
+    let mut cmds = Vec::new();
+    for f in Family::ALL {
+        cmds.extend(table_ops(f));
+        if let Some(rs) = policy
+            && let Some(t) = rs.tables.iter().find(|t| t.family == nft_family(f))
+        {
+            cmds.extend(t.commands().into_iter().filter(|c| !is_table_op(c)));
+        }
+        if let Some(n) = nat {
+            cmds.extend(nat_commands(n, f));
+        }
+    }
+    json!({ "nftables": cmds })
 }
 
 fn nft_family(f: Family) -> tabby_policy::nft::Family {
@@ -309,8 +420,8 @@ spec: {node: n2, interfaceName: calib, ipNetworks: [100.64.1.1/32], profiles: [k
     }
 
     #[test]
-    fn plan_apply_is_full_first_incremental_for_policy_and_full_for_nat() {
-        let yaml = |port: u16| {
+    fn policy_state_updates_incrementally_and_keeps_the_last_good_rules() {
+        let yaml = |port: &str| {
             format!(
                 r#"
 apiVersion: projectcalico.org/v3
@@ -327,33 +438,30 @@ spec:
 "#
             )
         };
-        let compile = |port| {
-            let r = tabby_api::load::parse_documents(&yaml(port), "t.yaml").unwrap();
-            compile_local(&r, "n1").unwrap()
-        };
-        let (c1, c2) = (compile(80), compile(81));
+        let mut st = PolicyState::new("n1");
+        for r in tabby_api::load::parse_documents(&yaml("80"), "t.yaml").unwrap() {
+            st.put(&r);
+        }
+        assert!(st.is_dirty());
         let nat = NatInputs {
             masq_pools: nets(&["100.64.0.0/16"]),
             all_pools: nets(&["100.64.0.0/16"]),
         };
-        let (first, full) = plan_apply(None, Some(&nat), Some(&c1)).unwrap();
-        assert!(full);
+        let first = full_batch(Some(&nat), Some(&st.ruleset()));
+        st.mark();
         assert_eq!(
             count(&first, |c| c
                 .get("delete")
                 .is_some_and(|d| d.get("table").is_some())),
             2
         );
-        let applied = Applied {
-            nat: Some(nat.clone()),
-            policy: Some(c1.clone()),
-        };
-        assert!(
-            plan_apply(Some(&applied), Some(&nat), Some(&c1)).is_none(),
-            "no change, no batch"
-        );
-        let (update, full) = plan_apply(Some(&applied), Some(&nat), Some(&c2)).unwrap();
-        assert!(!full, "a policy change is incremental");
+        assert!(first.to_string().contains(NAT_CHAIN));
+        assert!(!st.is_dirty(), "marked");
+        for r in tabby_api::load::parse_documents(&yaml("81"), "t.yaml").unwrap() {
+            st.put(&r);
+        }
+        assert!(st.is_dirty());
+        let update = tabby_policy::nft::batch(st.take_update());
         assert_eq!(
             count(&update, |c| c
                 .get("delete")
@@ -362,11 +470,17 @@ spec:
             "an update never deletes the table"
         );
         assert!(update.to_string().contains("81"), "{update}");
-        let other_nat = NatInputs {
-            masq_pools: vec![],
-            all_pools: nets(&["100.64.0.0/16"]),
-        };
-        let (_, full) = plan_apply(Some(&applied), Some(&other_nat), Some(&c1)).unwrap();
-        assert!(full, "a NAT change replaces the tables");
+        assert!(!st.is_dirty());
+        // A policy that does not compile: reported, the last good rules stay.
+        let mut bad = tabby_api::load::parse_documents(&yaml("82"), "t.yaml").unwrap();
+        if let tabby_api::Spec::NetworkPolicy(p) = &mut bad[1].spec {
+            p.selector = Some("app ==".into());
+        }
+        st.put(&bad[1]);
+        assert!(!st.is_dirty(), "the last good rules stay in place");
+        assert_eq!(st.errors().len(), 1);
+        st.delete(Kind::NetworkPolicy, Some("default"), "p");
+        assert!(st.is_dirty(), "the policy's rules go with it");
+        assert!(st.errors().is_empty());
     }
 }

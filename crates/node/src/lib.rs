@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod desired;
+pub mod drivers;
 pub mod filters;
 pub mod firewall;
+pub mod machine;
 pub mod metrics;
 pub mod nat;
 pub mod peers;

@@ -33,6 +33,12 @@ pub struct Metrics {
     bandwidth_limited: AtomicU64,
     /// Bandwidth shaping changes made (set, replaced, removed).
     bandwidth_changes: AtomicU64,
+    /// Store watch events applied to the local view.
+    store_events: AtomicU64,
+    /// Resources reported as problems (unreadable, not compiling, refused).
+    resource_problems: AtomicU64,
+    /// Times the BGP speaker was found dead and restarted.
+    bgp_restarts: AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +98,21 @@ impl Metrics {
     pub fn set_bandwidth(&self, limited: u64, changes: u64) {
         self.bandwidth_limited.store(limited, Ordering::Relaxed);
         self.bandwidth_changes.fetch_add(changes, Ordering::Relaxed);
+    }
+
+    /// Counts store events applied to the view.
+    pub fn add_store_events(&self, n: u64) {
+        self.store_events.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Resources currently reported as problems.
+    pub fn set_resource_problems(&self, n: u64) {
+        self.resource_problems.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts a restart of a dead BGP speaker.
+    pub fn inc_bgp_restarts(&self) {
+        self.bgp_restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Established BGP sessions (as last set).
@@ -175,6 +196,28 @@ impl Metrics {
             load(&self.bandwidth_changes),
         );
 
+        gauge(
+            &mut s,
+            "tabby_store_events_total",
+            "Datastore watch events applied to the agent's view.",
+            "counter",
+            load(&self.store_events),
+        );
+        gauge(
+            &mut s,
+            "tabby_resource_problems",
+            "Stored resources skipped or kept at their last good version (unreadable, not compiling).",
+            "gauge",
+            load(&self.resource_problems),
+        );
+        gauge(
+            &mut s,
+            "tabby_bgp_speaker_restarts_total",
+            "Times the BGP speaker was found dead and started again.",
+            "counter",
+            load(&self.bgp_restarts),
+        );
+
         let name = "tabby_reconcile_duration_seconds";
         let _ = writeln!(
             s,
@@ -197,11 +240,15 @@ impl Metrics {
 
 /// Liveness and readiness: a live flag (true from the start), a ready flag (false
 /// until the first successful reconcile is reported) and when that last happened.
+/// With a deadline set, liveness also fails once the event loop has not turned
+/// within it (a loop stuck in a driver call is not alive, whatever the flag says).
 #[derive(Debug)]
 pub struct Health {
     live: AtomicBool,
     ready: AtomicBool,
     last_reconcile: Mutex<Option<(Instant, SystemTime)>>,
+    last_turn: Mutex<Option<Instant>>,
+    deadline: Mutex<Option<Duration>>,
 }
 
 impl Default for Health {
@@ -210,6 +257,8 @@ impl Default for Health {
             live: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             last_reconcile: Mutex::new(None),
+            last_turn: Mutex::new(None),
+            deadline: Mutex::new(None),
         }
     }
 }
@@ -235,9 +284,27 @@ impl Health {
         self.live.store(live, Ordering::Relaxed);
     }
 
-    /// Whether the agent is live.
+    /// Whether the agent is live: the flag, and the loop turned within the deadline.
     pub fn live(&self) -> bool {
-        self.live.load(Ordering::Relaxed)
+        if !self.live.load(Ordering::Relaxed) {
+            return false;
+        }
+        let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let last = *self.last_turn.lock().unwrap_or_else(|p| p.into_inner());
+        match (deadline, last) {
+            (Some(d), Some(t)) => t.elapsed() <= d,
+            _ => true,
+        }
+    }
+
+    /// Liveness fails once the loop has not turned for `deadline`.
+    pub fn set_deadline(&self, deadline: Duration) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+    }
+
+    /// Records that the event loop turned now.
+    pub fn turned(&self) {
+        *self.last_turn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// Records a successful reconcile now.

@@ -38,16 +38,16 @@ pub struct PeerInputs<'a> {
     /// This node's name.
     pub node_name: &'a str,
     /// Every Node resource.
-    pub nodes: &'a [Resource],
+    pub nodes: &'a [&'a Resource],
     /// The BGPConfiguration named `default`, if any.
     pub bgp_config: Option<&'a BGPConfigurationSpec>,
     /// The BGPConfiguration named `node.<this node>`, if any (its `listenPort`
     /// overrides the global one, as in Calico).
     pub node_bgp_config: Option<&'a BGPConfigurationSpec>,
     /// Every BGPPeer.
-    pub peers: &'a [Resource],
+    pub peers: &'a [&'a Resource],
     /// Every BGPFilter.
-    pub filters: &'a [Resource],
+    pub filters: &'a [&'a Resource],
     /// Where passwords (`secretKeyRef`s) are read from.
     pub secrets: &'a dyn SecretSource,
 }
@@ -946,13 +946,16 @@ mod tests {
             node: &str,
             secrets: &dyn SecretSource,
         ) -> Result<DerivedBgp, PeerError> {
+            let nodes: Vec<&Resource> = self.nodes.iter().collect();
+            let peers: Vec<&Resource> = self.peers.iter().collect();
+            let filters: Vec<&Resource> = self.filters.iter().collect();
             derive(&PeerInputs {
                 node_name: node,
-                nodes: &self.nodes,
+                nodes: &nodes,
                 bgp_config: self.config("default"),
                 node_bgp_config: self.config(&format!("node.{node}")),
-                peers: &self.peers,
-                filters: &self.filters,
+                peers: &peers,
+                filters: &filters,
                 secrets,
             })
         }

@@ -27,6 +27,10 @@ pub struct StatusReport {
     pub routes_installed: u64,
     /// Unix time (seconds) of the last successful reconcile.
     pub last_reconcile_unix: Option<u64>,
+    /// What the agent skipped or could not do, each naming the resource or object
+    /// (a record it cannot read, a policy that does not compile, a refused pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// One BGP peer as reported.
@@ -145,6 +149,12 @@ pub fn render_table_at(r: &StatusReport, now_unix: u64) -> String {
                 &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
                 &rows,
             ));
+        }
+    }
+    if !r.problems.is_empty() {
+        out.push_str("\nProblems\n");
+        for p in &r.problems {
+            out.push_str(&format!("  - {p}\n"));
         }
     }
     out
@@ -400,6 +410,7 @@ mod tests {
 
     fn report(peers: Vec<PeerRow>) -> StatusReport {
         StatusReport {
+            problems: Vec::new(),
             node: "node1".into(),
             running: true,
             peers,

@@ -38,6 +38,22 @@ pub fn prefixes() -> Vec<String> {
     ]
 }
 
+/// A consistent snapshot of every key the agent uses, and the revision it was read
+/// at (a watch from `revision + 1` misses nothing).
+pub async fn snapshot(
+    store: &dyn tabby_store::Datastore,
+) -> tabby_store::Result<(Vec<KeyValue>, Revision)> {
+    // One list under `/calico/` is read at one revision; unused keys are dropped
+    // before they reach the view.
+    let listed = store.list("/calico/").await?;
+    let kvs = listed
+        .kvs
+        .into_iter()
+        .filter(|kv| classify(&kv.key) != KeyClass::Unused)
+        .collect();
+    Ok((kvs, listed.revision))
+}
+
 /// What a stored key is to the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyClass {
@@ -863,6 +879,57 @@ mod tests {
             serde_json::to_value(&b).unwrap(),
             rev,
         )
+    }
+
+    #[test]
+    fn view_converts_to_snapshot() {
+        let docs = r#"
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec:
+  bgp: {ipv4Address: 198.18.0.1/24}
+  ipv4VXLANTunnelAddr: 100.64.0.1
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: p}
+spec: {cidr: 100.64.0.0/16, vxlanMode: Always, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  serviceClusterIPs: [{cidr: 198.19.0.0/24}]
+  communities: [{name: tag, value: "65000:7"}]
+  prefixAdvertisements: [{cidr: 100.64.0.0/16, communities: [tag, "1:2:3"]}]
+"#;
+        let mut v = View::new("n1");
+        for (i, r) in tabby_api::load::parse_documents(docs, "t.yaml")
+            .unwrap()
+            .into_iter()
+            .enumerate()
+        {
+            let key = tabby_client::key_of(r.kind(), r.namespace(), r.name());
+            v.apply(&WatchEvent::Put(kv(&key, r.to_json_value(), i as i64 + 1)));
+        }
+        let s = v.snapshot();
+        assert_eq!(
+            s.nodes[0].vxlan_tunnel_ip,
+            Some("100.64.0.1".parse().unwrap())
+        );
+        assert_eq!(s.nodes[0].vxlan_mac, vxlan_mac_for("n1"));
+        assert_eq!(s.pools[0].vxlan, EncapMode::Always);
+        assert!(s.pools[0].nat_outgoing);
+        assert_eq!(
+            s.service_cidrs,
+            vec!["198.19.0.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            s.prefix_communities[0].1.communities,
+            vec![(65000 << 16) | 7]
+        );
+        assert_eq!(s.prefix_communities[0].1.large_communities, vec![(1, 2, 3)]);
     }
 
     #[test]

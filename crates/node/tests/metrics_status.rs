@@ -157,6 +157,7 @@ async fn garbage_does_not_kill_the_server() {
 
 fn sample_report() -> StatusReport {
     StatusReport {
+        problems: Vec::new(),
         node: "node-a".into(),
         running: true,
         peers: vec![
