@@ -114,6 +114,16 @@ fn config(a: Args) -> anyhow::Result<(AgentConfig, bool)> {
             .trim()
             .to_string(),
     };
+    // A name the store would refuse fails now, naming the flag, rather than
+    // being retried forever as "datastore not ready".
+    let probe = tabby_api::Resource::with_spec(
+        &node,
+        None,
+        tabby_api::Spec::Node(tabby_api::node::NodeSpec::default()),
+    );
+    if let Err(e) = probe.validate() {
+        bail!("--node-name {node:?}: {e}");
+    }
     let store = match a.store {
         Some(s) => StoreUrl::parse(&s).with_context(|| format!("--store {s:?}"))?,
         None => StoreUrl::default(),
