@@ -505,8 +505,15 @@ impl Datastore for SqliteStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<ListResult> {
-        let what = format!("list {prefix}");
-        let (start, end) = prefix_range(prefix.as_bytes());
+        self.list_prefixes(&[prefix]).await
+    }
+
+    async fn list_prefixes(&self, prefixes: &[&str]) -> Result<ListResult> {
+        let what = format!("list {}", prefixes.join(", "));
+        let ranges: Vec<_> = crate::prefixes::disjoint(prefixes)
+            .iter()
+            .map(|p| prefix_range(p.as_bytes()))
+            .collect();
         self.inner
             .run(&self.inner.reader, &what, move |conn| {
                 // One read transaction: the pairs and the revision are one snapshot.
@@ -516,16 +523,21 @@ impl Datastore for SqliteStore {
                     "SELECT key, value, create_revision, mod_revision FROM kv \
                      WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
                 )?;
-                let kvs = stmt
-                    .query_map(params![start, end], |r| {
+                let mut kvs = Vec::new();
+                // Disjoint ranges in key order: the concatenation is sorted.
+                for (start, end) in &ranges {
+                    let rows = stmt.query_map(params![start, end], |r| {
                         Ok(KeyValue {
                             key: key_string(r.get(0)?),
                             value: r.get(1)?,
                             create_revision: r.get(2)?,
                             mod_revision: r.get(3)?,
                         })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    })?;
+                    for kv in rows {
+                        kvs.push(kv?);
+                    }
+                }
                 drop(stmt);
                 tx.commit()?;
                 Ok(ListResult { kvs, revision })
