@@ -51,7 +51,8 @@ use crate::{Datastore, KeyValue, ListResult, Result, Revision, StoreError, Watch
 
 /// Longest pause between two attempts of one request.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
-/// How many times `list` starts over when its snapshot revision is compacted mid-way.
+/// How many times `list` and `list_prefixes` start over when their snapshot revision
+/// is compacted mid-way.
 const LIST_RESTARTS: usize = 3;
 
 /// A [`Datastore`] on an etcd v3 cluster. Cheap to clone; clones share connections.
@@ -184,6 +185,28 @@ impl EtcdStore {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Every key from `start` up to `end`, a page at a time, read at `revision` (0 =
+    /// latest); returns them with the revision they were read at.
+    async fn range(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        revision: Revision,
+    ) -> Result<(Vec<KeyValue>, Revision), Failure> {
+        let (mut kvs, latest, mut more) = self.page(start, end.clone(), revision).await?;
+        let revision = if revision > 0 { revision } else { latest };
+        while more {
+            let Some(last) = kvs.last() else { break };
+            // The next page starts right after the last key seen: key + "\0".
+            let mut next = last.key.clone().into_bytes();
+            next.push(0);
+            let (page, _, page_more) = self.page(next, end.clone(), revision).await?;
+            kvs.extend(page);
+            more = page_more;
+        }
+        Ok((kvs, revision))
     }
 
     /// One page of a prefix range: at most `page` keys from `start` up to `end`, read at
@@ -395,34 +418,29 @@ impl Datastore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<ListResult> {
-        let what = format!("list {prefix}");
-        let (first_key, end) = prefix_range(prefix.as_bytes());
-        let mut restarts = 0;
-        'snapshot: loop {
-            let (mut kvs, revision, mut more) = self
-                .page(first_key.clone(), end.clone(), 0)
-                .await
-                .map_err(|f| self.inner.error(&what, Idempotence::Read, f))?;
-            while more {
-                let Some(last) = kvs.last() else { break };
-                // The next page starts right after the last key seen: key + "\0".
-                let mut start = last.key.clone().into_bytes();
-                start.push(0);
-                match self.page(start, end.clone(), revision).await {
-                    Ok((page, _, page_more)) => {
-                        kvs.extend(page);
-                        more = page_more;
-                    }
-                    // Compacted between two pages: the snapshot is gone, take a new one.
-                    Err(Failure::Compacted(_)) if restarts < LIST_RESTARTS => {
-                        restarts += 1;
-                        continue 'snapshot;
-                    }
-                    Err(f) => return Err(self.inner.error(&what, Idempotence::Read, f)),
-                }
-            }
-            return Ok(ListResult { kvs, revision });
+        self.list_prefixes(&[prefix]).await
+    }
+
+    async fn list_prefixes(&self, prefixes: &[&str]) -> Result<ListResult> {
+        let ranges: Vec<_> = crate::prefixes::disjoint(prefixes)
+            .iter()
+            .map(|p| prefix_range(p.as_bytes()))
+            .collect();
+        if ranges.is_empty() {
+            let revision = self.revision().await?;
+            return Ok(ListResult {
+                kvs: Vec::new(),
+                revision,
+            });
         }
+        snapshot(&ranges, LIST_RESTARTS, |start, end, revision| {
+            self.range(start, end, revision)
+        })
+        .await
+        .map_err(|f| {
+            let what = format!("list {}", prefixes.join(", "));
+            self.inner.error(&what, Idempotence::Read, f)
+        })
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
@@ -508,6 +526,40 @@ impl Datastore for EtcdStore {
 
     fn endpoint(&self) -> String {
         self.inner.url.clone()
+    }
+}
+
+/// Reads `ranges` (disjoint, in key order) as one snapshot with `read(start, end, at)`:
+/// the first at the latest revision R (`at` = 0), every later one at R, as etcd's
+/// range-at-revision keeps it. When R is compacted away before the last read, starts
+/// over from a newer revision, at most `restarts` times.
+async fn snapshot<F, Fut>(
+    ranges: &[(Vec<u8>, Vec<u8>)],
+    restarts: usize,
+    mut read: F,
+) -> Result<ListResult, Failure>
+where
+    F: FnMut(Vec<u8>, Vec<u8>, Revision) -> Fut,
+    Fut: Future<Output = Result<(Vec<KeyValue>, Revision), Failure>>,
+{
+    let mut restarted = 0;
+    'snapshot: loop {
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        for (start, end) in ranges {
+            match read(start.clone(), end.clone(), revision).await {
+                Ok((range, at)) => {
+                    revision = at;
+                    kvs.extend(range);
+                }
+                Err(Failure::Compacted(_)) if restarted < restarts => {
+                    restarted += 1;
+                    continue 'snapshot;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        return Ok(ListResult { kvs, revision });
     }
 }
 
@@ -683,6 +735,77 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.endpoint(), "etcd://127.0.0.1:1");
+    }
+
+    fn pair(key: &str, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: Vec::new(),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    /// A store whose revision moves on by 10 between any two reads, and whose history
+    /// is compacted past each snapshot `compactions` times: the snapshot starts over
+    /// and reads every later range at its first range's revision.
+    #[tokio::test]
+    async fn snapshot_reads_later_ranges_at_the_first_revision_and_restarts_when_compacted() {
+        let ranges = vec![
+            prefix_range(b"/a/"),
+            prefix_range(b"/b/"),
+            prefix_range(b"/c/"),
+        ];
+        for (compactions, restarts, ok) in [(0, 3, true), (2, 3, true), (3, 3, true), (4, 3, false)]
+        {
+            let calls = std::cell::RefCell::new(Vec::new());
+            let latest = std::cell::Cell::new(100);
+            let compacted = std::cell::Cell::new(0);
+            let result = snapshot(&ranges, restarts, |start, _end, at| {
+                calls.borrow_mut().push((start.clone(), at));
+                latest.set(latest.get() + 10);
+                let outcome = if at == 0 {
+                    Ok((vec![pair("/a/1", 1)], latest.get()))
+                } else if compacted.get() < compactions {
+                    compacted.set(compacted.get() + 1);
+                    Err(Failure::Compacted(
+                        "required revision has been compacted".into(),
+                    ))
+                } else {
+                    let key = format!("{}1", String::from_utf8_lossy(&start));
+                    Ok((vec![pair(&key, 1)], at))
+                };
+                async move { outcome }
+            })
+            .await;
+            let calls = calls.into_inner();
+            // Each attempt: the first range at 0, then the next ones at its revision.
+            let first_at = |attempt: usize| 110 + 20 * attempt as Revision;
+            if ok {
+                let result = result.unwrap();
+                let r = first_at(compactions);
+                assert_eq!(result.revision, r, "{compactions} compactions");
+                let keys: Vec<&str> = result.kvs.iter().map(|kv| kv.key.as_str()).collect();
+                assert_eq!(keys, ["/a/1", "/b/1", "/c/1"]);
+                let tail: Vec<(Vec<u8>, Revision)> = calls[calls.len() - 3..].to_vec();
+                assert_eq!(
+                    tail,
+                    vec![
+                        (b"/a/".to_vec(), 0),
+                        (b"/b/".to_vec(), r),
+                        (b"/c/".to_vec(), r)
+                    ]
+                );
+                assert_eq!(calls.len(), 3 + 2 * compactions);
+            } else {
+                assert!(matches!(result, Err(Failure::Compacted(_))), "{result:?}");
+                assert_eq!(
+                    calls.len(),
+                    2 * (restarts + 1),
+                    "gives up after {restarts} restarts"
+                );
+            }
+        }
     }
 
     #[test]

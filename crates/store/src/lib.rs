@@ -11,6 +11,7 @@ pub mod etcd;
 #[cfg(feature = "testsuite")]
 pub mod etcd_harness;
 pub mod keys;
+pub mod prefixes;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -74,7 +75,7 @@ pub enum WatchEvent {
         prev: Option<KeyValue>,
     },
     /// The requested start revision was compacted away: events were lost. The watcher
-    /// must re-list (`list`) and watch again from the list's revision + 1. The stream
+    /// must re-list (`list`, `list_prefixes`) and watch again from the list's revision + 1. The stream
     /// ends after this event.
     Compacted { compact_revision: Revision },
 }
@@ -144,6 +145,28 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// Every key starting with `prefix`, sorted by key, read at one revision.
     async fn list(&self, prefix: &str) -> Result<ListResult>;
+
+    /// Every key under any of `prefixes`, sorted by key, all read at one store revision
+    /// (returned in `ListResult::revision`): a watch from `revision + 1` misses nothing.
+    /// Prefixes may overlap (each key comes once); no prefix gives no keys and the
+    /// current revision.
+    ///
+    /// The backends read just the prefixes' ranges. This default, for other
+    /// implementations, lists the prefixes' common prefix in one [`Datastore::list`] and
+    /// keeps the matching keys: as consistent, but it may read much more.
+    async fn list_prefixes(&self, prefixes: &[&str]) -> Result<ListResult> {
+        let wanted = prefixes::disjoint(prefixes);
+        if wanted.is_empty() {
+            return Ok(ListResult {
+                kvs: Vec::new(),
+                revision: self.revision().await?,
+            });
+        }
+        let mut all = self.list(&prefixes::common(&wanted)).await?;
+        all.kvs
+            .retain(|kv| wanted.iter().any(|p| kv.key.starts_with(p.as_str())));
+        Ok(all)
+    }
 
     /// Create `key` only if it does not exist. Returns the new revision.
     /// Fails with [`StoreError::AlreadyExists`].

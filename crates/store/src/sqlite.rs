@@ -12,21 +12,30 @@
 //! committing are grouped into the next transaction (group commit): each keeps its
 //! own condition and revision, and they share one fsync.
 //!
-//! Watches poll the event log, since writers may live in other processes
-//! ([`SqliteOptions::poll_interval`]; writes through the same [`SqliteStore`] wake them
-//! at once). The log keeps the last [`SqliteOptions::history`] revisions; a watch from
-//! an older revision gets [`WatchEvent::Compacted`] and ends, as on etcd.
-//! [`SqliteStore::compact`] compacts by hand.
+//! Watches read the event log when the store revision moves. Writes through the same
+//! [`SqliteStore`] wake them at once; writes by other processes are noticed through
+//! inotify on the file (see `wake`), with a slow safety poll
+//! ([`SqliteOptions::poll_interval`]), or by a fast poll where inotify is unavailable
+//! ([`SqliteOptions::fallback_poll_interval`]). An idle store does no work between
+//! safety polls, however many watch streams it has. The log keeps the last
+//! [`SqliteOptions::history`] revisions; a watch from an older revision gets
+//! [`WatchEvent::Compacted`] and ends, as on etcd. [`SqliteStore::compact`] compacts by
+//! hand.
+
+mod wake;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{Mutex, oneshot, watch};
+
+pub use wake::{Wake, WatchStats};
 
 use crate::{
     Datastore, KeyValue, ListResult, Result, Revision, StoreError, StoreUrl, WatchEvent,
@@ -35,8 +44,12 @@ use crate::{
 
 /// How long a write waits for another process's write lock before it fails.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a watch looks for changes made by other processes.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often watches look for changes made by other processes when nothing woke them
+/// (the safety net under inotify).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often watches look for changes made by other processes when inotify is off or
+/// unavailable.
+pub const DEFAULT_FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How many recent revisions the event log keeps by default.
 pub const DEFAULT_HISTORY: u64 = 10_000;
 
@@ -84,8 +97,14 @@ pub struct SqliteOptions {
     /// How long one operation waits for a file locked by another writer (SQLite's
     /// busy timeout, and the budget for re-running a transaction that found it busy).
     pub busy_timeout: Duration,
-    /// How often a watch polls the event log for changes made by other processes.
+    /// How watches learn of writes made by other processes.
+    pub wake: Wake,
+    /// How often watches look for changes made by other processes when inotify reported
+    /// none: a safety net for anything it missed.
     pub poll_interval: Duration,
+    /// How often watches look for changes made by other processes when inotify is off
+    /// ([`Wake::Poll`]) or cannot be set up.
+    pub fallback_poll_interval: Duration,
     /// Keep at least this many recent revisions in the event log (`Some(0)` counts as 1);
     /// older ones are compacted in batches as writes go by. `None` keeps everything
     /// until [`SqliteStore::compact`] is called.
@@ -96,7 +115,9 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            wake: Wake::Inotify,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            fallback_poll_interval: DEFAULT_FALLBACK_POLL_INTERVAL,
             history: Some(DEFAULT_HISTORY),
         }
     }
@@ -111,6 +132,9 @@ pub struct SqliteStore {
 /// What every operation (and every watch stream) needs.
 struct Inner {
     path: PathBuf,
+    /// `path` with symbolic links resolved, as SQLite names the WAL after it: what the
+    /// waker watches and the doorbell touches.
+    file: PathBuf,
     /// `sqlite:///path/store.db`: the `endpoint` of every error.
     endpoint: String,
     options: SqliteOptions,
@@ -119,10 +143,14 @@ struct Inner {
     /// Reads and watch polls, so that they never queue behind a write waiting for
     /// another process's lock (WAL readers do not block writers, nor the reverse).
     reader: Arc<Mutex<Connection>>,
-    /// The revision of the last write made through this store: wakes its watches.
+    /// The latest store revision known to this store (from its own writes, or found
+    /// by the waker): wakes its watches when it moves.
     changes: watch::Sender<Revision>,
     /// Writes waiting for the writer connection; the next holder runs them all.
     queue: std::sync::Mutex<Vec<Pending>>,
+    /// The thread that notices other processes' writes: started by the first watch.
+    waker: std::sync::Mutex<Option<wake::Waker>>,
+    counters: wake::Counters,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -160,6 +188,17 @@ impl SqliteStore {
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let endpoint = StoreUrl::Sqlite { path: path.clone() }.to_string();
+        for (name, interval) in [
+            ("poll_interval", options.poll_interval),
+            ("fallback_poll_interval", options.fallback_poll_interval),
+        ] {
+            if interval.is_zero() {
+                return Err(StoreError::Backend {
+                    endpoint,
+                    message: format!("{name} must be positive"),
+                });
+            }
+        }
         let opening = {
             let (path, endpoint, options) = (path.clone(), endpoint.clone(), options.clone());
             tokio::task::spawn_blocking(move || open_connections(&path, &endpoint, &options))
@@ -169,8 +208,10 @@ impl SqliteStore {
             message: format!("opening: {e}"),
         })??;
         let (changes, _) = watch::channel(revision);
+        let file = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                file,
                 path,
                 endpoint,
                 options,
@@ -178,6 +219,8 @@ impl SqliteStore {
                 reader: Arc::new(Mutex::new(reader)),
                 changes,
                 queue: std::sync::Mutex::new(Vec::new()),
+                waker: std::sync::Mutex::new(None),
+                counters: wake::Counters::default(),
             }),
         })
     }
@@ -190,6 +233,17 @@ impl SqliteStore {
     /// Settings the store was opened with.
     pub fn options(&self) -> &SqliteOptions {
         &self.inner.options
+    }
+
+    /// What this store's watches did so far: revision checks, event log reads, and how
+    /// they are woken.
+    pub fn watch_stats(&self) -> WatchStats {
+        let c = &self.inner.counters;
+        WatchStats {
+            checks: c.checks.load(Ordering::Relaxed),
+            polls: c.polls.load(Ordering::Relaxed),
+            wake: self.inner.lock_waker().as_ref().map(|w| w.mode),
+        }
     }
 
     /// Drops the event log below `revision`: watches from older revisions then get
@@ -283,9 +337,16 @@ impl SqliteStore {
     ) {
         let budget = self.inner.options.busy_timeout;
         let history = self.inner.options.history;
+        let file = self.inner.file.clone();
         let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
         let outcome = tokio::task::spawn_blocking(move || {
-            retry_busy(budget, || apply_batch(&mut conn, &ops, history))
+            let outcome = retry_busy(budget, || apply_batch(&mut conn, &ops, history));
+            if let Ok(results) = &outcome
+                && results.iter().any(Result::is_ok)
+            {
+                wake::ring_doorbell(&file);
+            }
+            outcome
         })
         .await;
         let mut last = None;
@@ -322,7 +383,7 @@ impl SqliteStore {
             }
         }
         if let Some(revision) = last {
-            self.inner.changes.send_replace(revision);
+            self.inner.saw_revision(revision);
         }
     }
 }
@@ -469,6 +530,50 @@ fn apply_one(
 }
 
 impl Inner {
+    fn lock_waker(&self) -> std::sync::MutexGuard<'_, Option<wake::Waker>> {
+        self.waker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the waker unless it runs.
+    fn ensure_waker(self: &Arc<Self>) -> Result<()> {
+        let mut waker = self.lock_waker();
+        if !waker.as_ref().is_some_and(wake::Waker::is_running) {
+            let started = wake::start(self).map_err(|e| StoreError::Backend {
+                endpoint: self.endpoint.clone(),
+                message: format!("starting the thread that wakes watches: {e}"),
+            })?;
+            *waker = Some(started);
+        }
+        Ok(())
+    }
+
+    /// Records that the store has reached `revision`; wakes the watches if that is news.
+    fn saw_revision(&self, revision: Revision) {
+        self.changes.send_if_modified(|known| {
+            let news = revision > *known;
+            if news {
+                *known = revision;
+            }
+            news
+        });
+    }
+
+    /// Reads the store revision to find out whether another process wrote. Blocks: for
+    /// the waker's thread, outside any runtime.
+    fn check_blocking(&self) {
+        self.counters.checks.fetch_add(1, Ordering::Relaxed);
+        let conn = self.reader.blocking_lock();
+        match retry_busy(self.options.busy_timeout, || Ok(read_meta(&conn)?)) {
+            Ok((revision, _)) => self.saw_revision(revision),
+            // The watches' own polls report failures; the next check tries again.
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint, error = ?e, "revision check failed")
+            }
+        }
+    }
+
     /// Runs `f` with `conn` on the blocking pool, re-running it while the file is busy,
     /// and names the endpoint and the operation in any error.
     async fn run<T, F>(&self, conn: &Arc<Mutex<Connection>>, what: &str, mut f: F) -> Result<T>
@@ -505,8 +610,15 @@ impl Datastore for SqliteStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<ListResult> {
-        let what = format!("list {prefix}");
-        let (start, end) = prefix_range(prefix.as_bytes());
+        self.list_prefixes(&[prefix]).await
+    }
+
+    async fn list_prefixes(&self, prefixes: &[&str]) -> Result<ListResult> {
+        let what = format!("list {}", prefixes.join(", "));
+        let ranges: Vec<_> = crate::prefixes::disjoint(prefixes)
+            .iter()
+            .map(|p| prefix_range(p.as_bytes()))
+            .collect();
         self.inner
             .run(&self.inner.reader, &what, move |conn| {
                 // One read transaction: the pairs and the revision are one snapshot.
@@ -516,16 +628,21 @@ impl Datastore for SqliteStore {
                     "SELECT key, value, create_revision, mod_revision FROM kv \
                      WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key",
                 )?;
-                let kvs = stmt
-                    .query_map(params![start, end], |r| {
+                let mut kvs = Vec::new();
+                // Disjoint ranges in key order: the concatenation is sorted.
+                for (start, end) in &ranges {
+                    let rows = stmt.query_map(params![start, end], |r| {
                         Ok(KeyValue {
                             key: key_string(r.get(0)?),
                             value: r.get(1)?,
                             create_revision: r.get(2)?,
                             mod_revision: r.get(3)?,
                         })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    })?;
+                    for kv in rows {
+                        kvs.push(kv?);
+                    }
+                }
                 drop(stmt);
                 tx.commit()?;
                 Ok(ListResult { kvs, revision })
@@ -579,6 +696,7 @@ impl Datastore for SqliteStore {
             from
         };
         let (start, end) = prefix_range(prefix.as_bytes());
+        self.inner.ensure_waker()?;
         // A new receiver has seen the current value: only later writes wake it.
         let changes = self.inner.changes.subscribe();
         let watcher = Watcher {
@@ -615,7 +733,8 @@ impl Datastore for SqliteStore {
     }
 }
 
-/// One watch stream: polls the event log from `next` on.
+/// One watch stream: reads the event log from `next` on whenever the store revision
+/// moves.
 struct Watcher {
     inner: Arc<Inner>,
     prefix: String,
@@ -654,11 +773,11 @@ impl Watcher {
                 return None;
             }
             if !self.poll_now {
-                let pause = self.inner.options.poll_interval;
-                tokio::select! {
-                    _ = self.changes.changed() => {}
-                    _ = tokio::time::sleep(pause) => {}
+                if let Err(e) = self.inner.ensure_waker() {
+                    tracing::warn!(prefix = %self.prefix, error = %e, "watch may miss other processes' writes");
                 }
+                // The store holds the sender, and this stream holds the store.
+                let _ = self.changes.changed().await;
             }
             // Any local write from here on wakes the next wait.
             self.changes.borrow_and_update();
@@ -676,7 +795,7 @@ impl Watcher {
                 }
                 Err(e) => {
                     self.failures = self.failures.saturating_add(1);
-                    let delay = (self.inner.options.poll_interval * self.failures)
+                    let delay = (self.inner.options.fallback_poll_interval * self.failures)
                         .min(MAX_WATCH_RETRY_DELAY);
                     tracing::warn!(
                         endpoint = %self.inner.endpoint,
@@ -694,6 +813,7 @@ impl Watcher {
 
     /// Reads the events from `next` on, with the compaction point, in one snapshot.
     async fn poll(&self) -> Result<Polled> {
+        self.inner.counters.polls.fetch_add(1, Ordering::Relaxed);
         let (start, end, next) = (self.start.clone(), self.end.clone(), self.next);
         let what = format!("watch {} from {next}", self.prefix);
         self.inner
@@ -1106,7 +1226,9 @@ mod tests {
     fn default_options() {
         let o = SqliteOptions::default();
         assert_eq!(o.busy_timeout, Duration::from_secs(10));
-        assert_eq!(o.poll_interval, Duration::from_millis(25));
+        assert_eq!(o.wake, Wake::Inotify);
+        assert_eq!(o.poll_interval, Duration::from_secs(1));
+        assert_eq!(o.fallback_poll_interval, Duration::from_millis(25));
         assert_eq!(o.history, Some(10_000));
     }
 }

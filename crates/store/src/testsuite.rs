@@ -1,13 +1,16 @@
 //! The behaviour every [`Datastore`] backend must share, written once as test cases and
 //! run on each backend (`tests/sqlite.rs`, `tests/suite_etcd.rs`): etcd v3's revisions,
 //! create-if-absent, compare-and-swap, prefix lists at one revision and ordered,
-//! exactly-once watches from a revision, with compaction reported as `Compacted`.
+//! snapshots of several prefixes at one revision, exactly-once watches from a
+//! revision, with compaction reported as `Compacted` (and recovered from by a fresh
+//! snapshot, as the node agent does).
 //!
 //! A backend's tests give a [`Fixture`] maker (a fresh, empty store per case) to
 //! [`datastore_suite!`](crate::datastore_suite), which makes one `#[tokio::test]` per
 //! case, or to [`run_all`].
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -462,6 +465,180 @@ pub async fn list_is_one_snapshot_under_concurrent_writes(fx: &Fixture) {
     assert_eq!(s.list(&prefix).await.unwrap().kvs.len(), KEYS);
 }
 
+/// `list_prefixes` returns every key under any of the prefixes once, sorted byte-wise,
+/// with the store revision, whatever their order and overlap; deleted keys and keys
+/// of other prefixes are absent; no prefix gives no keys.
+pub async fn list_prefixes_is_one_sorted_snapshot_without_duplicates(fx: &Fixture) {
+    let s = &*fx.store;
+    let mut live: BTreeMap<String, KeyValue> = BTreeMap::new();
+    for name in [
+        "nodes/b",
+        "nodes/a",
+        "ipam/blocks/10.0.0.0-26",
+        "ipam/handles/h1",
+        "pools/p",
+        "poolsx",
+        "other/o",
+        "nodes/c",
+        "ipam/blocks/10.0.0.64-26",
+    ] {
+        let key = fx.key(name);
+        let rev = s.create(&key, name.as_bytes()).await.unwrap();
+        live.insert(key.clone(), kv(&key, name.as_bytes(), rev, rev));
+    }
+    let gone = fx.key("nodes/c");
+    s.delete(&gone, None).await.unwrap();
+    live.remove(&gone);
+    let moved = fx.key("nodes/a");
+    let old = live[&moved].clone();
+    let rev = s
+        .update(&moved, b"updated", old.mod_revision)
+        .await
+        .unwrap();
+    live.insert(
+        moved.clone(),
+        kv(&moved, b"updated", old.create_revision, rev),
+    );
+    let store_rev = s.revision().await.unwrap();
+
+    let expect = |names: &[&str]| -> Vec<KeyValue> {
+        live.values()
+            .filter(|kv| names.iter().any(|n| kv.key.starts_with(&fx.key(n))))
+            .cloned()
+            .collect()
+    };
+    let cases: [&[&str]; 5] = [
+        &["nodes/", "ipam/"],
+        // Out of order, overlapping, repeated.
+        &[
+            "pools/",
+            "ipam/blocks/",
+            "nodes/",
+            "ipam/",
+            "nodes/",
+            "pools/p",
+        ],
+        // A prefix is text: "pools" also matches "poolsx".
+        &["pools", "nothing/"],
+        &["nothing/", "nada/"],
+        &[""],
+    ];
+    for names in cases {
+        let prefixes: Vec<String> = names.iter().map(|n| fx.key(n)).collect();
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let got = s.list_prefixes(&refs).await.unwrap();
+        assert_eq!(got.kvs, expect(names), "list_prefixes {names:?}");
+        assert_eq!(got.revision, store_rev, "list_prefixes {names:?} revision");
+        assert!(
+            got.kvs
+                .windows(2)
+                .all(|w| w[0].key.as_bytes() < w[1].key.as_bytes()),
+            "sorted byte-wise, each key once: {names:?}"
+        );
+    }
+    let none = s.list_prefixes(&[]).await.unwrap();
+    assert_eq!((none.kvs, none.revision), (Vec::new(), store_rev));
+    // One prefix is `list`.
+    assert_eq!(
+        s.list_prefixes(&[&fx.key("nodes/")]).await.unwrap(),
+        s.list(&fx.key("nodes/")).await.unwrap()
+    );
+}
+
+/// While a writer creates, updates and deletes keys under two prefixes (and a third,
+/// unlisted one), every `list_prefixes` of the two is exactly the store's content at
+/// the revision it returns: no write at or below that revision is missing, none after
+/// it shows, no deleted key remains.
+pub async fn list_prefixes_is_one_snapshot_under_concurrent_writes(fx: &Fixture) {
+    const ROUNDS: usize = 40;
+    let (a, b, other) = (fx.key("snap/a/"), fx.key("snap/b/"), fx.key("snap/c/"));
+    // Each write, in order, with its revision: (revision, key, Some(value) or None for
+    // a delete).
+    type Log = Vec<(Revision, String, Option<Vec<u8>>)>;
+    let writer = {
+        let s = Arc::clone(&fx.store);
+        let (a, b, other) = (a.clone(), b.clone(), other.clone());
+        tokio::spawn(async move {
+            let mut log: Log = Vec::new();
+            let mut mods: BTreeMap<String, Revision> = BTreeMap::new();
+            for i in 0..ROUNDS {
+                for (prefix, n) in [(&a, i), (&b, i), (&other, i), (&a, i / 2)] {
+                    let key = format!("{prefix}{n:03}");
+                    let value = format!("{i}").into_bytes();
+                    let rev = match mods.get(&key) {
+                        None => s.create(&key, &value).await.unwrap(),
+                        Some(&m) => s.update(&key, &value, m).await.unwrap(),
+                    };
+                    mods.insert(key.clone(), rev);
+                    log.push((rev, key, Some(value)));
+                }
+                if i % 3 == 2 {
+                    // Delete the oldest live key under b/.
+                    let key = mods
+                        .keys()
+                        .find(|k| k.starts_with(b.as_str()))
+                        .cloned()
+                        .unwrap();
+                    s.delete(&key, None).await.unwrap();
+                    mods.remove(&key);
+                    log.push((s.revision().await.unwrap(), key, None));
+                }
+            }
+            log
+        })
+    };
+    let s = &*fx.store;
+    let mut snapshots = Vec::new();
+    loop {
+        let done = writer.is_finished();
+        snapshots.push(s.list_prefixes(&[&b, &a]).await.unwrap());
+        if done {
+            break;
+        }
+    }
+    let log = writer.await.unwrap();
+    let revisions: Vec<Revision> = log.iter().map(|(r, _, _)| *r).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "one writer: increasing revisions"
+    );
+    let mut distinct = 0;
+    for snap in &snapshots {
+        let mut state: BTreeMap<&str, (&[u8], Revision, Revision)> = BTreeMap::new();
+        for (rev, key, value) in log.iter().take_while(|(r, _, _)| *r <= snap.revision) {
+            match value {
+                Some(v) => {
+                    let created = state.get(key.as_str()).map_or(*rev, |(_, c, _)| *c);
+                    state.insert(key, (v, created, *rev));
+                }
+                None => {
+                    state.remove(key.as_str());
+                }
+            }
+        }
+        let want: Vec<KeyValue> = state
+            .iter()
+            .filter(|(k, _)| k.starts_with(a.as_str()) || k.starts_with(b.as_str()))
+            .map(|(k, (v, c, m))| kv(k, v, *c, *m))
+            .collect();
+        assert_eq!(
+            snap.kvs, want,
+            "the snapshot at {} is the store at that revision",
+            snap.revision
+        );
+        if !snap.kvs.is_empty() && snap.revision < *revisions.last().unwrap() {
+            distinct += 1;
+        }
+    }
+    assert!(!snapshots.is_empty());
+    eprintln!(
+        "{} snapshots, {distinct} taken while the writer ran",
+        snapshots.len()
+    );
+    let last = snapshots.last().unwrap();
+    assert_eq!(last.revision, *revisions.last().unwrap());
+}
+
 /// Every write makes a revision larger than all before it, and the store revision is
 /// the last one.
 pub async fn revisions_strictly_increase(fx: &Fixture) {
@@ -724,6 +901,85 @@ pub async fn watch_from_a_compacted_revision_reports_compacted(fx: &Fixture) {
     assert_eq!(next_event(&mut at).await, put(&key, b"5", first, r5));
 }
 
+/// A watch created before a compaction, from a revision the compaction then removes,
+/// reports `Compacted` and ends when it is read: history is checked when the stream
+/// starts, not when `watch` returns.
+pub async fn watch_made_before_a_compaction_reports_compacted(fx: &Fixture) {
+    let s = &*fx.store;
+    let key = fx.key("cw/k");
+    let first = s.create(&key, b"0").await.unwrap();
+    let mut w = s.watch(&fx.key("cw/"), first).await.unwrap();
+    let mut rev = first;
+    for i in 1..4 {
+        rev = s.update(&key, i.to_string().as_bytes(), rev).await.unwrap();
+    }
+    fx.compact(rev).await.unwrap();
+    assert_eq!(
+        next_event(&mut w).await,
+        WatchEvent::Compacted {
+            compact_revision: rev
+        }
+    );
+    let end = tokio::time::timeout(EVENT_TIMEOUT, w.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the stream must end after Compacted: {end:?}"
+    );
+}
+
+/// The node agent's recovery: a snapshot of several prefixes at R, changes, a
+/// compaction past R; the watch from R + 1 reports `Compacted`; a new snapshot then
+/// holds every change (deleted keys absent), and a watch from its revision + 1 sees
+/// exactly the later changes.
+pub async fn snapshot_and_watch_recover_from_a_compaction(fx: &Fixture) {
+    let s = &*fx.store;
+    let (nodes, blocks) = (fx.key("nodes/"), fx.key("blocks/"));
+    let (n1, n2, b1) = (fx.key("nodes/n1"), fx.key("nodes/n2"), fx.key("blocks/b1"));
+    let rn1 = s.create(&n1, b"n1").await.unwrap();
+    s.create(&n2, b"n2").await.unwrap();
+    let rb1 = s.create(&b1, b"b1").await.unwrap();
+    let first = s.list_prefixes(&[&nodes, &blocks]).await.unwrap();
+    assert_eq!(first.kvs.len(), 3);
+
+    // While the agent is away: changes, then a compaction past its snapshot.
+    s.delete(&n2, None).await.unwrap();
+    let rn1b = s.update(&n1, b"n1'", rn1).await.unwrap();
+    let b2 = fx.key("blocks/b2");
+    let rb2 = s.create(&b2, b"b2").await.unwrap();
+    let rb1b = s.update(&b1, b"b1'", rb1).await.unwrap();
+    fx.compact(rb1b).await.unwrap();
+    for prefix in [&nodes, &blocks] {
+        let mut w = s.watch(prefix, first.revision + 1).await.unwrap();
+        assert_eq!(
+            next_event(&mut w).await,
+            WatchEvent::Compacted {
+                compact_revision: rb1b
+            },
+            "watch {prefix} from the old snapshot"
+        );
+        let end = tokio::time::timeout(EVENT_TIMEOUT, w.next()).await;
+        assert!(matches!(end, Ok(None)), "ends after Compacted: {end:?}");
+    }
+
+    let again = s.list_prefixes(&[&nodes, &blocks]).await.unwrap();
+    assert_eq!(again.revision, rb1b);
+    assert_eq!(
+        again.kvs,
+        vec![
+            kv(&b1, b"b1'", rb1, rb1b),
+            kv(&b2, b"b2", rb2, rb2),
+            kv(&n1, b"n1'", rn1, rn1b),
+        ]
+    );
+    let mut w = s.watch(&nodes, again.revision + 1).await.unwrap();
+    let rn3 = s.create(&fx.key("nodes/n3"), b"n3").await.unwrap();
+    assert_eq!(
+        next_event(&mut w).await,
+        put(&fx.key("nodes/n3"), b"n3", rn3, rn3)
+    );
+    assert_quiet(&mut w, "watch from the new snapshot").await;
+}
+
 /// Values are bytes: every byte value, and a 256 KiB value, round-trip through `get`,
 /// `list` and `watch`; keys may hold any UTF-8.
 pub async fn binary_and_large_values_round_trip(fx: &Fixture) {
@@ -785,12 +1041,16 @@ macro_rules! datastore_suite {
             delete_with_and_without_expected_revision
             list_by_prefix_is_sorted_and_exact
             list_is_one_snapshot_under_concurrent_writes
+            list_prefixes_is_one_sorted_snapshot_without_duplicates
+            list_prefixes_is_one_snapshot_under_concurrent_writes
             revisions_strictly_increase
             watch_from_zero_sees_only_later_events
             watch_from_a_past_revision_replays_history
             resumed_watch_misses_and_duplicates_nothing
             concurrent_cas_increments_lose_nothing
             watch_from_a_compacted_revision_reports_compacted
+            watch_made_before_a_compaction_reports_compacted
+            snapshot_and_watch_recover_from_a_compaction
             binary_and_large_values_round_trip
         );
     };

@@ -1,7 +1,9 @@
 //! The SQLite backend: the shared datastore suite (each case on a fresh file), then what
 //! only a file shared by processes has: two OS processes incrementing one key lose
-//! nothing, a watcher sees another process's writes in order, the event log's history
-//! and compaction, reopening, a locked file, and files that cannot be used.
+//! nothing, a watcher sees another process's writes in order and within milliseconds
+//! (inotify, not the safety poll), idle watches cost nothing, the polling fallback, the
+//! event log's history and compaction, reopening, a locked file, and files that cannot
+//! be used.
 //!
 //! Tests that need a second process run this test binary again, filtered to the same
 //! test, with `TABBY_STORE_SQLITE_CHILD=<role>:<store path>` telling it what to do.
@@ -9,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use tabby_store::sqlite::{SqliteOptions, SqliteStore};
+use tabby_store::sqlite::{SqliteOptions, SqliteStore, Wake, WatchStats};
 use tabby_store::testsuite::{self, Fixture, assert_quiet, next_event, next_events};
 use tabby_store::{Datastore, KeyValue, Revision, StoreError, StoreUrl, WatchEvent};
 
@@ -385,7 +387,7 @@ async fn two_handles_on_one_file_see_each_other() {
     let path = dir.path().join("store.db");
     let a = SqliteStore::open(&path).await.unwrap();
     let b = SqliteStore::open(&path).await.unwrap();
-    // `b` is not told about `a`'s writes: its watch finds them by polling the log.
+    // `b` is not told about `a`'s writes: its watch learns of them through the file.
     let mut wb = b.watch("/s/", 0).await.unwrap();
     let r1 = a.create("/s/k", b"1").await.unwrap();
     assert_eq!(b.get("/s/k").await.unwrap(), Some(kv("/s/k", b"1", r1, r1)));
@@ -608,4 +610,348 @@ async fn grouped_writes_keep_their_own_conditions_and_revisions() {
         "one CAS wins, one conflicts: {a:?} {b:?}"
     );
     assert_eq!(store.revision().await.unwrap(), start + 34);
+}
+
+/// Options whose safety poll is far off: a watch woken well within it was woken by
+/// inotify.
+fn slow_safety_poll() -> SqliteOptions {
+    SqliteOptions {
+        poll_interval: Duration::from_secs(10),
+        ..SqliteOptions::default()
+    }
+}
+
+/// The median and the largest of `samples`.
+fn median_and_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], samples[samples.len() - 1])
+}
+
+/// Waits (up to 10 s) until `store`'s watch counters satisfy `ok`; returns them.
+async fn stats_until(store: &SqliteStore, ok: impl Fn(&WatchStats) -> bool) -> WatchStats {
+    let started = Instant::now();
+    loop {
+        let stats = store.watch_stats();
+        if ok(&stats) {
+            return stats;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "watch counters stuck at {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_inotify(store: &SqliteStore) {
+    assert_eq!(
+        store.watch_stats().wake,
+        Some(Wake::Inotify),
+        "watches must be woken by inotify (is fs.inotify.max_user_instances used up?)"
+    );
+}
+
+/// Writes through a second handle on the file (as another process's) wake every watch
+/// stream of the first within milliseconds, with a 10 s safety poll: also across WAL
+/// checkpoints that empty the WAL file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_handles_writes_wake_watches_within_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let watcher = SqliteStore::open_with(&path, slow_safety_poll())
+        .await
+        .unwrap();
+    let writer = SqliteStore::open(&path).await.unwrap();
+    let mut streams = Vec::new();
+    for prefix in ["/w/", "/w/k", "/"] {
+        streams.push(watcher.watch(prefix, 0).await.unwrap());
+    }
+    assert_inotify(&watcher);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        if i % 5 == 4 {
+            // The WAL is copied into the file and truncated; the next write starts it over.
+            let busy: i64 = raw
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(busy, 0, "checkpoint blocked");
+        }
+        let started = Instant::now();
+        let rev = writer.create(&format!("/w/k{i:02}"), b"v").await.unwrap();
+        for stream in &mut streams {
+            assert_eq!(next_event(stream).await.revision(), rev);
+        }
+        latencies.push(started.elapsed());
+    }
+    let (median, max) = median_and_max(latencies);
+    eprintln!("write to wake of 3 streams: median {median:?}, max {max:?}");
+    assert!(median < Duration::from_millis(50), "median {median:?}");
+    assert!(
+        max < Duration::from_secs(2),
+        "max {max:?}: the safety poll did it"
+    );
+}
+
+/// The same across processes: the child writes a key every 20 ms with the time it
+/// started the write; the parent's watch sees each within milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_processs_writes_wake_a_watch_within_milliseconds() {
+    const TEST: &str = "another_processs_writes_wake_a_watch_within_milliseconds";
+    const WRITES: usize = 20;
+    let since_epoch = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    if let Some(path) = child_path("timed-writes") {
+        let store = SqliteStore::open(&path).await.unwrap();
+        for i in 0..WRITES {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let sent = since_epoch().as_nanos().to_string();
+            store
+                .create(&format!("/t/{i:02}"), sent.as_bytes())
+                .await
+                .unwrap();
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open_with(&path, slow_safety_poll())
+        .await
+        .unwrap();
+    let mut w = store.watch("/t/", 0).await.unwrap();
+    assert_inotify(&store);
+    let child = spawn_child(TEST, "timed-writes", &path);
+    let mut latencies = Vec::new();
+    for i in 0..WRITES {
+        let WatchEvent::Put(kv) = next_event(&mut w).await else {
+            panic!("expected a put");
+        };
+        let received = since_epoch();
+        assert_eq!(kv.key, format!("/t/{i:02}"));
+        let sent: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+        latencies.push(received.saturating_sub(Duration::from_nanos(sent)));
+    }
+    wait_success(child, "writer process").await;
+    let (median, max) = median_and_max(latencies);
+    eprintln!("another process's write to wake: median {median:?}, max {max:?}");
+    assert!(median < Duration::from_millis(50), "median {median:?}");
+    assert!(
+        max < Duration::from_secs(2),
+        "max {max:?}: the safety poll did it"
+    );
+}
+
+/// A program that is not Tabby (no doorbell after its commit) writing the file: its
+/// pages are looked at again shortly after, long before the safety poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_another_program_is_seen_without_a_doorbell() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open_with(&path, slow_safety_poll())
+        .await
+        .unwrap();
+    let mut w = store.watch("/raw/", 0).await.unwrap();
+    assert_inotify(&store);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.busy_timeout(Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    raw.execute_batch(
+        "BEGIN IMMEDIATE;
+         UPDATE meta SET revision = revision + 1;
+         INSERT INTO kv (key, value, create_revision, mod_revision)
+             SELECT CAST('/raw/k' AS BLOB), x'76', revision, revision FROM meta;
+         INSERT INTO events (revision, key, deleted, value, create_revision, prev_mod_revision)
+             SELECT revision, CAST('/raw/k' AS BLOB), 0, x'76', revision, NULL FROM meta;
+         COMMIT;",
+    )
+    .unwrap();
+    let rev = store.revision().await.unwrap();
+    assert_eq!(
+        next_event(&mut w).await,
+        WatchEvent::Put(kv("/raw/k", b"v", rev, rev))
+    );
+    let waited = started.elapsed();
+    eprintln!("a foreign write seen after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "{waited:?}: the safety poll did it"
+    );
+}
+
+/// 100 idle watch streams, each awaited by a consumer, cost nothing between safety
+/// polls: no revision check, no read of the log. A write by another handle costs a
+/// check and one read per stream, reaches only its stream, and the reads wake nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watches_do_no_work_and_their_reads_wake_nothing() {
+    const STREAMS: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open_with(&path, slow_safety_poll())
+        .await
+        .unwrap();
+    let writer = SqliteStore::open(&path).await.unwrap();
+    let (seen, mut events) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..STREAMS {
+        let mut w = store.watch(&format!("/idle/{i}/"), 0).await.unwrap();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = w.next().await {
+                let _ = seen.send((i, event));
+            }
+        });
+    }
+    assert_inotify(&store);
+    // Each stream reads the log once when it starts.
+    let settled = stats_until(&store, |s| s.polls == STREAMS).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.watch_stats(), settled, "work done while idle");
+    assert_eq!(settled.checks, 0);
+
+    let rev = writer.create("/idle/7/k", b"v").await.unwrap();
+    let (i, event) = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("no event within 5 s")
+        .unwrap();
+    assert_eq!((i, event.revision()), (7, rev));
+    stats_until(&store, |s| s.polls == 2 * STREAMS).await;
+    // Past any second look at the write's pages.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = store.watch_stats();
+    assert!(after.checks >= 1, "{after:?}");
+    assert_eq!(after.polls, 2 * STREAMS, "one read per stream: {after:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.watch_stats(),
+        after,
+        "the streams' reads woke the store again"
+    );
+    assert!(events.try_recv().is_err(), "only /idle/7/ had an event");
+}
+
+/// CPU time this process has used (user + system, all threads), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces), from field 3 on: utime
+    // and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A process whose only work is 100 idle watch streams (with the default 1 s safety
+/// poll) uses no CPU time measurable in `/proc/self/stat` over 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_process_with_100_watches_uses_no_cpu() {
+    const TEST: &str = "an_idle_process_with_100_watches_uses_no_cpu";
+    if let Some(path) = child_path("idle") {
+        let store = SqliteStore::open(&path).await.unwrap();
+        for i in 0..100 {
+            let mut w = store.watch(&format!("/idle/{i}/"), 0).await.unwrap();
+            tokio::spawn(async move { while w.next().await.is_some() {} });
+        }
+        assert_inotify(&store);
+        stats_until(&store, |s| s.polls == 100).await;
+        let before = cpu_time();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = cpu_time().saturating_sub(before);
+        eprintln!("100 idle watch streams used {used:?} of CPU in 2 s");
+        assert!(used <= Duration::from_millis(20), "{used:?}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    SqliteStore::open(&path).await.unwrap();
+    wait_success(spawn_child(TEST, "idle", &path), "idle process").await;
+}
+
+/// With inotify off, the store checks the revision every `fallback_poll_interval`
+/// (once for all its streams, which read the log only when it moved) and another
+/// handle's writes are seen within a few polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_poll_when_inotify_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let options = SqliteOptions {
+        wake: Wake::Poll,
+        ..slow_safety_poll()
+    };
+    let store = SqliteStore::open_with(&path, options).await.unwrap();
+    let writer = SqliteStore::open(&path).await.unwrap();
+    let (seen, mut events) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..10 {
+        let mut w = store.watch(&format!("/p/{i}/"), 0).await.unwrap();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = w.next().await {
+                let _ = seen.send((i, event));
+            }
+        });
+    }
+    assert_eq!(store.watch_stats().wake, Some(Wake::Poll));
+    stats_until(&store, |s| s.polls == 10).await;
+    let started = Instant::now();
+    let rev = writer.create("/p/3/k", b"v").await.unwrap();
+    let (i, event) = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("no event within 5 s")
+        .unwrap();
+    assert_eq!((i, event.revision()), (3, rev));
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    let before = stats_until(&store, |s| s.polls == 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = store.watch_stats();
+    let checks = after.checks - before.checks;
+    // 20 at 25 ms; fewer on a loaded machine, but far more than the safety poll's none.
+    assert!(checks >= 5, "{checks} checks in 500 ms");
+    assert_eq!(
+        after.polls, before.polls,
+        "streams read the log only on news"
+    );
+}
+
+/// A store file inotify cannot watch (here: renamed while open) falls back to polling;
+/// writes through the store still wake its watches at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_inotify_cannot_watch_falls_back_to_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open_with(&path, slow_safety_poll())
+        .await
+        .unwrap();
+    std::fs::rename(&path, dir.path().join("moved.db")).unwrap();
+    let mut w = store.watch("/f/", 0).await.unwrap();
+    assert_eq!(store.watch_stats().wake, Some(Wake::Poll));
+    let rev = store.create("/f/k", b"v").await.unwrap();
+    assert_eq!(
+        next_event(&mut w).await,
+        WatchEvent::Put(kv("/f/k", b"v", rev, rev))
+    );
+}
+
+#[tokio::test]
+async fn zero_poll_intervals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (options, name) in [
+        (
+            SqliteOptions {
+                poll_interval: Duration::ZERO,
+                ..SqliteOptions::default()
+            },
+            "poll_interval",
+        ),
+        (
+            SqliteOptions {
+                fallback_poll_interval: Duration::ZERO,
+                ..SqliteOptions::default()
+            },
+            "fallback_poll_interval",
+        ),
+    ] {
+        let err = SqliteStore::open_with(dir.path().join("s.db"), options)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
 }
