@@ -38,14 +38,14 @@ pub fn prefixes() -> Vec<String> {
     ]
 }
 
-/// A consistent snapshot of every key the agent uses, and the revision it was read
-/// at (a watch from `revision + 1` misses nothing).
+/// A consistent snapshot of every key the agent uses (its [`prefixes`], read at one
+/// revision), and that revision: a watch from `revision + 1` misses nothing.
 pub async fn snapshot(
     store: &dyn tabby_store::Datastore,
 ) -> tabby_store::Result<(Vec<KeyValue>, Revision)> {
-    // One list under `/calico/` is read at one revision; unused keys are dropped
-    // before they reach the view.
-    let listed = store.list("/calico/").await?;
+    let prefixes = prefixes();
+    let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    let listed = store.list_prefixes(&refs).await?;
     let kvs = listed
         .kvs
         .into_iter()

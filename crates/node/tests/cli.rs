@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 fn an_invalid_node_name_exits_at_once_naming_the_flag() {
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_tabby-node"))
-        .args(["--node-name", "hostA", "--store", "sqlite:///nonexistent/x.db"])
+        .args([
+            "--node-name",
+            "hostA",
+            "--store",
+            "sqlite:///nonexistent/x.db",
+        ])
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();

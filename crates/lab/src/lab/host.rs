@@ -343,6 +343,27 @@ pub(crate) fn raise_neighbour_limits(entries: u64) -> Result<Vec<String>, LabErr
     Ok(changed)
 }
 
+/// Raises `fs.inotify.max_user_instances` to at least `instances`: every agent's
+/// SQLite store watches the database file through one inotify instance, and the
+/// default (128) would push the agents of a large lab onto the 25 ms fallback poll.
+/// Never lowers it; returns the change made, as `key old -> new`.
+pub(crate) fn raise_inotify_instances(instances: u64) -> Result<Option<String>, LabError> {
+    let path = "/proc/sys/fs/inotify/max_user_instances";
+    let now: u64 = std::fs::read_to_string(path)
+        .map_err(|e| LabError::io(format!("reading {path}"), e))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if now >= instances {
+        return Ok(None);
+    }
+    std::fs::write(path, instances.to_string())
+        .map_err(|e| LabError::io(format!("writing {path}"), e))?;
+    Ok(Some(format!(
+        "fs.inotify.max_user_instances {now} -> {instances}"
+    )))
+}
+
 /// `ip -j route show proto 80` in `ns`, parsed.
 pub(crate) fn proto80_routes(ns: &str) -> Result<Value, LabError> {
     let out = ip_in(ns, &["-j", "route", "show", "proto", "80"])?;

@@ -66,10 +66,14 @@ pub async fn up(spec: &LabSpec, progress: &mut dyn Progress) -> Result<Summary, 
         Some(router::find_daemon(spec.router)?)
     };
     check_absent(spec, &layout)?;
-    let raised = host::raise_neighbour_limits(neighbour_entries(&layout))?;
+    let mut raised = host::raise_neighbour_limits(neighbour_entries(&layout))?;
+    // One inotify instance per agent watching the SQLite store, and room for others.
+    raised.extend(host::raise_inotify_instances(
+        layout.nodes.len() as u64 + 128,
+    )?);
     if !raised.is_empty() {
         progress.step(&format!(
-            "  raised the kernel's neighbour-table limits (one table for all namespaces): {}",
+            "  raised kernel limits (one neighbour table and one inotify budget for all namespaces): {}",
             raised.join(", ")
         ));
     }
