@@ -739,10 +739,16 @@ fn spawn_learned_feed(s: Arc<dyn Speaker>, tx: mpsc::Sender<Input>, refresh: Opt
     });
 }
 
-/// Feeds the sessions' states to the loop whenever one changes.
+/// Feeds the sessions' states to the loop: now (sessions may have changed before
+/// the subscription), then whenever one changes.
 fn spawn_peers_feed(s: Arc<dyn Speaker>, tx: mpsc::Sender<Input>) {
     let mut changes = s.subscribe_peers();
     tokio::spawn(async move {
+        if let Ok(peers) = s.peers().await
+            && tx.send(Input::Peers(peers)).await.is_err()
+        {
+            return;
+        }
         while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
             changes.recv().await
         {
