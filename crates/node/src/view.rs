@@ -161,7 +161,7 @@ pub struct View {
     /// The revision of the last event applied.
     pub revision: Revision,
     /// Revisions of every key held (for diffing a fresh snapshot against the view).
-    revs: HashMap<Box<str>, Revision>,
+    revs: HashMap<Arc<str>, Revision>,
     nodes: BTreeMap<String, Resource>,
     node_infos: BTreeMap<String, NodeInfo>,
     pools: BTreeMap<String, Resource>,
@@ -170,8 +170,8 @@ pub struct View {
     bgp_peers: BTreeMap<String, Resource>,
     bgp_filters: BTreeMap<String, Resource>,
     local_weps: BTreeMap<String, Resource>,
-    weps: HashMap<Box<str>, WepRec>,
-    wep_ips: BTreeMap<IpNet, Vec<Box<str>>>,
+    weps: HashMap<Arc<str>, WepRec>,
+    wep_ips: BTreeMap<IpNet, Vec<Arc<str>>>,
     /// Block CIDR to its affine host.
     blocks: BTreeMap<IpNet, Option<Arc<str>>>,
     blocks_by_host: HashMap<Arc<str>, BTreeSet<IpNet>>,
@@ -199,6 +199,15 @@ impl View {
         let a: Arc<str> = Arc::from(s);
         self.names.insert(a.clone(), ());
         a
+    }
+
+    /// The shared copy of a key held (one allocation for the revision table and
+    /// the indexes), or a new one.
+    fn key(&self, key: &str) -> Arc<str> {
+        match self.revs.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        }
     }
 
     /// Number of keys held.
@@ -256,7 +265,8 @@ impl View {
             KeyClass::Block => match serde_json::from_slice::<AllocationBlock>(&kv.value) {
                 Ok(b) => {
                     self.problems.remove(&kv.key);
-                    self.revs.insert(kv.key.as_str().into(), kv.mod_revision);
+                    let key = self.key(&kv.key);
+                    self.revs.insert(key, kv.mod_revision);
                     let host = if b.deleted {
                         None
                     } else {
@@ -305,7 +315,8 @@ impl View {
                             return Vec::new();
                         }
                         r.set_resource_version(Some(kv.mod_revision.to_string()));
-                        self.revs.insert(kv.key.as_str().into(), kv.mod_revision);
+                        let key = self.key(&kv.key);
+                        self.revs.insert(key, kv.mod_revision);
                         self.put_resource(&kv.key, r)
                     }
                     Err(e) => {
@@ -542,8 +553,9 @@ impl View {
 
     /// Replaces a workload's routing record; returns the addresses before and after.
     fn set_wep(&mut self, key: &str, rec: Option<WepRec>) -> Vec<IpNet> {
+        let shared = self.key(key);
         let old = match &rec {
-            Some(r) => self.weps.insert(key.into(), r.clone()),
+            Some(r) => self.weps.insert(shared.clone(), r.clone()),
             None => self.weps.remove(key),
         };
         let mut touched = Vec::new();
@@ -562,7 +574,7 @@ impl View {
             for ip in &r.ips {
                 let v = self.wep_ips.entry(*ip).or_default();
                 if !v.iter().any(|k| &**k == key) {
-                    v.push(key.into());
+                    v.push(shared.clone());
                     v.sort();
                 }
                 touched.push(*ip);
