@@ -203,7 +203,7 @@ impl Agent {
             have_snapshot: false,
             started: Instant::now(),
             all_up_since: None,
-            grace_was: true,
+            grace_was: cfg.bgp,
             store_down_since: None,
             last_register: None,
             last_problems: Vec::new(),
@@ -435,7 +435,8 @@ impl Agent {
     /// Whether a restarted agent is still within its graceful-restart grace:
     /// learned routes already in the kernel stay until every peer is back.
     fn grace(&self) -> bool {
-        self.started.elapsed() < self.cfg.restart_grace
+        self.cfg.bgp
+            && self.started.elapsed() < self.cfg.restart_grace
             && self
                 .all_up_since
                 .is_none_or(|t| t.elapsed() < Duration::from_secs(2))
