@@ -250,10 +250,11 @@ fn new_link(
 }
 
 fn add_route_to(s: &mut NsState, route: &Route) -> Result<()> {
-    if s.routes
-        .iter()
-        .any(|r| r.dst == route.dst && r.table == route.table)
-    {
+    if s.routes.iter().any(|r| {
+        r.dst == route.dst
+            && r.table == route.table
+            && r.effective_metric() == route.effective_metric()
+    }) {
         return Err(Error::Exists {
             what: format!("route {route}"),
         });
@@ -271,7 +272,11 @@ fn add_route_to(s: &mut NsState, route: &Route) -> Result<()> {
 
 fn del_route_from(s: &mut NsState, route: &Route) -> Result<()> {
     let before = s.routes.len();
-    s.routes.retain(|r| !r.same_path(route));
+    // As the kernel: a metric of 0 in the request matches any metric.
+    s.routes.retain(|r| {
+        !(r.same_path(route)
+            && (route.metric == 0 || r.effective_metric() == route.effective_metric()))
+    });
     if s.routes.len() == before {
         return Err(Error::NotFound {
             what: format!("route {route}"),
@@ -452,11 +457,11 @@ impl Netlink for FakeNetlink {
             {
                 has_link(s, *oif)?;
             }
-            match s
-                .routes
-                .iter_mut()
-                .find(|r| r.dst == route.dst && r.table == route.table)
-            {
+            match s.routes.iter_mut().find(|r| {
+                r.dst == route.dst
+                    && r.table == route.table
+                    && r.effective_metric() == route.effective_metric()
+            }) {
                 Some(r) => *r = route.clone(),
                 None => s.routes.push(route.clone()),
             }

@@ -137,9 +137,21 @@ pub struct Route {
     pub onlink: bool,
     /// ECMP next hops (`RTA_MULTIPATH`); when non-empty, `gateway` and `oif` are `None`.
     pub multipath: Vec<NextHop>,
+    /// Priority (`metric`, `RTA_PRIORITY`); 0 leaves the kernel's default (0 for
+    /// IPv4, 1024 for IPv6; see [`Route::effective_metric`]).
+    pub metric: u32,
 }
 
 impl Route {
+    /// The metric the kernel gives the route: as set, or its default when 0
+    /// (1024 for IPv6, 0 for IPv4).
+    pub fn effective_metric(&self) -> u32 {
+        match (self.metric, self.dst.addr().is_ipv6()) {
+            (0, true) => 1024,
+            (m, _) => m,
+        }
+    }
+
     /// `dst dev <oif> scope link proto 80` in the main table.
     pub fn device(dst: IpNet, oif: u32) -> Route {
         Route {
@@ -152,6 +164,7 @@ impl Route {
             kind: RouteKind::Unicast,
             onlink: false,
             multipath: Vec::new(),
+            metric: 0,
         }
     }
 
@@ -167,6 +180,7 @@ impl Route {
             kind: RouteKind::Unicast,
             onlink: false,
             multipath: Vec::new(),
+            metric: 0,
         }
     }
 
@@ -183,6 +197,7 @@ impl Route {
             kind: RouteKind::Blackhole,
             onlink: false,
             multipath: Vec::new(),
+            metric: 0,
         }
     }
 
@@ -210,6 +225,7 @@ impl Route {
             kind: RouteKind::Unicast,
             onlink: false,
             multipath: hops,
+            metric: 0,
         };
         if r.multipath.len() == 1 {
             let h = r.multipath.remove(0);
@@ -267,6 +283,9 @@ impl fmt::Display for Route {
         }
         if self.table != MAIN_TABLE {
             write!(f, " table {}", self.table)?;
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
         }
         for h in &self.multipath {
             write!(f, " {h}")?;

@@ -430,12 +430,14 @@ pub(crate) fn route_from(msg: &RouteMessage) -> Option<Route> {
     let mut oif = None;
     let mut multipath = Vec::new();
     let mut table = u32::from(msg.header.table);
+    let mut metric = 0;
     for a in &msg.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = route_addr(d),
             RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => gateway = gateway_of(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(m) => metric = *m,
             RouteAttribute::MultiPath(hops) => {
                 multipath = hops
                     .iter()
@@ -469,6 +471,7 @@ pub(crate) fn route_from(msg: &RouteMessage) -> Option<Route> {
         kind,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
         multipath,
+        metric,
     })
 }
 
@@ -525,6 +528,9 @@ pub(crate) fn route_msg(r: &Route) -> Result<RouteMessage> {
         .build();
     if r.protocol == 0 {
         msg.header.protocol = RouteProtocol::Boot;
+    }
+    if r.metric != 0 {
+        msg.attributes.push(RouteAttribute::Priority(r.metric));
     }
     Ok(msg)
 }

@@ -540,3 +540,56 @@ async fn monitor_reports_changes_made_outside() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_route_with_a_metric_lives_beside_the_hosts_own() {
+    let (ns, nl) = setup("metric").await;
+    let eth = veth(&ns, &nl, "veth0", &["198.18.0.1/24"]).await;
+    // The host's own default route (metric 0, proto boot).
+    ns.ip(&["route", "add", "default", "via", "198.18.0.254"])
+        .unwrap();
+    // A learned default at metric 32: added beside it, never replacing it.
+    let learned = Route {
+        metric: 32,
+        ..Route::ecmp(
+            net("0.0.0.0/0"),
+            vec![NextHop {
+                gateway: ip("198.18.0.9"),
+                oif: None,
+                onlink: false,
+            }],
+        )
+    };
+    nl.add_route(&learned).await.unwrap();
+    nl.replace_route(&Route {
+        gateway: Some(ip("198.18.0.8")),
+        ..learned.clone()
+    })
+    .await
+    .unwrap();
+    let k = kernel_routes(&ns, "0.0.0.0/0");
+    assert_eq!(k.len(), 2, "{k:?}");
+    let host = k
+        .iter()
+        .find(|r| r["metric"].is_null())
+        .expect("host's own");
+    assert_eq!(host["gateway"], "198.18.0.254");
+    let ours = k.iter().find(|r| r["metric"] == 32).expect("ours");
+    assert_eq!(ours["gateway"], "198.18.0.8", "replace kept its metric");
+    // Read back with its metric; deleted by it without touching the host's.
+    let back = find(&nl, net("0.0.0.0/0")).await;
+    assert!(
+        back.iter().any(|r| r.metric == 32 && r.oif == Some(eth)),
+        "{back:?}"
+    );
+    nl.del_route(&Route {
+        gateway: Some(ip("198.18.0.8")),
+        oif: Some(eth),
+        ..learned
+    })
+    .await
+    .unwrap();
+    let k = kernel_routes(&ns, "0.0.0.0/0");
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert_eq!(k[0]["gateway"], "198.18.0.254");
+}

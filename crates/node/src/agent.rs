@@ -20,7 +20,7 @@ use tabby_api::ippool::{EncapMode, IPPoolSpec};
 use tabby_api::node::{NodeAddress, NodeAddressType, NodeBGPSpec, NodeSpec};
 use tabby_api::{ASNumber, Kind, Resource, Spec};
 use tabby_client::Client;
-use tabby_dataplane::{Netlink, NetlinkEvent, RtNetlink, Sysctl, TABBY_ROUTE_PROTOCOL};
+use tabby_dataplane::{Netlink, NetlinkEvent, RtNetlink, Sysctl};
 use tabby_ipam::TunnelKind;
 use tabby_store::{Datastore, Revision, StoreError, StoreUrl, WatchEvent};
 use tokio::sync::mpsc;
@@ -674,7 +674,8 @@ fn spawn_kernel_feed(
     tx: mpsc::Sender<Input>,
 ) {
     let relevant = move |ev: &NetlinkEvent| match ev {
-        NetlinkEvent::Route { route, .. } => route.protocol == TABBY_ROUTE_PROTOCOL,
+        // Ours for drift repair; others to know which places we must not take.
+        NetlinkEvent::Route { .. } => true,
         NetlinkEvent::Link { name, .. } => name.starts_with(&prefix) || name == VXLAN_DEVICE,
         NetlinkEvent::Neighbour { deleted, .. } => *deleted,
         NetlinkEvent::Lost => true,

@@ -128,7 +128,15 @@ pub struct KernelView {
     pub links: BTreeMap<String, u32>,
     /// Index of the interface holding the node's IPv4 address.
     pub uplink: Option<u32>,
+    /// The subnets of the node's own interfaces (not workload ones): a learned
+    /// route equal to or inside one is never installed.
+    pub subnets: Vec<IpNet>,
 }
+
+/// The metric of routes learned over BGP. The host's connected, static and boot
+/// routes have 0, so a learned prefix (a default route included) goes in beside
+/// them and never replaces them; BIRD's kernel protocol uses 32 for the same reason.
+pub const LEARNED_METRIC: u32 = 32;
 
 /// The desired VXLAN device and its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,6 +340,8 @@ pub struct RouteCtx<'a> {
     pub vxlan_oif: u32,
     /// The kernel's interfaces.
     pub kernel: &'a KernelView,
+    /// Whether an address is a node address of the cluster.
+    pub is_node_address: &'a dyn Fn(IpAddr) -> bool,
 }
 
 impl RouteCtx<'_> {
@@ -371,13 +381,26 @@ impl RouteCtx<'_> {
         }
     }
 
-    /// The route BGP asks for: `hops` without this node's own addresses, `None`
-    /// when the prefix belongs to an encapsulated pool or no hop is left.
-    pub fn learned_route(&self, prefix: IpNet, hops: &[IpAddr]) -> Option<Route> {
+    /// The route BGP asks for: `hops` without this node's own addresses, at
+    /// [`LEARNED_METRIC`]; `Ok(None)` when the prefix belongs to an encapsulated pool
+    /// or no hop is left. A prefix equal to or inside one of the node's own subnets,
+    /// or equal to a node address of the cluster, is refused (`Err` says why): a peer
+    /// must never take over the node's connected routes or another node's address.
+    pub fn learned_route(&self, prefix: IpNet, hops: &[IpAddr]) -> Result<Option<Route>, String> {
         if let Some(p) = pool_of(self.pools, &prefix)
             && (p.vxlan != EncapMode::Never || p.ipip != EncapMode::Never)
         {
-            return None;
+            return Ok(None);
+        }
+        if let Some(s) = self.kernel.subnets.iter().find(|s| s.contains(&prefix)) {
+            return Err(format!(
+                "BGP route {prefix}: not installed: it is inside this node's own subnet {s}"
+            ));
+        }
+        if prefix.prefix_len() == prefix.max_prefix_len() && (self.is_node_address)(prefix.addr()) {
+            return Err(format!(
+                "BGP route {prefix}: not installed: it is a node address of the cluster"
+            ));
         }
         let mine: Vec<IpAddr> = [self.me.ipv4, self.me.ipv6]
             .iter()
@@ -389,7 +412,10 @@ impl RouteCtx<'_> {
             .filter(|h| !mine.contains(h))
             .map(|h| hop(*h))
             .collect();
-        (!hops.is_empty()).then(|| Route::ecmp(prefix, hops))
+        Ok((!hops.is_empty()).then(|| Route {
+            metric: LEARNED_METRIC,
+            ..Route::ecmp(prefix, hops)
+        }))
     }
 }
 
@@ -447,9 +473,18 @@ pub fn compute(
             }
         }
     }
+    let node_addrs: BTreeSet<IpAddr> = snap
+        .nodes
+        .iter()
+        .flat_map(|n| [n.ipv4, n.ipv6])
+        .flatten()
+        .map(|n| n.addr())
+        .collect();
+    let is_node_address = |a: IpAddr| node_addrs.contains(&a);
     let ctx = RouteCtx {
         pools: &pools,
         me,
+        is_node_address: &is_node_address,
         vxlan: d.vxlan.is_some(),
         vxlan_oif: kernel
             .links
@@ -555,8 +590,12 @@ pub fn compute(
             if d.routes.contains_key(prefix) || own.contains(prefix) {
                 continue;
             }
-            if let Some(route) = ctx.learned_route(*prefix, hops) {
-                d.routes.insert(*prefix, route);
+            match ctx.learned_route(*prefix, hops) {
+                Ok(Some(route)) => {
+                    d.routes.insert(*prefix, route);
+                }
+                Ok(None) => {}
+                Err(p) => d.problems.push(p),
             }
         }
     }
@@ -625,6 +664,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             uplink: Some(2),
+            subnets: vec![net("198.18.0.0/24")],
         }
     }
 
@@ -746,6 +786,39 @@ mod tests {
         assert_eq!(ecmp.multipath.len(), 2);
         // The borrowed /32 on n2 is n2's to export, not ours to route.
         assert!(!d.routes.contains_key(&net("100.64.0.140/32")));
+    }
+
+    #[test]
+    fn learned_routes_never_take_the_nodes_own_places() {
+        let hop = vec!["198.18.0.9".parse().unwrap()];
+        let mut s = snap(EncapMode::Never);
+        s.nodes.push(node("n3", "198.19.5.3/24", None));
+        let learned: BTreeMap<IpNet, Vec<IpAddr>> = [
+            // The default route: allowed, beside the host's own (another metric).
+            (net("0.0.0.0/0"), hop.clone()),
+            // The node's connected subnet, a part of it, another node's address.
+            (net("198.18.0.0/24"), hop.clone()),
+            (net("198.18.0.2/32"), hop.clone()),
+            (net("198.19.5.3/32"), hop.clone()),
+            // A remote block: fine.
+            (net("100.64.0.64/26"), hop.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let d = compute(&s, &settings(), &kernel(), &learned);
+        let default = &d.routes[&net("0.0.0.0/0")];
+        assert_eq!(default.metric, LEARNED_METRIC);
+        assert_eq!(d.routes[&net("100.64.0.64/26")].metric, LEARNED_METRIC);
+        for refused in ["198.18.0.0/24", "198.18.0.2/32", "198.19.5.3/32"] {
+            assert!(!d.routes.contains_key(&net(refused)), "{refused}");
+            assert!(
+                d.problems.iter().any(|p| p.contains(refused)),
+                "{refused}: {:?}",
+                d.problems
+            );
+        }
+        // Our own routes keep the kernel's default metric.
+        assert_eq!(d.routes[&net("100.64.0.0/26")].metric, 0);
     }
 
     #[test]

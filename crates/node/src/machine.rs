@@ -147,6 +147,15 @@ pub struct Agent {
     qos: crate::qos::QosState,
     learned: BTreeMap<IpNet, Vec<IpAddr>>,
     links: BTreeMap<String, u32>,
+    /// The subnets of the node's own interfaces (learned routes inside are refused).
+    subnets: Vec<IpNet>,
+    /// Destinations and metrics of main-table routes Tabby does not own (never
+    /// replaced), from full passes and the kernel's notifications.
+    foreign: BTreeSet<(IpNet, u32)>,
+    /// Wanted routes left out for a foreign one, with why.
+    conflicts: BTreeMap<IpNet, String>,
+    /// Prefixes to install again now that a foreign route left them.
+    reapply: BTreeSet<IpNet>,
     bgp: Option<BgpState>,
     /// The natOutgoing inputs in the kernel's `tabby` tables; `None`: unknown (the
     /// next apply replaces the tables).
@@ -196,6 +205,10 @@ impl Agent {
             qos: Default::default(),
             learned: BTreeMap::new(),
             links: BTreeMap::new(),
+            subnets: Vec::new(),
+            foreign: BTreeSet::new(),
+            conflicts: BTreeMap::new(),
+            reapply: BTreeSet::new(),
             bgp: None,
             fw_nat: None,
             dirty: Dirty::everything(),
@@ -244,6 +257,7 @@ impl Agent {
     /// Everything the operator must know now.
     pub fn problems(&self) -> Vec<String> {
         let mut v = self.routes.problems();
+        v.extend(self.conflicts.values().cloned());
         v.extend(self.view.problems());
         v.extend(self.policy.errors());
         v.extend(self.peer_warnings.iter().cloned());
@@ -371,8 +385,20 @@ impl Agent {
     fn on_kernel(&mut self, ev: NetlinkEvent) {
         match ev {
             NetlinkEvent::Route { deleted, route } => {
-                if route.protocol == TABBY_ROUTE_PROTOCOL && route.table == MAIN_TABLE {
+                if route.table != MAIN_TABLE {
+                    return;
+                }
+                if route.protocol == TABBY_ROUTE_PROTOCOL {
                     self.route_events.push((deleted, route));
+                } else {
+                    let key = (route.dst, route.effective_metric());
+                    if deleted {
+                        if self.foreign.remove(&key) {
+                            self.reapply.insert(route.dst);
+                        }
+                    } else {
+                        self.foreign.insert(key);
+                    }
                 }
             }
             NetlinkEvent::Link {
@@ -494,6 +520,16 @@ impl Agent {
                             self.mark_interface(&n);
                         }
                     }
+                    match self.own_subnets().await {
+                        Ok(s) if s != self.subnets => {
+                            self.subnets = s;
+                            for p in self.learned.keys() {
+                                self.routes.mark(*p);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => pass.errors.push(format!("list addresses: {e}")),
+                    }
                 }
                 Err(e) => {
                     // A failed dump is not "no links": nothing is changed this pass.
@@ -512,6 +548,7 @@ impl Agent {
         let kernel = KernelView {
             links: self.links.clone(),
             uplink: Some(self.uplink),
+            subnets: self.subnets.clone(),
         };
         let mut ch = self
             .routes
@@ -538,6 +575,7 @@ impl Agent {
                     let kernel = KernelView {
                         links: self.links.clone(),
                         uplink: Some(self.uplink),
+                        subnets: self.subnets.clone(),
                     };
                     let more =
                         self.routes
@@ -550,7 +588,12 @@ impl Agent {
         } else if !ch.vxlan_peers.is_empty() {
             self.apply_vxlan_peers(&ch.vxlan_peers, &mut applied).await;
         }
-        pass.route_ops += self.apply_route_changes(&ch.routes, &mut applied).await;
+        // A full pass below applies everything anyway, knowing which places are
+        // taken by routes we do not own; until then no change is applied blindly.
+        let full_now = self.dirty.kernel_full && retry_ok;
+        if !full_now {
+            pass.route_ops += self.apply_route_changes(&ch.routes, &mut applied).await;
+        }
         pass.route_ops += self.repair_route_events(&mut applied).await;
         let grace = self.grace();
         if self.grace_was && !grace {
@@ -572,6 +615,17 @@ impl Agent {
                     &mut applied,
                 )
                 .await;
+            if applied.errors.is_empty() {
+                self.foreign = applied.foreign.drain(..).collect();
+                self.conflicts = applied
+                    .conflicts
+                    .drain(..)
+                    .filter_map(|c| {
+                        let dst = c.strip_prefix("route ")?.split(':').next()?.parse().ok()?;
+                        Some((dst, c))
+                    })
+                    .collect();
+            }
             pass.route_ops += applied.routes_changed + applied.routes_deleted;
             if applied.errors.len() > before {
                 self.dirty.kernel_full = true;
@@ -712,6 +766,29 @@ impl Agent {
                     .is_none_or(|t| t.elapsed() >= self.cfg.speaker_check))
     }
 
+    /// The subnets of the node's own interfaces: every address's network, but for
+    /// workload interfaces and the VXLAN device.
+    async fn own_subnets(&self) -> tabby_dataplane::Result<Vec<IpNet>> {
+        let ours: BTreeSet<u32> = self
+            .links
+            .iter()
+            .filter(|(n, _)| n.starts_with(&self.cfg.interface_prefix) || *n == VXLAN_DEVICE)
+            .map(|(_, i)| *i)
+            .collect();
+        let mut v: Vec<IpNet> = self
+            .drivers
+            .netlink
+            .addresses(None)
+            .await?
+            .into_iter()
+            .filter(|a| !ours.contains(&a.index))
+            .map(|a| a.net.trunc())
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
     fn local_workload_ifaces(&self) -> BTreeSet<u32> {
         self.view
             .local_workloads()
@@ -829,14 +906,37 @@ impl Agent {
         let mut add = Vec::new();
         let mut replace = Vec::new();
         let mut delete = Vec::new();
-        for (_, before, after) in changes {
+        let mut stale = Vec::new();
+        for (p, before, after) in changes {
             let before = before.as_ref().filter(|r| !pending(r));
             match after.as_ref().filter(|r| !pending(r)) {
-                Some(r) => match before {
-                    Some(_) => replace.push(r.clone()),
-                    None => add.push(r.clone()),
-                },
+                Some(r) => {
+                    // Never over a route Tabby does not own.
+                    if self.foreign.contains(&(*p, r.effective_metric())) {
+                        self.conflicts.insert(
+                            *p,
+                            format!(
+                                "route {p}: not installed: a route Tabby does not own holds its place"
+                            ),
+                        );
+                        if let Some(b) = before {
+                            delete.push(b.clone());
+                        }
+                        continue;
+                    }
+                    self.conflicts.remove(p);
+                    match before {
+                        // Another metric is another route: add the new, then drop the old.
+                        Some(b) if b.effective_metric() != r.effective_metric() => {
+                            add.push(r.clone());
+                            stale.push(b.clone());
+                        }
+                        Some(_) => replace.push(r.clone()),
+                        None => add.push(r.clone()),
+                    }
+                }
                 None => {
+                    self.conflicts.remove(p);
                     if let Some(b) = before {
                         delete.push(b.clone());
                     }
@@ -878,6 +978,17 @@ impl Agent {
                 }
             }
         }
+        if !stale.is_empty() {
+            for (r, e) in stale.iter().zip(nl.del_routes(&stale).await) {
+                match e {
+                    Ok(()) | Err(DpError::NotFound { .. }) => ops += 1,
+                    Err(e) => {
+                        failed = true;
+                        out.errors.push(format!("delete route {r}: {e}"));
+                    }
+                }
+            }
+        }
         if failed {
             // Read the kernel back on the retry rather than guessing what is there.
             self.dirty.kernel_full = true;
@@ -891,6 +1002,15 @@ impl Agent {
     async fn repair_route_events(&mut self, out: &mut Applied) -> usize {
         let events = std::mem::take(&mut self.route_events);
         let mut repair: BTreeMap<IpNet, Route> = BTreeMap::new();
+        for p in std::mem::take(&mut self.reapply) {
+            if let Some(w) = self.routes.routes().get(&p)
+                && w.oif != Some(PENDING_VXLAN)
+                && !self.foreign.contains(&(p, w.effective_metric()))
+            {
+                self.conflicts.remove(&p);
+                repair.insert(p, w.clone());
+            }
+        }
         let workload_dev: BTreeSet<u32> = self
             .links
             .iter()

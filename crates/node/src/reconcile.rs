@@ -25,12 +25,21 @@ pub struct RoutePlan {
     pub replace: Vec<Route>,
     /// Our routes nobody wants any more.
     pub delete: Vec<Route>,
+    /// Our other copies at a destination, removed once the wanted one is in (a
+    /// route whose metric changed, e.g. learned over BGP where a block was).
+    pub stale: Vec<Route>,
+    /// Wanted routes not installed because a route Tabby does not own holds their
+    /// destination and metric: we never replace it.
+    pub conflicts: Vec<(Route, Route)>,
 }
 
 impl RoutePlan {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.replace.is_empty() && self.delete.is_empty()
+        self.add.is_empty()
+            && self.replace.is_empty()
+            && self.delete.is_empty()
+            && self.stale.is_empty()
     }
 }
 
@@ -38,6 +47,9 @@ impl RoutePlan {
 /// such as the scope of a gatewayed route, are compared only when we set them).
 pub fn route_matches(want: &Route, actual: &Route) -> bool {
     if want.dst != actual.dst || want.kind != actual.kind || want.table != actual.table {
+        return false;
+    }
+    if want.effective_metric() != actual.effective_metric() {
         return false;
     }
     if want.kind == RouteKind::Blackhole {
@@ -97,16 +109,29 @@ pub fn plan_routes(
         match by_dst.get(dst) {
             None => plan.add.push(want.clone()),
             Some(have) => {
+                let foreign = have.iter().find(|a| {
+                    a.protocol != TABBY_ROUTE_PROTOCOL
+                        && a.effective_metric() == want.effective_metric()
+                });
+                if let Some(f) = foreign {
+                    plan.conflicts.push((want.clone(), (*f).clone()));
+                    continue;
+                }
                 if !have.iter().any(|a| route_matches(want, a)) {
                     plan.replace.push(want.clone());
                 }
-                // Copies of ours beyond the first (other metrics) go.
-                plan.delete.extend(
-                    have.iter()
-                        .filter(|a| a.protocol == TABBY_ROUTE_PROTOCOL && route_matches(want, a))
-                        .skip(1)
-                        .map(|a| (*a).clone()),
-                );
+                // Our other routes there go: copies beyond the first, and those at
+                // another metric or with another path (once the wanted one is in).
+                let mut matched = false;
+                for a in have.iter().filter(|a| a.protocol == TABBY_ROUTE_PROTOCOL) {
+                    if route_matches(want, a) && !matched {
+                        matched = true;
+                    } else if a.effective_metric() != want.effective_metric()
+                        || route_matches(want, a)
+                    {
+                        plan.stale.push((*a).clone());
+                    }
+                }
             }
         }
     }
@@ -135,6 +160,11 @@ pub struct Applied {
     pub vxlan_changes: usize,
     /// Failures (each names the object); the pass carries on past them.
     pub errors: Vec<String>,
+    /// Wanted routes left out because a route Tabby does not own holds the place.
+    pub conflicts: Vec<String>,
+    /// Destinations and metrics of the main table's routes Tabby does not own, as
+    /// the last full pass read them.
+    pub foreign: Vec<(IpNet, u32)>,
 }
 
 /// Applies desired state through a [`Netlink`].
@@ -400,7 +430,27 @@ impl Reconciler {
                 Err(e) => out.errors.push(format!("replace route {r}: {e}")),
             }
         }
-        let failed = out.errors.len();
+        if !plan.stale.is_empty() {
+            let res = self.nl.del_routes(&plan.stale).await;
+            for (r, e) in plan.stale.iter().zip(res) {
+                match e {
+                    Ok(()) | Err(DpError::NotFound { .. }) => out.routes_deleted += 1,
+                    Err(e) => out.errors.push(format!("delete route {r}: {e}")),
+                }
+            }
+        }
+        for (want, f) in &plan.conflicts {
+            out.conflicts.push(format!(
+                "route {}: not installed: a route Tabby does not own is there ({f})",
+                want.dst
+            ));
+        }
+        out.foreign = actual
+            .iter()
+            .filter(|r| r.table == MAIN_TABLE && r.protocol != TABBY_ROUTE_PROTOCOL)
+            .map(|r| (r.dst, r.effective_metric()))
+            .collect();
+        let failed = out.errors.len() + out.conflicts.len();
         out.routes_installed = desired
             .values()
             .filter(|r| r.oif != Some(PENDING_VXLAN))

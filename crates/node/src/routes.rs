@@ -202,9 +202,11 @@ impl RouteState {
             self.all = false;
         }
         let vxlan = self.globals.as_ref().is_some_and(|g| g.vxlan.is_some());
+        let is_node_address = |a: IpAddr| view.is_node_address(a);
         let ctx = RouteCtx {
             pools: &pools,
             me,
+            is_node_address: &is_node_address,
             vxlan,
             vxlan_oif: kernel
                 .links
@@ -338,7 +340,10 @@ fn prefix_state(
         && bgp_enabled
         && let Some(hops) = learned.get(&p)
     {
-        route = ctx.learned_route(p, hops);
+        match ctx.learned_route(p, hops) {
+            Ok(r) => route = r,
+            Err(e) => problem = Some(e),
+        }
     }
     (route, export, problem)
 }
@@ -539,7 +544,7 @@ mod tests {
             let mut w = World {
                 view: View::new("n0"),
                 learned: BTreeMap::new(),
-                kernel: KernelView { links: BTreeMap::from([("eth0".to_string(), 2), (VXLAN_DEVICE.to_string(), 9)]), uplink: Some(2) },
+                kernel: KernelView { links: BTreeMap::from([("eth0".to_string(), 2), (VXLAN_DEVICE.to_string(), 9)]), uplink: Some(2), subnets: vec!["198.18.0.0/24".parse().unwrap()] },
                 rev: 0,
             };
             let settings = Settings {

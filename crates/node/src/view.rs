@@ -164,6 +164,8 @@ pub struct View {
     revs: HashMap<Arc<str>, Revision>,
     nodes: BTreeMap<String, Resource>,
     node_infos: BTreeMap<String, NodeInfo>,
+    /// Every node's addresses, counted (two nodes may claim one by mistake).
+    node_addrs: HashMap<IpAddr, usize>,
     pools: BTreeMap<String, Resource>,
     pool_infos: BTreeMap<String, PoolInfo>,
     bgp_configs: BTreeMap<String, Resource>,
@@ -421,7 +423,10 @@ impl View {
             Spec::Node(_) => {
                 let info = node_info(&r);
                 let routing = self.node_infos.get(&name) != Some(&info);
-                self.node_infos.insert(name.clone(), info);
+                self.count_addrs(&info, 1);
+                if let Some(old) = self.node_infos.insert(name.clone(), info) {
+                    self.count_addrs(&old, -1);
+                }
                 self.nodes.insert(name.clone(), r);
                 vec![Change::Node { name, routing }]
             }
@@ -506,7 +511,11 @@ impl View {
         match kind {
             Kind::Node => {
                 self.nodes.remove(name);
-                let routing = self.node_infos.remove(name).is_some();
+                let old = self.node_infos.remove(name);
+                if let Some(o) = &old {
+                    self.count_addrs(o, -1);
+                }
+                let routing = old.is_some();
                 vec![Change::Node {
                     name: name.to_string(),
                     routing,
@@ -549,6 +558,21 @@ impl View {
             }
             _ => vec![policy],
         }
+    }
+
+    fn count_addrs(&mut self, n: &NodeInfo, delta: isize) {
+        for a in [n.ipv4, n.ipv6].into_iter().flatten().map(|a| a.addr()) {
+            let c = self.node_addrs.entry(a).or_default();
+            *c = c.saturating_add_signed(delta);
+            if *c == 0 {
+                self.node_addrs.remove(&a);
+            }
+        }
+    }
+
+    /// Whether `a` is a node address of the cluster.
+    pub fn is_node_address(&self, a: IpAddr) -> bool {
+        self.node_addrs.contains_key(&a)
     }
 
     /// Replaces a workload's routing record; returns the addresses before and after.

@@ -339,6 +339,7 @@ async fn full_recompute(c: &Cluster) -> (RouteMap, Value) {
     let kernel = KernelView {
         uplink: links.get("eth0").copied(),
         links,
+        subnets: vec!["198.18.0.0/24".parse().unwrap()],
     };
     let d = tabby_node::desired::compute(&snap, &settings, &kernel, &BTreeMap::new());
     let mut routes = RouteMap::new();

@@ -605,3 +605,137 @@ async fn bad_resources_are_reported_and_skipped() {
             .any(|l| l.starts_with("tabby_resource_problems ") && !l.ends_with(" 0"))
     );
 }
+
+#[tokio::test]
+async fn routes_tabby_does_not_own_are_never_replaced() {
+    use tabby_dataplane::Netlink;
+    let mut rig = Rig::new(|c| c.bgp = true);
+    let nl = rig.world.netlink(NS);
+    let eth = rig
+        .world
+        .links(NS)
+        .into_iter()
+        .find(|l| l.name == "eth0")
+        .unwrap()
+        .index;
+    nl.add_address(eth, "198.18.0.1/24".parse().unwrap())
+        .await
+        .unwrap();
+    // The host's own default route, and an operator's static route to n1's block.
+    let host_default = Route::via(
+        "0.0.0.0/0".parse().unwrap(),
+        "198.18.0.254".parse().unwrap(),
+        eth,
+    );
+    nl.add_route(&host_default).await.unwrap();
+    let static_route = Route::via(
+        block_of(1).parse().unwrap(),
+        "198.18.0.77".parse().unwrap(),
+        eth,
+    );
+    nl.add_route(&static_route).await.unwrap();
+    rig.snapshot("Never");
+    let mut far = node(9);
+    far["spec"]["bgp"]["ipv4Address"] = "198.19.9.9/24".into();
+    rig.put(&far);
+    rig.agent.execute().await;
+    // A peer announces the default route, the node's subnet, a node address and
+    // n1's block.
+    let hop = vec!["198.18.0.9".parse::<IpAddr>().unwrap()];
+    let learned = |p: &str| tabby_bgp::BestPathChange {
+        prefix: p.parse().unwrap(),
+        next_hops: hop.clone(),
+    };
+    rig.agent.step(Input::Learned(vec![
+        learned("0.0.0.0/0"),
+        learned("198.18.0.0/24"),
+        learned("198.18.0.3/32"),
+        learned("198.19.9.9/32"),
+        learned(&block_of(1)),
+    ]));
+    rig.agent.execute().await;
+    let defaults: Vec<Route> = rig
+        .routes()
+        .into_iter()
+        .filter(|r| r.dst.prefix_len() == 0)
+        .collect();
+    assert_eq!(defaults.len(), 2, "ours beside the host's: {defaults:?}");
+    assert!(defaults.contains(&host_default), "the host's default stays");
+    assert!(defaults.iter().any(|r| r.metric == 32));
+    assert!(rig.route("198.18.0.0/24").is_none());
+    assert!(rig.route("198.18.0.3/32").is_none());
+    assert!(rig.route("198.19.9.9/32").is_none());
+    // n1's block: the operator's route at the same metric... ours is at 32, so it
+    // goes in beside; the operator's is untouched.
+    let at_block: Vec<Route> = rig
+        .routes()
+        .into_iter()
+        .filter(|r| r.dst == block_of(1).parse::<IpNet>().unwrap())
+        .collect();
+    assert!(at_block.contains(&static_route), "{at_block:?}");
+    let problems = rig.agent.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("198.18.0.0/24") && p.contains("own subnet")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("198.19.9.9/32") && p.contains("node address")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_route_at_our_place_wins_until_it_goes() {
+    use tabby_dataplane::Netlink;
+    let mut rig = Rig::new(|_| {});
+    let nl = rig.world.netlink(NS);
+    let eth = rig
+        .world
+        .links(NS)
+        .into_iter()
+        .find(|l| l.name == "eth0")
+        .unwrap()
+        .index;
+    // Someone else's route where n2's block would go (same metric as ours).
+    let theirs = Route::via(
+        block_of(2).parse().unwrap(),
+        "198.18.0.77".parse().unwrap(),
+        eth,
+    );
+    nl.add_route(&theirs).await.unwrap();
+    rig.snapshot("Always");
+    let pass = rig.agent.execute().await;
+    assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+    assert_eq!(
+        rig.route(&block_of(2)),
+        Some(theirs.clone()),
+        "not replaced"
+    );
+    assert!(
+        rig.agent
+            .problems()
+            .iter()
+            .any(|p| p.contains(&block_of(2)) && p.contains("does not own")),
+        "{:?}",
+        rig.agent.problems()
+    );
+    // It goes: ours is installed at once.
+    nl.del_route(&theirs).await.unwrap();
+    rig.agent.step(Input::Kernel(vec![NetlinkEvent::Route {
+        deleted: true,
+        route: theirs,
+    }]));
+    rig.agent.execute().await;
+    let r = rig.route(&block_of(2)).unwrap();
+    assert_eq!(r.protocol, tabby_dataplane::TABBY_ROUTE_PROTOCOL);
+    assert!(
+        !rig.agent
+            .problems()
+            .iter()
+            .any(|p| p.contains(&block_of(2))),
+    );
+}
