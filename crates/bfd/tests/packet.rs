@@ -7,8 +7,11 @@ use tabby_bfd::auth::sha1_digest;
 use tabby_bfd::packet::{Auth, ControlPacket, DecodeError, Diag, State};
 
 fn golden(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR")))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::fs::read(format!(
+        "{}/tests/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn plain(state: State, my: u32, your: u32, tx: u32, rx: u32, echo: u32) -> ControlPacket {
@@ -61,7 +64,10 @@ fn bird_and_frr_without_authentication() {
     let mut f = plain(State::Up, FRR, BIRD, 300_000, 300_000, 50_000);
     f.final_ = true;
     both_ways("frr_up_final.bin", &f);
-    both_ways("bird_up.bin", &plain(State::Up, BIRD, FRR, 200_000, 200_000, 0));
+    both_ways(
+        "bird_up.bin",
+        &plain(State::Up, BIRD, FRR, 200_000, 200_000, 0),
+    );
     both_ways(
         "frr_up.bin",
         &plain(State::Up, FRR, BIRD, 300_000, 300_000, 50_000),
@@ -90,7 +96,13 @@ fn bird_and_frr_without_authentication() {
 fn bird_keyed_sha1() {
     let cases = [
         ("bird_sha1_up_poll.bin", false, 7, 0xa88000a1, State::Up),
-        ("bird_sha1_down_timeout.bin", false, 7, 0xa88000a2, State::Down),
+        (
+            "bird_sha1_down_timeout.bin",
+            false,
+            7,
+            0xa88000a2,
+            State::Down,
+        ),
         ("bird_sha1_up.bin", false, 7, 0xa88000a8, State::Up),
         ("bird_msha1_down.bin", true, 7, 0x55fe9bba, State::Down),
     ];

@@ -147,7 +147,10 @@ fn admin_down_from_every_state_and_back() {
             [(st, State::AdminDown, Diag::AdministrativelyDown)]
         );
         let p = sent(&out)[0];
-        assert_eq!((p.state, p.diag), (State::AdminDown, Diag::AdministrativelyDown));
+        assert_eq!(
+            (p.state, p.diag),
+            (State::AdminDown, Diag::AdministrativelyDown)
+        );
         assert_eq!(s.next_timeout().map(|t| t > t0), Some(true));
         // It keeps telling the peer for Detect Mult seconds, then goes quiet.
         let mut t = t0 + ms(5);
@@ -176,7 +179,10 @@ fn detection_time_expiry() {
         let mut t = t0;
         let mut expired_at = None;
         while let Some(next) = s.next_timeout() {
-            assert!(next <= t0 + ms(3000), "nothing due after the detection time");
+            assert!(
+                next <= t0 + ms(3000),
+                "nothing due after the detection time"
+            );
             t = next;
             let out = s.on_timeout(t);
             if !changes(&out).is_empty() {
@@ -214,11 +220,18 @@ fn slow_start_then_negotiated_timers_through_a_poll() {
     let first = s.on_timeout(t0);
     let p = sent(&first)[0];
     // Not Up: at most one packet a second is advertised and used.
-    assert_eq!((p.state, p.desired_min_tx, p.required_min_rx), (State::Down, 1_000_000, 300_000));
+    assert_eq!(
+        (p.state, p.desired_min_tx, p.required_min_rx),
+        (State::Down, 1_000_000, 300_000)
+    );
     assert_eq!(p.your_discriminator, 0);
     assert_eq!(s.tx_interval_us(), 1_000_000);
     let next = s.next_timeout().unwrap();
-    assert!(next >= t0 + ms(750) && next <= t0 + ms(1000), "{:?}", next - t0);
+    assert!(
+        next >= t0 + ms(750) && next <= t0 + ms(1000),
+        "{:?}",
+        next - t0
+    );
 
     // The peer (Init, wants 200 ms both ways) brings us Up; reaching Up
     // changes our Desired Min TX, so a Poll starts in the same packet.
@@ -226,7 +239,10 @@ fn slow_start_then_negotiated_timers_through_a_poll() {
     assert_eq!(changes(&out), [(State::Down, State::Up, Diag::None)]);
     let p = sent(&out)[0];
     assert!(p.poll && !p.final_);
-    assert_eq!((p.state, p.desired_min_tx, p.required_min_rx), (State::Up, 300_000, 300_000));
+    assert_eq!(
+        (p.state, p.desired_min_tx, p.required_min_rx),
+        (State::Up, 300_000, 300_000)
+    );
     assert!(s.polling());
     // Sending faster is safe at once: 300 ms (ours, the larger of 300/200).
     assert_eq!(s.tx_interval_us(), 300_000);
@@ -257,7 +273,10 @@ fn slower_tx_waits_for_the_final_and_shorter_detection_too() {
     fin.final_ = true;
     recv(&mut s, t0 + ms(1), &fin);
     assert!(!s.polling());
-    assert_eq!((s.tx_interval_us(), s.detection_time_us()), (300_000, 900_000));
+    assert_eq!(
+        (s.tx_interval_us(), s.detection_time_us()),
+        (300_000, 900_000)
+    );
 
     // Slower transmission: advertised at once, used only after the Final.
     let out = s.set_config(t0 + ms(10), cfg(1000, 300, 3));
@@ -282,11 +301,19 @@ fn slower_tx_waits_for_the_final_and_shorter_detection_too() {
     s.set_config(t0 + ms(60), cfg(200, 100, 3));
     assert!(s.polling());
     s.set_config(t0 + ms(61), cfg(200, 400, 3));
-    assert_eq!(s.advertised_us(), (200_000, 100_000), "no second Poll in flight");
+    assert_eq!(
+        s.advertised_us(),
+        (200_000, 100_000),
+        "no second Poll in flight"
+    );
     let out = recv(&mut s, t0 + ms(70), &p);
     assert!(s.polling(), "the queued change starts a new Poll");
     assert_eq!(s.advertised_us(), (200_000, 400_000));
-    assert!(sent(&out).iter().any(|p| p.poll && p.required_min_rx == 400_000));
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|p| p.poll && p.required_min_rx == 400_000)
+    );
 }
 
 #[test]
@@ -329,7 +356,10 @@ fn jitter_stays_within_section_6_8_7() {
             t = next;
         }
         assert!(seen.0 >= lo && seen.1 <= hi, "mult {mult}: {seen:?}");
-        assert!(seen.0 < lo + 20 && seen.1 > hi - 20, "mult {mult}: spread {seen:?}");
+        assert!(
+            seen.0 < lo + 20 && seen.1 > hi - 20,
+            "mult {mult}: spread {seen:?}"
+        );
     }
 }
 
@@ -362,7 +392,11 @@ fn passive_role_and_zero_required_rx() {
 }
 
 fn golden(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -474,7 +508,11 @@ impl Sim {
 
 #[test]
 fn two_sessions_come_up_detect_a_cut_and_recover() {
-    for auth in [None, Some(AuthType::KeyedSha1), Some(AuthType::MeticulousKeyedSha1)] {
+    for auth in [
+        None,
+        Some(AuthType::KeyedSha1),
+        Some(AuthType::MeticulousKeyedSha1),
+    ] {
         let with = |mut c: SessionConfig| {
             c.auth = auth.map(|t| AuthKey {
                 auth_type: t,
@@ -486,12 +524,28 @@ fn two_sessions_come_up_detect_a_cut_and_recover() {
         let mut sim = Sim::new(with(cfg(300, 300, 3)), with(cfg(200, 200, 3)));
         let t0 = sim.t;
         sim.run(t0 + ms(3000));
-        assert_eq!((sim.a.state(), sim.b.state()), (State::Up, State::Up), "{auth:?}");
+        assert_eq!(
+            (sim.a.state(), sim.b.state()),
+            (State::Up, State::Up),
+            "{auth:?}"
+        );
         assert!(!sim.a.polling() && !sim.b.polling(), "polls completed");
         // Negotiated: both send every 300 ms (the larger of 300 and 200).
-        assert_eq!((sim.a.tx_interval_us(), sim.b.tx_interval_us()), (300_000, 300_000));
-        assert_eq!((sim.a.detection_time_us(), sim.b.detection_time_us()), (900_000, 900_000));
-        let up_by = sim.log.iter().filter(|l| l.3 == State::Up).map(|l| l.0).max().unwrap();
+        assert_eq!(
+            (sim.a.tx_interval_us(), sim.b.tx_interval_us()),
+            (300_000, 300_000)
+        );
+        assert_eq!(
+            (sim.a.detection_time_us(), sim.b.detection_time_us()),
+            (900_000, 900_000)
+        );
+        let up_by = sim
+            .log
+            .iter()
+            .filter(|l| l.3 == State::Up)
+            .map(|l| l.0)
+            .max()
+            .unwrap();
         assert!(up_by - t0 < ms(1500), "up after {:?}", up_by - t0);
 
         // Cut the link: both detect it within the detection time.
