@@ -159,8 +159,18 @@ impl Tabby {
         }
     }
 
-    /// State changes of `peer` at or after `after_ms`.
-    pub fn changes_since(&self, peer: &str, after_ms: u64) -> Vec<Value> {
+    /// Every state change at or after `after_ms`, waiting up to `wait` for
+    /// more to arrive.
+    pub fn all_changes_since(&self, after_ms: u64, wait: Duration) -> Vec<Value> {
+        if let Ok(v) = self.lines.recv_timeout(wait)
+            && v["event"] == "state"
+        {
+            self.changes.borrow_mut().push(v["change"].clone());
+        }
+        self.changes_since_where(after_ms, |_| true)
+    }
+
+    fn changes_since_where(&self, after_ms: u64, f: impl Fn(&Value) -> bool) -> Vec<Value> {
         while let Ok(v) = self.lines.try_recv() {
             if v["event"] == "state" {
                 self.changes.borrow_mut().push(v["change"].clone());
@@ -169,9 +179,19 @@ impl Tabby {
         self.changes
             .borrow()
             .iter()
-            .filter(|c| c["peer"] == peer && c["atMs"].as_u64().unwrap() >= after_ms)
+            .filter(|c| f(c) && c["atMs"].as_u64().unwrap() >= after_ms)
             .cloned()
             .collect()
+    }
+
+    /// The process id (`ip netns exec` execs the daemon in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// State changes of `peer` at or after `after_ms`.
+    pub fn changes_since(&self, peer: &str, after_ms: u64) -> Vec<Value> {
+        self.changes_since_where(after_ms, |c| c["peer"] == peer)
     }
 }
 
