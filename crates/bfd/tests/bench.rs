@@ -166,7 +166,12 @@ fn hundred_sessions_cpu_and_detection() {
             "BIRD: {} sessions, {:?}\n{}",
             s.len(),
             s.iter().take(3).collect::<Vec<_>>(),
-            bird.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            bird.log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     std::thread::sleep(Duration::from_secs(3));
