@@ -38,6 +38,8 @@
 //!   by [`bgp::DaemonKind`]) from one [`bgp::BgpConfig`]; the
 //!   [`bgp::BgpDaemon`] trait gives `session_states`, `routes`, `wait_established`,
 //!   `wait_route`, `stop`, `kill`, `restart`.
+//! - [`bgp::bfd`]: BFD peers, [`bgp::bfd::BirdBfd`] (`protocol bfd`) and
+//!   [`bgp::bfd::FrrBfd`] (`zebra` + `bfdd`), from one [`bgp::bfd::BfdConfig`].
 //! - [`wait_until`], [`wait_for`], [`expect_within`]: poll with a deadline.
 //!
 //! Addresses are checked: only 198.18.0.0/15, 100.64.0.0/10, 2001:db8::/32

@@ -3,6 +3,7 @@
 //! file, so nothing touches system-wide instances. Queries return sessions and
 //! RIB entries in one shape whatever the daemon.
 
+pub mod bfd;
 pub mod bird;
 pub mod frr;
 pub mod gobgp;
