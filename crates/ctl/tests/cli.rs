@@ -420,3 +420,27 @@ spec: {peerIP: 10.0.0.254, asNumber: \"65535.65535\"}
         .collect();
     assert_eq!(legacy[1], "131073", "{nodes}");
 }
+
+#[test]
+fn a_file_of_5000_documents_applies() {
+    let ctl = Ctl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sets.yaml");
+    let text: Vec<String> = (0..5000)
+        .map(|i| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: set-{i}\n  labels: {{batch: big}}\nspec:\n  nets: [198.{}.{}.0/24]\n",
+                18 + i / 256 % 2,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&file, text.join("---\n")).unwrap();
+    let out = ctl.ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        out.trim(),
+        "Successfully applied 5000 'GlobalNetworkSet' resource(s)"
+    );
+    let names = ctl.ok(&["get", "globalnetworksets", "-o", "name"]);
+    assert_eq!(names.lines().count(), 5000);
+}
