@@ -9,6 +9,7 @@ mod config;
 mod connect;
 mod ipam;
 mod lab;
+mod label;
 mod node;
 mod output;
 mod plan;
@@ -62,6 +63,8 @@ enum Command {
     Get(commands::GetArgs),
     /// Change one resource with a JSON merge patch.
     Patch(commands::PatchArgs),
+    /// Set or remove labels: `label nodes node1 rack=r1 [--overwrite]`, `rack-`.
+    Label(label::LabelArgs),
     /// Show or change cluster-wide BGP settings (the `default` BGPConfiguration).
     Config(config::ConfigArgs),
     /// IP address management: show usage, check for leaks, release, configure.
@@ -152,6 +155,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Delete(args) => commands::delete(&conn, &args, out).await,
         Command::Get(args) => commands::get(&conn, &args, out).await,
         Command::Patch(args) => commands::patch(&conn, &args, out).await,
+        Command::Label(args) => label::run(&conn, &args, out).await,
         Command::Config(args) => config::run(&conn, &args, out).await,
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Node(args) => node::run(&args, out).await,

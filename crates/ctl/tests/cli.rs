@@ -444,3 +444,57 @@ fn a_file_of_5000_documents_applies() {
     let names = ctl.ok(&["get", "globalnetworksets", "-o", "name"]);
     assert_eq!(names.lines().count(), 5000);
 }
+
+#[test]
+fn label_sets_overwrites_and_removes() {
+    let ctl = Ctl::new();
+    ctl.ok(&["apply", "-f", "examples/cluster.yaml"]);
+    let out = ctl.ok(&["label", "nodes", "node2", "zone=a", "team=net"]);
+    assert_eq!(
+        out,
+        "Successfully set label zone on nodes node2\nSuccessfully set label team on nodes node2\n"
+    );
+    let labels = |ctl: &Ctl| {
+        yaml_to_json(&ctl.ok(&["get", "node", "node2", "-o", "json"]))["metadata"]["labels"].clone()
+    };
+    assert_eq!(labels(&ctl)["zone"], "a");
+    assert_eq!(labels(&ctl)["rack"], "r1", "other labels stay");
+
+    // A different value needs --overwrite; the failed command changes nothing.
+    let err = ctl.fails(&["label", "nodes", "node2", "team=web", "zone=b"], None);
+    assert!(
+        err.contains("nodes node2: label team is already set (to \"net\"); use --overwrite"),
+        "{err}"
+    );
+    assert_eq!(labels(&ctl)["team"], "net");
+    assert_eq!(labels(&ctl)["zone"], "a");
+    let out = ctl.ok(&["label", "no", "node2", "zone=b", "--overwrite"]);
+    assert_eq!(out, "Successfully updated label zone on no node2\n");
+    assert_eq!(labels(&ctl)["zone"], "b");
+
+    // Removal: kubectl's key- and calicoctl's --remove.
+    let out = ctl.ok(&["label", "nodes", "node2", "zone-"]);
+    assert_eq!(out, "Successfully removed label zone from nodes node2\n");
+    ctl.ok(&["label", "nodes", "node2", "team", "--remove"]);
+    assert!(labels(&ctl).get("team").is_none());
+    let err = ctl.fails(&["label", "nodes", "node2", "team", "--remove"], None);
+    assert!(
+        err.contains("cannot remove label team: it is not set"),
+        "{err}"
+    );
+
+    // Bad input names the thing.
+    let err = ctl.fails(&["label", "nodes", "nope", "a=b"], None);
+    assert!(err.contains("nodes nope: resource does not exist"), "{err}");
+    let err = ctl.fails(&["label", "nodes", "node2", "bad key=x"], None);
+    assert!(err.contains("metadata.labels.bad key"), "{err}");
+    let err = ctl.fails(&["label", "nodes", "node2", "justakey"], None);
+    assert!(err.contains("expected key=value"), "{err}");
+    let err = ctl.fails(&["label", "bananas", "x", "a=b"], None);
+    assert!(err.contains("unknown resource type"), "{err}");
+
+    // Any kind can be labelled, and `get -l` then selects by it.
+    ctl.ok(&["label", "ippool", "default-ipv4-ippool", "tier=gold"]);
+    let pools = ctl.ok(&["get", "ippools", "-l", "tier == 'gold'", "-o", "name"]);
+    assert_eq!(pools.trim(), "ippool.projectcalico.org/default-ipv4-ippool");
+}
