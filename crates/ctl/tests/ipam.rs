@@ -357,3 +357,126 @@ async fn configure_changes_what_the_allocator_does() {
         "3 (5%)"
     );
 }
+
+/// `(name, cidr, disabled)` of every pool, from `get ippools -o wide`.
+fn pools(ctl: &Ctl) -> Vec<(String, String, String)> {
+    ctl.ok(&["get", "ippools", "-o", "wide"])
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0].into(), cells[1].into(), cells[5].into())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_replaces_a_pool_and_keeps_its_blocks() {
+    let ctl = Ctl::new();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(SETUP));
+    let ipam = ctl.ipam().await;
+    let a = assign(&ipam, "node1", "h1", "a").await.unwrap();
+    assign(&ipam, "node1", "h2", "b").await.unwrap();
+    let c = assign(&ipam, "node2", "h3", "c").await.unwrap();
+    let problems = |ctl: &Ctl| -> String {
+        ctl.ok(&["ipam", "check"])
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let before = problems(&ctl);
+
+    // Refusals name the reason and change nothing.
+    let err = ctl.fails(&["ipam", "split", "3", "--name", "pods"]);
+    assert!(
+        err.contains("NUMBER 3: a pool splits into a power of two"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "split", "8", "--cidr", "10.20.0.0/24"]);
+    assert!(
+        err.contains("splitting it into 8 gives /27 pools, smaller than a block (2 blocks are in use); split it into at most 4"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "split", "2", "--cidr", "10.99.0.0/16"]);
+    assert!(
+        err.contains(
+            "--cidr 10.99.0.0/16: no IP pool has exactly this CIDR; pools: pods (10.20.0.0/24)"
+        ),
+        "{err}"
+    );
+    let err = ctl.fails(&[
+        "ipam",
+        "split",
+        "2",
+        "--pool",
+        "pods",
+        "--cidr",
+        "10.20.0.0/25",
+    ]);
+    assert!(err.contains("IP pool pods has CIDR 10.20.0.0/24"), "{err}");
+    let err = ctl.fails(&["ipam", "split", "2"]);
+    assert!(err.contains("--name POOL or --cidr CIDR"), "{err}");
+    assert_eq!(
+        pools(&ctl),
+        [("pods".into(), "10.20.0.0/24".into(), "false".into())]
+    );
+
+    let out = ctl.ok(&["ipam", "split", "2", "--name", "pods"]);
+    assert_eq!(
+        out,
+        "IP pool pods was split into 2 smaller pools; its 2 blocks stay as they are.\n\
+         Created split-pods-0 with CIDR 10.20.0.0/25.\n\
+         Created split-pods-1 with CIDR 10.20.0.128/25.\n"
+    );
+    assert_eq!(
+        pools(&ctl),
+        [
+            ("split-pods-0".into(), "10.20.0.0/25".into(), "false".into()),
+            (
+                "split-pods-1".into(),
+                "10.20.0.128/25".into(),
+                "false".into()
+            ),
+        ]
+    );
+    let child = ctl.ok(&["get", "ippool", "split-pods-0", "-o", "json"]);
+    let child: serde_json::Value = serde_json::from_str(&child).unwrap();
+    assert_eq!(child["spec"]["blockSize"], 26, "settings carried over");
+
+    // The addresses and blocks are untouched and now under the children.
+    assert_eq!(problems(&ctl), before);
+    let shown = ctl.ok(&["ipam", "show", "--show-blocks"]);
+    let block_a = tabby_ipam::ipmath::block_cidr_for(a, 26).to_string();
+    let block_c = tabby_ipam::ipmath::block_cidr_for(c, 26).to_string();
+    let pool_of = |b: &str| {
+        if b.parse::<ipnet::IpNet>().unwrap().addr() < "10.20.0.128".parse::<IpAddr>().unwrap() {
+            "10.20.0.0/25"
+        } else {
+            "10.20.0.128/25"
+        }
+    };
+    for b in [&block_a, &block_c] {
+        assert_eq!(row(&shown, "Block", b)[0], "Block");
+        let _ = row(&shown, "IP Pool", pool_of(b));
+    }
+    assert_eq!(
+        ctl.ok(&["ipam", "show", "--ip", &a.to_string()])
+            .lines()
+            .next(),
+        Some(format!("IP {a} is in use").as_str())
+    );
+    // Allocation goes on from the children.
+    let d = assign(&ipam, "node1", "h4", "d").await.unwrap();
+    assert_eq!(
+        tabby_ipam::ipmath::block_cidr_for(d, 26).to_string(),
+        block_a
+    );
+
+    // A child can be split again down to the block size, not below.
+    ctl.ok(&["ipam", "split", "2", "--name", "split-pods-1"]);
+    assert_eq!(pools(&ctl).len(), 3);
+    let err = ctl.fails(&["ipam", "split", "2", "--name", "split-split-pods-1-0"]);
+    assert!(err.contains("it is one block and cannot be split"), "{err}");
+}

@@ -1,4 +1,4 @@
-//! `tabbyctl ipam show|check|release|configure`: calicoctl's IPAM commands over
+//! `tabbyctl ipam show|check|release|configure|split`: calicoctl's IPAM commands over
 //! [`tabby_ipam::Ipam`], with pools, node labels and the IPAM configuration read from the
 //! store's v3 resources (`tabby_client::ipam`). Output keeps calicoctl's wording.
 
@@ -19,6 +19,8 @@ use tabby_ipam::{AllocationInfo, Ipam, IpamConfig, ReleaseOptions, Usage};
 use crate::connect::Connection;
 use crate::output::{go_g5, write_box_table};
 
+mod split;
+
 #[derive(clap::Args, Debug)]
 pub struct IpamArgs {
     #[command(subcommand)]
@@ -36,6 +38,8 @@ enum Action {
     Release(ReleaseArgs),
     /// Change the IPAM configuration (the `default` IPAMConfiguration).
     Configure(ConfigureArgs),
+    /// Split a pool into NUMBER (a power of two) equal pools; blocks in use stay.
+    Split(split::SplitArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +98,7 @@ pub async fn run(conn: &Connection, args: &IpamArgs, out: &mut dyn Write) -> any
         Action::Check(a) => check(&client, &ipam, a, out).await,
         Action::Release(a) => release(&client, &ipam, a, out).await,
         Action::Configure(a) => configure(&ipam, a, out).await,
+        Action::Split(a) => split::run(&client, &ipam, a, out).await,
     }
 }
 
