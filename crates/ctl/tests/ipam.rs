@@ -480,3 +480,132 @@ async fn split_replaces_a_pool_and_keeps_its_blocks() {
     let err = ctl.fails(&["ipam", "split", "2", "--name", "split-split-pods-1-0"]);
     assert!(err.contains("it is one block and cannot be split"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_from_report_frees_only_what_is_still_leaked() {
+    let ctl = Ctl::new();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(SETUP));
+    let ipam = ctl.ipam().await;
+    let live = assign(&ipam, "node1", "k8s-pod-network.live", "web")
+        .await
+        .unwrap();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(&wep(live)));
+    let l1 = assign(&ipam, "node1", "k8s-pod-network.l1", "gone-1")
+        .await
+        .unwrap();
+    let l2 = assign(&ipam, "node1", "k8s-pod-network.l2", "late")
+        .await
+        .unwrap();
+    let l3 = assign(&ipam, "node2", "k8s-pod-network.l3", "gone-3")
+        .await
+        .unwrap();
+    // A handle that holds no address.
+    ipam.store()
+        .create(
+            "/calico/ipam/v2/handle/orphan",
+            br#"{"handleID":"orphan","block":{}}"#,
+        )
+        .await
+        .unwrap();
+    let r1 = ctl.path("r1.json");
+    let check = ctl.ok(&["ipam", "check", "-o", r1.to_str().unwrap()]);
+    assert!(
+        check.contains("Found 3 IPs that are allocated in IPAM but not actually in use."),
+        "{check}"
+    );
+    assert!(
+        check.contains("Found 1 handles with no matching IPs"),
+        "{check}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&r1).unwrap()).unwrap();
+    assert_eq!(report["leakedHandles"][0]["ID"], "orphan");
+    assert!(
+        report["leakedHandles"][0]["revision"].is_string(),
+        "{report}"
+    );
+
+    // Meanwhile l2's pod shows up after all, and l3 is released by hand.
+    let late = wep(l2)
+        .replace("node1-k8s-web-eth0", "node1-k8s-late-eth0")
+        .replace("pod: web", "pod: late");
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(&late));
+    ctl.ok(&["ipam", "release", "--ip", &l3.to_string()]);
+    let r2 = ctl.path("r2.json");
+    ctl.ok(&["ipam", "check", "-o", r2.to_str().unwrap()]);
+
+    // Two reports: only what both call leaked.
+    let out = ctl.ok(&[
+        "ipam",
+        "release",
+        "--from-report",
+        r1.to_str().unwrap(),
+        "--from-report",
+        r2.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out,
+        "Releasing 1 old IPs...\nReleased 1 IPs successfully\nDeleting 1 handles...\nReleased 1 handles; 0 skipped; 0 errors.\n"
+    );
+    assert_eq!(
+        ctl.ok(&["ipam", "show", "--ip", &l1.to_string()]),
+        format!("{l1} is not assigned\n")
+    );
+
+    // The old report alone: everything in it has been dealt with or is in use again.
+    let out = ctl.ok(&["ipam", "release", "--from-report", r1.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        "Releasing 3 old IPs...\nReleased 0 IPs successfully\n\
+         2 addresses marked as leaked in the report had already been cleaned up.\n\
+         1 addresses marked as leaked are in use again or were reassigned since the report; left alone.\n\
+         Deleting 1 handles...\nReleased 0 handles; 1 skipped; 0 errors.\n"
+    );
+    assert!(
+        ctl.ok(&["ipam", "show", "--ip", &l2.to_string()])
+            .starts_with(&format!("IP {l2} is in use")),
+        "the late pod keeps its address"
+    );
+    let check = ctl.ok(&["ipam", "check"]);
+    assert!(
+        check
+            .trim_end()
+            .ends_with("Check complete; found 0 problems."),
+        "{check}"
+    );
+
+    // A report from another version needs --force; a file that is no report is named.
+    let old = std::fs::read_to_string(&r1).unwrap().replacen(
+        &format!("\"v{}\"", env!("CARGO_PKG_VERSION")),
+        "\"v0.0.1\"",
+        1,
+    );
+    let old_path = ctl.path("old.json");
+    std::fs::write(&old_path, old).unwrap();
+    let err = ctl.fails(&[
+        "ipam",
+        "release",
+        "--from-report",
+        old_path.to_str().unwrap(),
+    ]);
+    assert!(err.contains("written by tabbyctl v0.0.1"), "{err}");
+    let out = ctl.ok(&[
+        "ipam",
+        "release",
+        "--from-report",
+        old_path.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.starts_with("WARNING:"), "{out}");
+    std::fs::write(ctl.path("junk.json"), "{}").unwrap();
+    let err = ctl.fails(&[
+        "ipam",
+        "release",
+        "--from-report",
+        ctl.path("junk.json").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("junk.json: not an IPAM report") && err.contains("missing field"),
+        "{err}"
+    );
+}
