@@ -3,6 +3,7 @@
 //! Calico's defaults, validates, and is a compare-and-swap on the key's revision, so
 //! concurrent writers never lose an update silently.
 
+pub mod backup;
 pub mod ipam;
 pub mod patch;
 pub mod time;
