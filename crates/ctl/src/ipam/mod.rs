@@ -35,7 +35,8 @@ enum Action {
     Show(ShowArgs),
     /// Check the IPAM data for leaked addresses, dangling handles and bad affinities.
     Check(CheckArgs),
-    /// Release an address, whether or not an endpoint still uses it (as calicoctl).
+    /// Release an address (--ip; even one an endpoint still uses, as calicoctl does),
+    /// or what a check report found leaked and still is (--from-report).
     Release(ReleaseArgs),
     /// Change the IPAM configuration (the `default` IPAMConfiguration).
     Configure(ConfigureArgs),
