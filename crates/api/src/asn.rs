@@ -1,7 +1,9 @@
 //! BGP AS numbers as Calico's manifests write them: a JSON number (`64512`), a
-//! string (`"64512"`), or asdot notation (`"1.10"` = 1 × 65536 + 10). The spelling
-//! a manifest used is kept so a resource reads back as it was written; equality and
-//! ordering compare only the number.
+//! string (`"64512"`), or asdot notation (`"1.10"` = 1 × 65536 + 10). Whatever the
+//! spelling, an AS number is stored and printed as the plain number (`65546`), as
+//! Calico's `numorstring.ASNumber` marshals it and `calicoctl` shows it in tables,
+//! YAML and JSON. How the input spelled it is remembered ([`ASNumber::form`]) but
+//! equality, ordering and output use only the number.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -14,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The AS number a cluster uses when no BGPConfiguration sets one (Calico's default).
 pub const DEFAULT_AS_NUMBER: u32 = 64512;
 
-/// How an [`ASNumber`] was written, so it serialises back the same way.
+/// How an [`ASNumber`] was spelled in the input it was read from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AsForm {
     /// A plain number: `64512`.
@@ -66,7 +68,7 @@ impl ASNumber {
         self.value
     }
 
-    /// How it was written.
+    /// How the input spelled it (output always uses the plain number).
     pub const fn form(self) -> AsForm {
         self.form
     }
@@ -148,12 +150,9 @@ impl fmt::Display for ASNumber {
 }
 
 impl Serialize for ASNumber {
+    /// Always the plain number, as Calico stores it: `"1.10"` is written `65546`.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.form {
-            AsForm::Number => s.serialize_u32(self.value),
-            AsForm::String => s.serialize_str(&self.value.to_string()),
-            AsForm::AsDot => s.serialize_str(&self.to_asdot()),
-        }
+        s.serialize_u32(self.value)
     }
 }
 
@@ -219,13 +218,15 @@ mod tests {
     }
 
     #[test]
-    fn serialises_the_way_it_came() {
-        for (input, output) in [
-            (json!(64512), json!(64512)),
-            (json!("64512"), json!("64512")),
-            (json!("1.10"), json!("1.10")),
+    fn serialises_as_the_plain_number() {
+        for (input, output, form) in [
+            (json!(64512), json!(64512), AsForm::Number),
+            (json!("64512"), json!(64512), AsForm::String),
+            (json!("1.10"), json!(65546), AsForm::AsDot),
+            (json!("65535.65535"), json!(4294967295u32), AsForm::AsDot),
         ] {
             let asn: ASNumber = serde_json::from_value(input).unwrap();
+            assert_eq!(asn.form(), form);
             assert_eq!(serde_json::to_value(asn).unwrap(), output);
         }
         let a: ASNumber = serde_json::from_value(json!("1.10")).unwrap();

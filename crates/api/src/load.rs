@@ -356,12 +356,97 @@ fn expand_item(
     }
 }
 
+/// The most documents one input may hold (serde-saphyr's default is 1,024, which a
+/// cluster's worth of endpoints or policies passes easily).
+pub const MAX_DOCUMENTS: usize = 1_000_000;
+
+/// The most YAML nodes (mappings, sequences and scalars, keys included) one input
+/// may hold. This is what bounds the memory a parse takes: about 250 bytes a node,
+/// so at most about 1.2 GB. A resource is 15 to 50 nodes, so this is 100,000 to
+/// 300,000 resources (a 40 MB file of network sets measured 22 nodes each).
+pub const MAX_NODES: usize = 5_000_000;
+
+/// The largest input read at once, in bytes (256 MiB).
+pub const MAX_INPUT_BYTES: usize = 256 * 1024 * 1024;
+
+/// The parser limits, as constants in production and smaller in tests.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    documents: usize,
+    nodes: usize,
+}
+
+const LIMITS: Limits = Limits {
+    documents: MAX_DOCUMENTS,
+    nodes: MAX_NODES,
+};
+
 fn yaml_documents(text: &str) -> Result<Vec<Spanned<YamlNode>>, serde_saphyr::Error> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    yaml_documents_within(text, LIMITS)
+}
+
+fn yaml_documents_within(
+    text: &str,
+    limits: Limits,
+) -> Result<Vec<Spanned<YamlNode>>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_documents: limits.documents,
+            max_nodes: limits.nodes,
+            // Every node is one or two events, every document two more.
+            max_events: 2 * limits.nodes + 2 * limits.documents,
+            max_reader_input_bytes: Some(MAX_INPUT_BYTES),
+        },
+    };
     serde_saphyr::from_str_multiple_with_options::<Spanned<YamlNode>, Vec<_>>(text, options)
 }
 
+/// What a breached parser limit means for the user, or `None` for other errors.
+fn budget_message(e: &serde_saphyr::Error, limits: Limits) -> Option<String> {
+    use serde_saphyr::budget::BudgetBreach;
+    let serde_saphyr::Error::Budget { breach, .. } = e.without_snippet() else {
+        return None;
+    };
+    Some(match breach {
+        BudgetBreach::Documents { .. } => {
+            format!("more than {} documents; split the file", limits.documents)
+        }
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => format!(
+            "more than {} YAML nodes (fields, list items and values); split the file",
+            limits.nodes
+        ),
+        BudgetBreach::InputBytes { .. } | BudgetBreach::ScalarBytes { .. } => format!(
+            "larger than the {} MiB tabbyctl reads at once; split the file",
+            MAX_INPUT_BYTES / (1024 * 1024)
+        ),
+        BudgetBreach::Depth { depth } => {
+            format!(
+                "nested {depth} levels deep, more than a resource can be; check the indentation"
+            )
+        }
+        other => format!(
+            "refused to read further ({other:?}): the YAML uses too many aliases, anchors or merge keys"
+        ),
+    })
+}
+
 fn yaml_syntax_problem(e: &serde_saphyr::Error, source: &str) -> Problem {
+    yaml_problem_within(e, source, LIMITS)
+}
+
+fn yaml_problem_within(e: &serde_saphyr::Error, source: &str, limits: Limits) -> Problem {
+    if let Some(message) = budget_message(e, limits) {
+        return Problem {
+            kind: ProblemKind::Syntax,
+            source: source.to_string(),
+            line: None,
+            column: None,
+            resource: None,
+            path: None,
+            message,
+        };
+    }
     let loc = e.location().filter(|l| l.line() > 0);
     let mut message = e.without_snippet().to_string();
     if let Some(l) = &loc {
@@ -399,6 +484,23 @@ fn json_values(text: &str) -> Result<Vec<(Value, u64)>, serde_json::Error> {
 
 /// The documents of an input, each split into resource-shaped pieces.
 fn read(text: &str, source: &str) -> Result<Vec<Result<Doc, Problem>>, LoadError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(LoadError {
+            problems: vec![Problem {
+                kind: ProblemKind::Syntax,
+                source: source.to_string(),
+                line: None,
+                column: None,
+                resource: None,
+                path: None,
+                message: format!(
+                    "{} MiB is larger than the {} MiB tabbyctl reads at once; split the file",
+                    text.len().div_ceil(1024 * 1024),
+                    MAX_INPUT_BYTES / (1024 * 1024)
+                ),
+            }],
+        });
+    }
     let body = text.trim_start_matches('\u{feff}').trim_start();
     let mut out = Vec::new();
     if body.starts_with('{') || body.starts_with('[') {
@@ -424,11 +526,19 @@ fn read(text: &str, source: &str) -> Result<Vec<Result<Doc, Problem>>, LoadError
                 return Ok(out);
             }
             Err(json_err) => {
-                if let Ok(docs) = yaml_documents(text) {
-                    for doc in &docs {
-                        expand(doc, source, &mut out);
+                match yaml_documents(text) {
+                    Ok(docs) => {
+                        for doc in docs {
+                            expand(&doc, source, &mut out);
+                        }
+                        return Ok(out);
                     }
-                    return Ok(out);
+                    Err(e) if budget_message(&e, LIMITS).is_some() => {
+                        return Err(LoadError {
+                            problems: vec![yaml_syntax_problem(&e, source)],
+                        });
+                    }
+                    Err(_) => {}
                 }
                 let mut message = json_err.to_string();
                 let suffix = format!(" at line {} column {}", json_err.line(), json_err.column());
@@ -452,8 +562,8 @@ fn read(text: &str, source: &str) -> Result<Vec<Result<Doc, Problem>>, LoadError
     let docs = yaml_documents(text).map_err(|e| LoadError {
         problems: vec![yaml_syntax_problem(&e, source)],
     })?;
-    for doc in &docs {
-        expand(doc, source, &mut out);
+    for doc in docs {
+        expand(&doc, source, &mut out);
     }
     Ok(out)
 }
@@ -1013,6 +1123,53 @@ spec:
             .to_string();
         assert!(e.contains("l:4: extra: unknown field of a List"), "{e}");
         assert!(e.contains("l:3: items: expected a list"), "{e}");
+    }
+
+    fn pool_documents(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p{i}\nspec:\n  cidr: 10.{}.{}.0/24\n",
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    #[test]
+    fn thousands_of_documents_load() {
+        let rs = parse_documents(&pool_documents(5000), "many.yaml").unwrap();
+        assert_eq!(rs.len(), 5000);
+        assert_eq!(rs[4999].name(), "p4999");
+    }
+
+    #[test]
+    fn breached_limits_say_what_to_do() {
+        let limits = Limits {
+            documents: 10,
+            nodes: 10_000,
+        };
+        let e = yaml_documents_within(&pool_documents(11), limits).unwrap_err();
+        assert_eq!(
+            yaml_problem_within(&e, "many.yaml", limits).to_string(),
+            "many.yaml: more than 10 documents; split the file"
+        );
+        let limits = Limits {
+            documents: 100,
+            nodes: 50,
+        };
+        let e = yaml_documents_within(&pool_documents(20), limits).unwrap_err();
+        assert_eq!(
+            yaml_problem_within(&e, "big.yaml", limits).to_string(),
+            "big.yaml: more than 50 YAML nodes (fields, list items and values); split the file"
+        );
+        let e = yaml_documents_within("a: [1\n", LIMITS).unwrap_err();
+        assert!(
+            budget_message(&e, LIMITS).is_none(),
+            "a syntax error is not a limit"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Calico's defaults, validates, and is a compare-and-swap on the key's revision, so
 //! concurrent writers never lose an update silently.
 
+pub mod backup;
 pub mod ipam;
 pub mod patch;
 pub mod time;
@@ -201,6 +202,17 @@ impl Client {
     /// Fills defaults and validates one resource on its own and against what is
     /// stored (e.g. pool overlap). `existing` is the stored version for updates.
     pub async fn prepare(&self, r: &mut Resource, existing: Option<&Resource>) -> Result<()> {
+        self.prepare_allowing_overlap(r, existing, &[]).await
+    }
+
+    /// [`Client::prepare`], except that an `IPPool` may overlap the pools named in
+    /// `may_overlap`.
+    pub async fn prepare_allowing_overlap(
+        &self,
+        r: &mut Resource,
+        existing: Option<&Resource>,
+        may_overlap: &[&str],
+    ) -> Result<()> {
         if r.kind().namespaced() && r.namespace().is_none() {
             r.metadata.namespace = Some("default".to_string());
         }
@@ -215,7 +227,7 @@ impl Client {
                 .list(Kind::IPPool, None)
                 .await?
                 .into_iter()
-                .filter(|p| p.name() != r.name())
+                .filter(|p| p.name() != r.name() && !may_overlap.contains(&p.name()))
                 .collect();
             tabby_api::validate_pool_overlaps(r, &others)
                 .map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -224,8 +236,20 @@ impl Client {
     }
 
     /// Creates a resource that must not exist yet.
-    pub async fn create(&self, mut r: Resource) -> Result<Resource> {
-        self.prepare(&mut r, None).await?;
+    pub async fn create(&self, r: Resource) -> Result<Resource> {
+        self.create_allowing_overlap(r, &[]).await
+    }
+
+    /// [`Client::create`] for an `IPPool` that may overlap the pools named in
+    /// `may_overlap` (and only those): what splitting a pool needs while the parent
+    /// is still stored, as calicoctl's `UnsafeCreate` does.
+    pub async fn create_allowing_overlap(
+        &self,
+        mut r: Resource,
+        may_overlap: &[&str],
+    ) -> Result<Resource> {
+        self.prepare_allowing_overlap(&mut r, None, may_overlap)
+            .await?;
         if r.metadata.uid.is_none() {
             r.metadata.uid = Some(time::new_uid());
         }

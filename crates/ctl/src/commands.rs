@@ -292,7 +292,7 @@ pub fn validate_files(args: &FileArgs, out: &mut dyn Write) -> anyhow::Result<()
     Ok(())
 }
 
-fn parse_kind(name: &str) -> anyhow::Result<Kind> {
+pub(crate) fn parse_kind(name: &str) -> anyhow::Result<Kind> {
     Kind::from_cli_name(name).ok_or_else(|| {
         let known: Vec<String> = Kind::all().iter().map(|k| k.plural().to_string()).collect();
         anyhow!(

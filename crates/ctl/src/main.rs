@@ -7,8 +7,10 @@
 mod commands;
 mod config;
 mod connect;
+mod datastore;
 mod ipam;
 mod lab;
+mod label;
 mod node;
 mod output;
 mod plan;
@@ -62,10 +64,15 @@ enum Command {
     Get(commands::GetArgs),
     /// Change one resource with a JSON merge patch.
     Patch(commands::PatchArgs),
+    /// Set or remove labels: `label nodes node1 rack=r1 [--overwrite]`, `rack-`.
+    Label(label::LabelArgs),
     /// Show or change cluster-wide BGP settings (the `default` BGPConfiguration).
     Config(config::ConfigArgs),
-    /// IP address management: show usage, check for leaks, release, configure.
+    /// IP address management: show usage, check for leaks, release, configure, split.
     Ipam(ipam::IpamArgs),
+    /// Back up, restore or move the whole datastore: `datastore export -o FILE`,
+    /// `datastore import -f FILE`, `datastore migrate --from URL --to URL`.
+    Datastore(datastore::DatastoreArgs),
     /// Ask the local tabby-node agent: `node status`.
     Node(node::NodeArgs),
     /// Size a cluster's BGP topology: sessions and routes per device for each model.
@@ -152,8 +159,10 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Delete(args) => commands::delete(&conn, &args, out).await,
         Command::Get(args) => commands::get(&conn, &args, out).await,
         Command::Patch(args) => commands::patch(&conn, &args, out).await,
+        Command::Label(args) => label::run(&conn, &args, out).await,
         Command::Config(args) => config::run(&conn, &args, out).await,
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
+        Command::Datastore(args) => datastore::run(&conn, &args, out).await,
         Command::Node(args) => node::run(&args, out).await,
         Command::Plan(args) => plan::run(&args, out),
         Command::Policy(args) => policy::run(&conn, &args, out).await,

@@ -331,3 +331,170 @@ fn namespaced_resources_and_version() {
     let completion = ctl.ok(&["completion", "bash"]);
     assert!(completion.contains("tabbyctl"), "bash completion script");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_numbers_print_as_calicoctl_prints_them() {
+    let ctl = Ctl::new();
+    let text = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: \"0.64512\"}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: asdot}
+spec: {bgp: {ipv4Address: 10.0.0.1/24, asNumber: \"1.10\"}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: quoted}
+spec: {bgp: {ipv4Address: 10.0.0.2/24, asNumber: \"4200000001\"}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: inherits}
+spec: {bgp: {ipv4Address: 10.0.0.3/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 10.0.0.254, asNumber: \"65535.65535\"}
+";
+    let out = ctl.run_with_stdin(&["apply", "-f", "-"], Some(text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let nodes = ctl.ok(&["get", "nodes", "-o", "wide"]);
+    let row = |name: &str| -> Vec<String> {
+        nodes
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {nodes}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("asdot")[1], "65546", "{nodes}");
+    assert_eq!(row("quoted")[1], "4200000001", "{nodes}");
+    assert_eq!(row("inherits")[1], "(64512)", "{nodes}");
+    let peers = ctl.ok(&["get", "bgppeers"]);
+    assert!(
+        peers.lines().nth(1).unwrap().ends_with("4294967295   "),
+        "{peers}"
+    );
+    let cfg = ctl.ok(&["get", "bgpconfig"]);
+    assert!(cfg.lines().nth(1).unwrap().contains("64512"), "{cfg}");
+    assert_eq!(ctl.ok(&["config", "get", "asNumber"]).trim(), "64512");
+
+    // YAML and JSON show the plain number too, as calicoctl's do.
+    let node = ctl.ok(&["get", "node", "asdot", "-o", "yaml"]);
+    assert!(node.contains("asNumber: 65546\n"), "{node}");
+    let node = yaml_to_json(&ctl.ok(&["get", "node", "asdot", "-o", "json"]));
+    assert_eq!(node["spec"]["bgp"]["asNumber"], 65546);
+    let peer = yaml_to_json(&ctl.ok(&["get", "bgppeer", "tor", "-o", "yaml"]));
+    assert_eq!(peer["spec"]["asNumber"], 4294967295u32);
+
+    // A record an older version stored with the asdot spelling prints plain as well.
+    let url = tabby_store::StoreUrl::parse(&ctl.store).unwrap();
+    let store = tabby_store::open(&url).await.unwrap();
+    let key = "/calico/resources/v3/projectcalico.org/nodes/legacy";
+    let value = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "Node",
+        "metadata": {"name": "legacy"},
+        "spec": {"bgp": {"ipv4Address": "10.0.0.4/24", "asNumber": "2.1"}}
+    });
+    store
+        .create(key, &serde_json::to_vec(&value).unwrap())
+        .await
+        .unwrap();
+    let nodes = ctl.ok(&["get", "nodes", "-o", "wide"]);
+    let legacy: Vec<&str> = nodes
+        .lines()
+        .find(|l| l.starts_with("legacy"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(legacy[1], "131073", "{nodes}");
+}
+
+#[test]
+fn a_file_of_5000_documents_applies() {
+    let ctl = Ctl::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sets.yaml");
+    let text: Vec<String> = (0..5000)
+        .map(|i| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: set-{i}\n  labels: {{batch: big}}\nspec:\n  nets: [198.{}.{}.0/24]\n",
+                18 + i / 256 % 2,
+                i % 256
+            )
+        })
+        .collect();
+    std::fs::write(&file, text.join("---\n")).unwrap();
+    let out = ctl.ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        out.trim(),
+        "Successfully applied 5000 'GlobalNetworkSet' resource(s)"
+    );
+    let names = ctl.ok(&["get", "globalnetworksets", "-o", "name"]);
+    assert_eq!(names.lines().count(), 5000);
+}
+
+#[test]
+fn label_sets_overwrites_and_removes() {
+    let ctl = Ctl::new();
+    ctl.ok(&["apply", "-f", "examples/cluster.yaml"]);
+    let out = ctl.ok(&["label", "nodes", "node2", "zone=a", "team=net"]);
+    assert_eq!(
+        out,
+        "Successfully set label zone on nodes node2\nSuccessfully set label team on nodes node2\n"
+    );
+    let labels = |ctl: &Ctl| {
+        yaml_to_json(&ctl.ok(&["get", "node", "node2", "-o", "json"]))["metadata"]["labels"].clone()
+    };
+    assert_eq!(labels(&ctl)["zone"], "a");
+    assert_eq!(labels(&ctl)["rack"], "r1", "other labels stay");
+
+    // A different value needs --overwrite; the failed command changes nothing.
+    let err = ctl.fails(&["label", "nodes", "node2", "team=web", "zone=b"], None);
+    assert!(
+        err.contains("nodes node2: label team is already set (to \"net\"); use --overwrite"),
+        "{err}"
+    );
+    assert_eq!(labels(&ctl)["team"], "net");
+    assert_eq!(labels(&ctl)["zone"], "a");
+    let out = ctl.ok(&["label", "no", "node2", "zone=b", "--overwrite"]);
+    assert_eq!(out, "Successfully updated label zone on no node2\n");
+    assert_eq!(labels(&ctl)["zone"], "b");
+
+    // Removal: kubectl's key- and calicoctl's --remove.
+    let out = ctl.ok(&["label", "nodes", "node2", "zone-"]);
+    assert_eq!(out, "Successfully removed label zone from nodes node2\n");
+    ctl.ok(&["label", "nodes", "node2", "team", "--remove"]);
+    assert!(labels(&ctl).get("team").is_none());
+    let err = ctl.fails(&["label", "nodes", "node2", "team", "--remove"], None);
+    assert!(
+        err.contains("cannot remove label team: it is not set"),
+        "{err}"
+    );
+
+    // Bad input names the thing.
+    let err = ctl.fails(&["label", "nodes", "nope", "a=b"], None);
+    assert!(err.contains("nodes nope: resource does not exist"), "{err}");
+    let err = ctl.fails(&["label", "nodes", "node2", "bad key=x"], None);
+    assert!(err.contains("metadata.labels.bad key"), "{err}");
+    let err = ctl.fails(&["label", "nodes", "node2", "justakey"], None);
+    assert!(err.contains("expected key=value"), "{err}");
+    let err = ctl.fails(&["label", "bananas", "x", "a=b"], None);
+    assert!(err.contains("unknown resource type"), "{err}");
+
+    // Any kind can be labelled, and `get -l` then selects by it.
+    ctl.ok(&["label", "ippool", "default-ipv4-ippool", "tier=gold"]);
+    let pools = ctl.ok(&["get", "ippools", "-l", "tier == 'gold'", "-o", "name"]);
+    assert_eq!(pools.trim(), "ippool.projectcalico.org/default-ipv4-ippool");
+}

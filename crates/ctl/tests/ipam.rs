@@ -357,3 +357,255 @@ async fn configure_changes_what_the_allocator_does() {
         "3 (5%)"
     );
 }
+
+/// `(name, cidr, disabled)` of every pool, from `get ippools -o wide`.
+fn pools(ctl: &Ctl) -> Vec<(String, String, String)> {
+    ctl.ok(&["get", "ippools", "-o", "wide"])
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0].into(), cells[1].into(), cells[5].into())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_replaces_a_pool_and_keeps_its_blocks() {
+    let ctl = Ctl::new();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(SETUP));
+    let ipam = ctl.ipam().await;
+    let a = assign(&ipam, "node1", "h1", "a").await.unwrap();
+    assign(&ipam, "node1", "h2", "b").await.unwrap();
+    let c = assign(&ipam, "node2", "h3", "c").await.unwrap();
+    let problems = |ctl: &Ctl| -> String {
+        ctl.ok(&["ipam", "check"])
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let before = problems(&ctl);
+
+    // Refusals name the reason and change nothing.
+    let err = ctl.fails(&["ipam", "split", "3", "--name", "pods"]);
+    assert!(
+        err.contains("NUMBER 3: a pool splits into a power of two"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "split", "8", "--cidr", "10.20.0.0/24"]);
+    assert!(
+        err.contains("splitting it into 8 gives /27 pools, smaller than a block (2 blocks are in use); split it into at most 4"),
+        "{err}"
+    );
+    let err = ctl.fails(&["ipam", "split", "2", "--cidr", "10.99.0.0/16"]);
+    assert!(
+        err.contains(
+            "--cidr 10.99.0.0/16: no IP pool has exactly this CIDR; pools: pods (10.20.0.0/24)"
+        ),
+        "{err}"
+    );
+    let err = ctl.fails(&[
+        "ipam",
+        "split",
+        "2",
+        "--pool",
+        "pods",
+        "--cidr",
+        "10.20.0.0/25",
+    ]);
+    assert!(err.contains("IP pool pods has CIDR 10.20.0.0/24"), "{err}");
+    let err = ctl.fails(&["ipam", "split", "2"]);
+    assert!(err.contains("--name POOL or --cidr CIDR"), "{err}");
+    assert_eq!(
+        pools(&ctl),
+        [("pods".into(), "10.20.0.0/24".into(), "false".into())]
+    );
+
+    let out = ctl.ok(&["ipam", "split", "2", "--name", "pods"]);
+    assert_eq!(
+        out,
+        "IP pool pods was split into 2 smaller pools; its 2 blocks stay as they are.\n\
+         Created split-pods-0 with CIDR 10.20.0.0/25.\n\
+         Created split-pods-1 with CIDR 10.20.0.128/25.\n"
+    );
+    assert_eq!(
+        pools(&ctl),
+        [
+            ("split-pods-0".into(), "10.20.0.0/25".into(), "false".into()),
+            (
+                "split-pods-1".into(),
+                "10.20.0.128/25".into(),
+                "false".into()
+            ),
+        ]
+    );
+    let child = ctl.ok(&["get", "ippool", "split-pods-0", "-o", "json"]);
+    let child: serde_json::Value = serde_json::from_str(&child).unwrap();
+    assert_eq!(child["spec"]["blockSize"], 26, "settings carried over");
+
+    // The addresses and blocks are untouched and now under the children.
+    assert_eq!(problems(&ctl), before);
+    let shown = ctl.ok(&["ipam", "show", "--show-blocks"]);
+    let block_a = tabby_ipam::ipmath::block_cidr_for(a, 26).to_string();
+    let block_c = tabby_ipam::ipmath::block_cidr_for(c, 26).to_string();
+    let pool_of = |b: &str| {
+        if b.parse::<ipnet::IpNet>().unwrap().addr() < "10.20.0.128".parse::<IpAddr>().unwrap() {
+            "10.20.0.0/25"
+        } else {
+            "10.20.0.128/25"
+        }
+    };
+    for b in [&block_a, &block_c] {
+        assert_eq!(row(&shown, "Block", b)[0], "Block");
+        let _ = row(&shown, "IP Pool", pool_of(b));
+    }
+    assert_eq!(
+        ctl.ok(&["ipam", "show", "--ip", &a.to_string()])
+            .lines()
+            .next(),
+        Some(format!("IP {a} is in use").as_str())
+    );
+    // Allocation goes on from the children.
+    let d = assign(&ipam, "node1", "h4", "d").await.unwrap();
+    assert_eq!(
+        tabby_ipam::ipmath::block_cidr_for(d, 26).to_string(),
+        block_a
+    );
+
+    // A child can be split again down to the block size, not below.
+    ctl.ok(&["ipam", "split", "2", "--name", "split-pods-1"]);
+    assert_eq!(pools(&ctl).len(), 3);
+    let err = ctl.fails(&["ipam", "split", "2", "--name", "split-split-pods-1-0"]);
+    assert!(err.contains("it is one block and cannot be split"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_from_report_frees_only_what_is_still_leaked() {
+    let ctl = Ctl::new();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(SETUP));
+    let ipam = ctl.ipam().await;
+    let live = assign(&ipam, "node1", "k8s-pod-network.live", "web")
+        .await
+        .unwrap();
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(&wep(live)));
+    let l1 = assign(&ipam, "node1", "k8s-pod-network.l1", "gone-1")
+        .await
+        .unwrap();
+    let l2 = assign(&ipam, "node1", "k8s-pod-network.l2", "late")
+        .await
+        .unwrap();
+    let l3 = assign(&ipam, "node2", "k8s-pod-network.l3", "gone-3")
+        .await
+        .unwrap();
+    // A handle that holds no address.
+    ipam.store()
+        .create(
+            "/calico/ipam/v2/handle/orphan",
+            br#"{"handleID":"orphan","block":{}}"#,
+        )
+        .await
+        .unwrap();
+    let r1 = ctl.path("r1.json");
+    let check = ctl.ok(&["ipam", "check", "-o", r1.to_str().unwrap()]);
+    assert!(
+        check.contains("Found 3 IPs that are allocated in IPAM but not actually in use."),
+        "{check}"
+    );
+    assert!(
+        check.contains("Found 1 handles with no matching IPs"),
+        "{check}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&r1).unwrap()).unwrap();
+    assert_eq!(report["leakedHandles"][0]["ID"], "orphan");
+    assert!(
+        report["leakedHandles"][0]["revision"].is_string(),
+        "{report}"
+    );
+
+    // Meanwhile l2's pod shows up after all, and l3 is released by hand.
+    let late = wep(l2)
+        .replace("node1-k8s-web-eth0", "node1-k8s-late-eth0")
+        .replace("pod: web", "pod: late");
+    ctl.ok_stdin(&["apply", "-f", "-"], Some(&late));
+    ctl.ok(&["ipam", "release", "--ip", &l3.to_string()]);
+    let r2 = ctl.path("r2.json");
+    ctl.ok(&["ipam", "check", "-o", r2.to_str().unwrap()]);
+
+    // Two reports: only what both call leaked.
+    let out = ctl.ok(&[
+        "ipam",
+        "release",
+        "--from-report",
+        r1.to_str().unwrap(),
+        "--from-report",
+        r2.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out,
+        "Releasing 1 old IPs...\nReleased 1 IPs successfully\nDeleting 1 handles...\nReleased 1 handles; 0 skipped; 0 errors.\n"
+    );
+    assert_eq!(
+        ctl.ok(&["ipam", "show", "--ip", &l1.to_string()]),
+        format!("{l1} is not assigned\n")
+    );
+
+    // The old report alone: everything in it has been dealt with or is in use again.
+    let out = ctl.ok(&["ipam", "release", "--from-report", r1.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        "Releasing 3 old IPs...\nReleased 0 IPs successfully\n\
+         2 addresses marked as leaked in the report had already been cleaned up.\n\
+         1 addresses marked as leaked are in use again or were reassigned since the report; left alone.\n\
+         Deleting 1 handles...\nReleased 0 handles; 1 skipped; 0 errors.\n"
+    );
+    assert!(
+        ctl.ok(&["ipam", "show", "--ip", &l2.to_string()])
+            .starts_with(&format!("IP {l2} is in use")),
+        "the late pod keeps its address"
+    );
+    let check = ctl.ok(&["ipam", "check"]);
+    assert!(
+        check
+            .trim_end()
+            .ends_with("Check complete; found 0 problems."),
+        "{check}"
+    );
+
+    // A report from another version needs --force; a file that is no report is named.
+    let old = std::fs::read_to_string(&r1).unwrap().replacen(
+        &format!("\"v{}\"", env!("CARGO_PKG_VERSION")),
+        "\"v0.0.1\"",
+        1,
+    );
+    let old_path = ctl.path("old.json");
+    std::fs::write(&old_path, old).unwrap();
+    let err = ctl.fails(&[
+        "ipam",
+        "release",
+        "--from-report",
+        old_path.to_str().unwrap(),
+    ]);
+    assert!(err.contains("written by tabbyctl v0.0.1"), "{err}");
+    let out = ctl.ok(&[
+        "ipam",
+        "release",
+        "--from-report",
+        old_path.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.starts_with("WARNING:"), "{out}");
+    std::fs::write(ctl.path("junk.json"), "{}").unwrap();
+    let err = ctl.fails(&[
+        "ipam",
+        "release",
+        "--from-report",
+        ctl.path("junk.json").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("junk.json: not an IPAM report") && err.contains("missing field"),
+        "{err}"
+    );
+}

@@ -1,4 +1,4 @@
-//! `tabbyctl ipam show|check|release|configure`: calicoctl's IPAM commands over
+//! `tabbyctl ipam show|check|release|configure|split`: calicoctl's IPAM commands over
 //! [`tabby_ipam::Ipam`], with pools, node labels and the IPAM configuration read from the
 //! store's v3 resources (`tabby_client::ipam`). Output keeps calicoctl's wording.
 
@@ -19,6 +19,9 @@ use tabby_ipam::{AllocationInfo, Ipam, IpamConfig, ReleaseOptions, Usage};
 use crate::connect::Connection;
 use crate::output::{go_g5, write_box_table};
 
+mod report;
+mod split;
+
 #[derive(clap::Args, Debug)]
 pub struct IpamArgs {
     #[command(subcommand)]
@@ -32,10 +35,13 @@ enum Action {
     Show(ShowArgs),
     /// Check the IPAM data for leaked addresses, dangling handles and bad affinities.
     Check(CheckArgs),
-    /// Release an address, whether or not an endpoint still uses it (as calicoctl).
+    /// Release an address (--ip; even one an endpoint still uses, as calicoctl does),
+    /// or what a check report found leaked and still is (--from-report).
     Release(ReleaseArgs),
     /// Change the IPAM configuration (the `default` IPAMConfiguration).
     Configure(ConfigureArgs),
+    /// Split a pool into NUMBER (a power of two) equal pools; blocks in use stay.
+    Split(split::SplitArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,8 +73,15 @@ struct CheckArgs {
 #[derive(clap::Args, Debug)]
 struct ReleaseArgs {
     /// The address to release.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "from_report")]
     ip: Option<IpAddr>,
+    /// Release the leaked addresses and handles of a report from `ipam check -o FILE`
+    /// that are still leaked; with several reports, only what all of them call leaked.
+    #[arg(long, value_name = "FILE")]
+    from_report: Vec<PathBuf>,
+    /// Use reports written by another tabbyctl version.
+    #[arg(long, requires = "from_report")]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +107,7 @@ pub async fn run(conn: &Connection, args: &IpamArgs, out: &mut dyn Write) -> any
         Action::Check(a) => check(&client, &ipam, a, out).await,
         Action::Release(a) => release(&client, &ipam, a, out).await,
         Action::Configure(a) => configure(&ipam, a, out).await,
+        Action::Split(a) => split::run(&client, &ipam, a, out).await,
     }
 }
 
@@ -237,8 +251,12 @@ async fn release(
     args: &ReleaseArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    if !args.from_report.is_empty() {
+        return report::release_from_reports(client, ipam, &args.from_report, args.force, out)
+            .await;
+    }
     let Some(ip) = args.ip else {
-        bail!("ipam release: give the address to release with --ip ADDR");
+        bail!("ipam release: give the address to release with --ip ADDR, or --from-report FILE");
     };
     ensure_known(ipam, ip, "--ip").await?;
     // calicoctl releases regardless; saying who still uses the address costs one list.
@@ -649,6 +667,18 @@ async fn check(
     writeln!(out, "Check complete; found {problems} problems.")?;
 
     if let Some(path) = &args.output {
+        // Handle revisions let `release --from-report` see whether a handle changed.
+        let handle_revisions: BTreeMap<String, i64> = client
+            .store()
+            .list(&tabby_ipam::keys::handle_prefix())
+            .await?
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                tabby_ipam::keys::parse_handle_key(&kv.key)
+                    .map(|h| (h.to_string(), kv.mod_revision))
+            })
+            .collect();
         let leaked: BTreeSet<IpAddr> = report.orphaned.iter().map(|a| a.ip).collect();
         let mut by_ip: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (a, affinity) in &allocations {
@@ -689,7 +719,13 @@ async fn check(
             "clusterInformationRevision": revision.to_string(),
             "clusterType": "tabby",
             "allocations": by_ip,
-            "leakedHandles": leaked_handles.iter().map(|h| json!({"ID": h})).collect::<Vec<_>>(),
+            "leakedHandles": leaked_handles
+                .iter()
+                .map(|h| match handle_revisions.get(*h) {
+                    Some(rev) => json!({"ID": h, "revision": rev.to_string()}),
+                    None => json!({"ID": h}),
+                })
+                .collect::<Vec<_>>(),
             "problems": problems,
         });
         let text = serde_json::to_string_pretty(&report_json)?;
