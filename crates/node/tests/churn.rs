@@ -149,17 +149,26 @@ spec:
         }
     }
 
-    // 100 writes a second for 15 s.
+    // 100 writes a second for 15 s, each its own task (a write waits for its fsync;
+    // writes in flight together share one), at most one in flight per pod.
     let started = Instant::now();
     let mut seq = 0usize;
     let mut next_at = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut tasks = Vec::new();
     while started.elapsed() < Duration::from_secs(15) {
         next_at += Duration::from_millis(10);
         let now = Instant::now();
         if next_at > now {
             tokio::time::sleep(next_at - now).await;
         }
+        while let Ok(k) = done_rx.try_recv() {
+            busy.remove(&k);
+        }
         seq += 1;
+        let store = store.clone();
+        let done = done_tx.clone();
         match rng.random_range(0..10) {
             // A new pod, one in five with an address borrowed from another node.
             0..=3 => {
@@ -180,15 +189,22 @@ spec:
                 let name = format!("r{n}-k8s-c{seq}-eth0");
                 let value = wep_value(&name, &ns, &format!("r{n}"), ip, labels(&mut rng));
                 let key = tabby_client::key_of(Kind::WorkloadEndpoint, Some(&ns), &name);
-                store
-                    .create(&key, &serde_json::to_vec(&value).unwrap())
-                    .await
-                    .unwrap();
-                pods.push(Pod { key, value });
+                busy.insert(key.clone());
+                let bytes = serde_json::to_vec(&value).unwrap();
+                pods.push(Pod {
+                    key: key.clone(),
+                    value,
+                });
+                tasks.push(tokio::spawn(async move {
+                    store.create(&key, &bytes).await.unwrap();
+                    let _ = done.send(key);
+                }));
             }
             // A pod goes.
             4..=6 => {
-                let i = rng.random_range(0..pods.len());
+                let Some(i) = pick(&mut rng, &pods, &busy) else {
+                    continue;
+                };
                 let p = pods.swap_remove(i);
                 let ip: IpNet = p.value["spec"]["ipNetworks"][0]
                     .as_str()
@@ -196,23 +212,31 @@ spec:
                     .parse()
                     .unwrap();
                 used.remove(&ip.addr());
-                store.delete(&p.key, None).await.unwrap();
+                busy.insert(p.key.clone());
+                tasks.push(tokio::spawn(async move {
+                    store.delete(&p.key, None).await.unwrap();
+                    let _ = done.send(p.key);
+                }));
             }
             // Labels flip in and out of the selectors.
             _ => {
-                let i = rng.random_range(0..pods.len());
+                let Some(i) = pick(&mut rng, &pods, &busy) else {
+                    continue;
+                };
                 pods[i].value["metadata"]["labels"] = labels(&mut rng);
-                let kv = store.get(&pods[i].key).await.unwrap().unwrap();
-                store
-                    .update(
-                        &pods[i].key,
-                        &serde_json::to_vec(&pods[i].value).unwrap(),
-                        kv.mod_revision,
-                    )
-                    .await
-                    .unwrap();
+                let key = pods[i].key.clone();
+                let bytes = serde_json::to_vec(&pods[i].value).unwrap();
+                busy.insert(key.clone());
+                tasks.push(tokio::spawn(async move {
+                    let kv = store.get(&key).await.unwrap().unwrap();
+                    store.update(&key, &bytes, kv.mod_revision).await.unwrap();
+                    let _ = done.send(key);
+                }));
             }
         }
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
     let rate = seq as f64 / started.elapsed().as_secs_f64();
     assert!(rate > 80.0, "the churn ran at {rate:.0} writes/s");
@@ -258,6 +282,13 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A pod with no write in flight.
+fn pick(rng: &mut impl Rng, pods: &[Pod], busy: &BTreeSet<String>) -> Option<usize> {
+    (0..8)
+        .map(|_| rng.random_range(0..pods.len()))
+        .find(|i| !busy.contains(&pods[*i].key))
 }
 
 /// (kind, gateway or device) per destination: what a route does.
