@@ -370,18 +370,23 @@ impl<'n> Ctx<'_, 'n> {
         nodes.iter().find(|n| n.has_addr(ip))
     }
 
-    fn password(&mut self, what: &str, pw: Option<&BGPPassword>) -> Option<String> {
-        let r = pw?.secret_key_ref.as_ref()?;
+    /// The password a `secretKeyRef` names: `Ok(None)` without one (or an
+    /// optional one that is missing), `Err(())` when a required secret cannot be
+    /// read: security settings fail closed, so that session is not made at all
+    /// (warned about, naming the secret), never made without its password.
+    fn password(&mut self, what: &str, pw: Option<&BGPPassword>) -> Result<Option<String>, ()> {
+        let Some(r) = pw.and_then(|p| p.secret_key_ref.as_ref()) else {
+            return Ok(None);
+        };
         match self.inputs.secrets.get(&r.name, &r.key) {
-            Some(v) => Some(v),
+            Some(v) => Ok(Some(v)),
+            None if r.optional == Some(true) => Ok(None),
             None => {
-                if r.optional != Some(true) {
-                    self.warn(format!(
-                        "{what}: password secret {}/{} not found; peering without it",
-                        r.name, r.key
-                    ));
-                }
-                None
+                self.warn(format!(
+                    "{what}: password secret {}/{} cannot be read; no session until it can (never one without its password)",
+                    r.name, r.key
+                ));
+                Err(())
             }
         }
     }
@@ -403,8 +408,9 @@ impl<'n> Ctx<'_, 'n> {
         }
     }
 
-    /// The speaker's filter for BGPFilter `name`, converted once; a missing
-    /// or unusable filter is warned about and left out.
+    /// The speaker's filter for BGPFilter `name`, converted once. A missing filter,
+    /// or one with a rule the speaker cannot apply, is refused whole: the peer gets
+    /// no session until it is fixed (its Reject rules must never silently vanish).
     fn filter(&mut self, peer: &str, name: &str) -> Option<Filter> {
         let filters = self.inputs.filters;
         let converted =
@@ -426,7 +432,7 @@ impl<'n> Ctx<'_, 'n> {
             Ok(f) => Some(f),
             Err(e) => {
                 self.warn(format!(
-                    "BGPPeer {peer:?}: {e}; peering without this filter"
+                    "BGPPeer {peer:?}: {e}; no session with this peer until the filter can be applied whole"
                 ));
                 None
             }
@@ -474,9 +480,20 @@ impl<'n> Ctx<'_, 'n> {
     /// Applies a BGPPeer's session settings to `pc`. `reverse` leaves out the
     /// one-directional ones (local AS, next hop, allowed local AS), which
     /// describe the forward side of the peering.
-    fn apply_spec(&mut self, name: &str, spec: &BGPPeerSpec, pc: &mut PeerConfig, reverse: bool) {
+    /// Returns `false` when the session must not be made (a required password or
+    /// a filter that cannot be had).
+    fn apply_spec(
+        &mut self,
+        name: &str,
+        spec: &BGPPeerSpec,
+        pc: &mut PeerConfig,
+        reverse: bool,
+    ) -> bool {
         let what = format!("BGPPeer {name:?}");
-        pc.password = self.password(&what, spec.password.as_ref());
+        match self.password(&what, spec.password.as_ref()) {
+            Ok(p) => pc.password = p,
+            Err(()) => return false,
+        }
         if spec.source_address == Some(SourceAddress::None) {
             pc.source_address = None;
         }
@@ -497,13 +514,16 @@ impl<'n> Ctx<'_, 'n> {
             }
             _ => {}
         }
-        pc.filters = spec
-            .filters
-            .iter()
-            .filter_map(|f| self.filter(name, f))
-            .collect();
+        let mut filters = Vec::with_capacity(spec.filters.len());
+        for f in &spec.filters {
+            match self.filter(name, f) {
+                Some(x) => filters.push(x),
+                None => return false,
+            }
+        }
+        pc.filters = filters;
         if reverse {
-            return;
+            return true;
         }
         let ebgp = pc.remote_as != pc.local_as.unwrap_or(self.local.asn);
         match spec.next_hop_mode {
@@ -518,6 +538,7 @@ impl<'n> Ctx<'_, 'n> {
         if let Some(n) = spec.num_allowed_local_as_numbers {
             pc.allow_local_as = u8::try_from(n.max(0)).unwrap_or(u8::MAX);
         }
+        true
     }
 
     /// Parses a selector field of BGPPeer `name`, warning when it is bad.
@@ -652,11 +673,15 @@ pub fn derive(inputs: &PeerInputs<'_>) -> Result<DerivedBgp, PeerError> {
 
     // 2. The node-to-node mesh: iBGP to every other node, except route
     //    reflectors; a route reflector takes no part in it.
-    if global.effective_mesh() && local.cluster.is_none() {
-        let password = ctx.password(
+    let mesh_password = if global.effective_mesh() && local.cluster.is_none() {
+        ctx.password(
             "BGPConfiguration \"default\": spec.nodeMeshPassword",
             global.node_mesh_password.as_ref(),
-        );
+        )
+    } else {
+        Err(())
+    };
+    if let Ok(password) = mesh_password {
         let restart = ctx.restart_time(
             "BGPConfiguration \"default\"",
             "spec.nodeMeshMaxRestartTime",
@@ -829,8 +854,9 @@ fn forward(
     let local_as = spec.local_as_number.map(|a| a.get());
     for t in targets {
         let mut pc = ctx.base(&t, label, local_as);
-        ctx.apply_spec(name, spec, &mut pc, false);
-        out.push((pc, origin.clone()));
+        if ctx.apply_spec(name, spec, &mut pc, false) {
+            out.push((pc, origin.clone()));
+        }
     }
 }
 
@@ -895,8 +921,9 @@ fn reverse(
                 node: Some(n),
             };
             let mut pc = ctx.base(&t, LABEL_NODE, None);
-            ctx.apply_spec(name, spec, &mut pc, true);
-            out.push((pc, Origin::Reverse(name.to_string())));
+            if ctx.apply_spec(name, spec, &mut pc, true) {
+                out.push((pc, Origin::Reverse(name.to_string())));
+            }
         }
     }
 }
@@ -1313,13 +1340,14 @@ mod tests {
         assert_eq!(p.graceful_restart_time, Some(150));
         assert_eq!(d.warnings, Vec::<String>::new());
 
-        // No such secret: the mesh runs without a password, and says so.
+        // No such secret: no mesh session at all (never one without its
+        // password), and it says so, naming the secret.
         let d = w.try_derive("n1", &NoSecrets).unwrap();
-        assert_eq!(peer(&d, "10.0.0.2").password, None);
+        assert!(d.peers.is_empty(), "{:?}", d.peers);
         assert_eq!(
             d.warnings,
             [
-                "BGPConfiguration \"default\": spec.nodeMeshPassword: password secret bgp-secrets/mesh-pw not found; peering without it"
+                "BGPConfiguration \"default\": spec.nodeMeshPassword: password secret bgp-secrets/mesh-pw cannot be read; no session until it can (never one without its password)"
             ]
         );
         // The map-backed source for tests gives the same result as the file.
@@ -1681,6 +1709,26 @@ mod tests {
         .concat();
         let w = world(&yaml);
         let secrets = MapSecrets::default().with("bgp", "tor", "pw");
+        // "tor" names a missing filter and one that cannot be applied; "tor2" a
+        // password that cannot be read: neither gets a session.
+        let d = w.try_derive("n1", &secrets).unwrap();
+        assert!(d.peers.is_empty(), "{:?}", d.peers);
+        assert_eq!(
+            d.warnings,
+            [
+                "BGPPeer \"tor\": BGPFilter \"nope\" does not exist; no session with this peer until the filter can be applied whole",
+                "BGPPeer \"tor2\": password secret bgp/missing cannot be read; no session until it can (never one without its password)",
+            ]
+        );
+        // Fixed (the filters exist and apply, the secret is there): both peer, with
+        // their filters and passwords.
+        let fixed = yaml
+            .replace(
+                "filters: [no-default, nope, by-iface]",
+                "filters: [no-default]",
+            )
+            .replace("key: missing", "key: tor");
+        let w = world(&fixed);
         let d = w.try_derive("n1", &secrets).unwrap();
         let tor = peer(&d, "192.0.2.1");
         assert_eq!(tor.password.as_deref(), Some("pw"));
@@ -1692,14 +1740,21 @@ mod tests {
             Some("0.0.0.0/0".parse().unwrap())
         );
         assert_eq!(peer(&d, "192.0.2.2").filters, tor.filters);
-        assert_eq!(peer(&d, "192.0.2.2").password, None);
-        assert_eq!(
-            d.warnings,
-            [
-                "BGPPeer \"tor\": BGPFilter \"nope\" does not exist; peering without this filter",
-                "BGPPeer \"tor\": BGPFilter \"by-iface\": spec.exportV4[0].interface: matching routes by interface (\"eth*\") is not supported; Tabby's BGP speaker exports no interface routes; peering without this filter",
-                "BGPPeer \"tor2\": password secret bgp/missing not found; peering without it",
-            ]
+        assert_eq!(peer(&d, "192.0.2.2").password.as_deref(), Some("pw"));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // A filter with a rule the speaker cannot apply is refused whole.
+        let unusable = yaml.replace(
+            "filters: [no-default, nope, by-iface]",
+            "filters: [no-default, by-iface]",
+        );
+        let d = world(&unusable).try_derive("n1", &secrets).unwrap();
+        assert!(d.peers.iter().all(|p| p.address.to_string() != "192.0.2.1"));
+        assert!(
+            d.warnings
+                .iter()
+                .any(|w| w.contains("by-iface") && w.contains("interface")),
+            "{:?}",
+            d.warnings
         );
         assert!(d.peers.iter().all(|p| p.validate().is_ok()));
     }
