@@ -16,6 +16,7 @@
 
 use crate::packet::attribute::{NextHop, PathAttributes};
 use crate::packet::capability::Family;
+use crate::packet::{message, prefix_wire_len};
 use crate::policy::{self, DEFAULT_LOCAL_PREF, LocalInfo, PeerInfo, RouteSource};
 use ipnet::IpNet;
 use std::cmp::Ordering;
@@ -124,22 +125,30 @@ impl Destination {
         self.paths().is_empty()
     }
 
-    /// Inserts or replaces the path with the same source.
-    fn insert(&mut self, route: Route) {
+    /// Inserts or replaces the path with the same source; true when the
+    /// source had no path here before.
+    fn insert(&mut self, route: Route) -> bool {
         match &mut self.paths {
             Paths::None => self.paths = Paths::One(route),
-            Paths::One(r) if r.key() == route.key() => *r = route,
+            Paths::One(r) if r.key() == route.key() => {
+                *r = route;
+                return false;
+            }
             Paths::One(_) => {
                 let Paths::One(old) = std::mem::take(&mut self.paths) else {
-                    return;
+                    return false;
                 };
                 self.paths = Paths::Many(vec![old, route]);
             }
             Paths::Many(v) => match v.iter_mut().find(|r| r.key() == route.key()) {
-                Some(r) => *r = route,
+                Some(r) => {
+                    *r = route;
+                    return false;
+                }
                 None => v.push(route),
             },
         }
+        true
     }
 
     /// Removes the path from `source`; false if there was none.
@@ -222,12 +231,52 @@ pub struct OutUpdate {
     pub announce: Vec<Announcement>,
     /// Withdrawals.
     pub withdraw: Vec<IpNet>,
+    /// Prefixes whose best route was not sent because its attributes, as
+    /// exported to this peer, leave no room for the prefix in one message
+    /// (a previously sent version is in `withdraw`). For a warning.
+    pub too_large: Vec<IpNet>,
 }
 
 impl OutUpdate {
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
         self.announce.is_empty() && self.withdraw.is_empty()
+    }
+}
+
+/// Where a walk over the RIB ([`Rib::sync_peer_chunk`]) stands: the next
+/// prefix to look at is after `after` (from the start when `None`), and
+/// the walk ends before `end` (at the end of the table when `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// Last prefix handled.
+    pub after: Option<IpNet>,
+    /// First prefix not to handle.
+    pub end: Option<IpNet>,
+}
+
+impl Walk {
+    /// A walk over the prefixes of `family`, or over all of them.
+    pub fn over(family: Option<Family>) -> Walk {
+        let v6_start = IpNet::V6(ipnet::Ipv6Net::default());
+        match family {
+            None => Walk {
+                after: None,
+                end: None,
+            },
+            Some(Family::Ipv4Unicast) => Walk {
+                after: None,
+                end: Some(v6_start),
+            },
+            Some(Family::Ipv6Unicast) => Walk {
+                // Nothing sorts before ::/0 among IPv6 prefixes, and no
+                // IPv4 prefix after the last IPv4 one: start just after it.
+                after: Some(IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::BROADCAST, 32).unwrap_or_default(),
+                )),
+                end: None,
+            },
+        }
     }
 }
 
@@ -402,6 +451,8 @@ pub struct Rib {
     out_attrs: OutAttrs,
     /// Routes kept for a restarting peer (RFC 4724) and not yet refreshed.
     stale: BTreeMap<IpAddr, BTreeSet<IpNet>>,
+    /// Paths held per peer and family (IPv4, IPv6): its Adj-RIB-In size.
+    adj_in_count: HashMap<IpAddr, [usize; 2]>,
     /// Skip computing best-path changes (nobody listens to them).
     untracked: bool,
 }
@@ -411,6 +462,13 @@ pub fn family_of(prefix: &IpNet) -> Family {
     match prefix {
         IpNet::V4(_) => Family::Ipv4Unicast,
         IpNet::V6(_) => Family::Ipv6Unicast,
+    }
+}
+
+fn family_index(prefix: &IpNet) -> usize {
+    match prefix {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1,
     }
 }
 
@@ -536,6 +594,16 @@ impl Rib {
             .map(|(p, _, _)| p)
     }
 
+    /// How many prefixes of `family` are held from `peer` (its Adj-RIB-In
+    /// after import, stale routes included): what a prefix limit counts.
+    pub fn adj_in_count(&self, peer: &IpAddr, family: Family) -> usize {
+        let i = match family {
+            Family::Ipv4Unicast => 0,
+            Family::Ipv6Unicast => 1,
+        };
+        self.adj_in_count.get(peer).map_or(0, |c| c[i])
+    }
+
     /// Prefixes currently held from `peer` (its Adj-RIB-In after import),
     /// in order. Walks the Loc-RIB: only needed when a peer goes away.
     pub fn adj_in(&self, peer: &IpAddr) -> Vec<IpNet> {
@@ -575,13 +643,21 @@ impl Rib {
                 s.remove(&prefix);
             }
         }
+        let peer = route.key();
         let d = &mut slot_mut(&mut self.slots, id).dest;
+        let count = |added: bool, counts: &mut HashMap<IpAddr, [usize; 2]>| {
+            if let Some(peer) = peer.filter(|_| added) {
+                counts.entry(peer).or_default()[family_index(&prefix)] += 1;
+            }
+        };
         if self.untracked {
-            d.insert(route);
+            let added = d.insert(route);
+            count(added, &mut self.adj_in_count);
             return None;
         }
         let before = ecmp_next_hops(d);
-        d.insert(route);
+        let added = d.insert(route);
+        count(added, &mut self.adj_in_count);
         let after = ecmp_next_hops(d);
         (before != after).then_some(BestPathChange {
             prefix,
@@ -615,6 +691,11 @@ impl Rib {
             return None;
         }
         let after = if track { ecmp_next_hops(d) } else { Vec::new() };
+        if let Some(peer) = source
+            && let Some(c) = self.adj_in_count.get_mut(&peer)
+        {
+            c[family_index(&prefix)] -= 1;
+        }
         if let Some(addr) = source
             && let Some(s) = self.stale.get_mut(&addr)
         {
@@ -670,7 +751,65 @@ impl Rib {
             .iter()
             .filter_map(|p| self.remove(*p, Some(peer)))
             .collect();
+        self.adj_in_count.remove(&peer);
         (prefixes, changes)
+    }
+
+    /// [`Rib::sync_peer`] for at most `limit` prefixes of `walk`, in prefix
+    /// order: a full sync done in pieces, so that what is queued for a
+    /// peer stays bounded. Returns the walk's next position, `None` once it
+    /// reached its end.
+    pub fn sync_peer_chunk(
+        &mut self,
+        local: &LocalInfo,
+        to: &PeerInfo,
+        walk: Walk,
+        limit: usize,
+    ) -> (OutUpdate, Option<Walk>) {
+        use std::ops::Bound;
+        let lo = walk.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let hi = walk.end.map_or(Bound::Unbounded, Bound::Excluded);
+        let list: Vec<(IpNet, Option<u32>)> = self
+            .index
+            .range((lo, hi))
+            .take(limit)
+            .map(|(p, s)| (*p, Some(*s)))
+            .collect();
+        let next = (list.len() == limit).then(|| Walk {
+            after: list.last().map(|(p, _)| *p),
+            end: walk.end,
+        });
+        (self.sync_resolved(local, to, &list), next)
+    }
+
+    /// Forgets what `peer` was sent of `family` (before that family is sent
+    /// again in full, as a ROUTE-REFRESH asks).
+    pub fn reset_adj_out_family(&mut self, peer: &IpAddr, family: Family) {
+        let Some(out) = self.adj_out.get_mut(peer) else {
+            return;
+        };
+        let sent: Vec<(IpNet, u32, u32)> = self
+            .index
+            .iter()
+            .filter(|(p, _)| family_of(p) == family)
+            .filter_map(|(p, slot)| {
+                let id = out.get(*slot);
+                (id != 0).then_some((*p, *slot, id))
+            })
+            .collect();
+        for (prefix, slot, id) in sent {
+            out.set(slot, 0);
+            self.out_attrs.release(id);
+            slot_mut(&mut self.slots, slot).sent -= 1;
+            release_slot(
+                &mut self.slots,
+                &mut self.index,
+                &mut self.free,
+                slot,
+                &prefix,
+            );
+        }
+        self.out_attrs.collect();
     }
 
     /// Recomputes what `to` should have for `prefixes` (all prefixes when
@@ -732,12 +871,20 @@ impl Rib {
         // Without filters, the export of a route does not depend on the
         // prefix beyond its family: compute it once per attribute set.
         let memoise = to.filters.is_empty();
-        let mut memo: HashMap<ExportKey, Option<u32>> = HashMap::new();
-        let mut last: Option<(ExportKey, Option<u32>)> = None;
+        let mut memo: HashMap<ExportKey, Option<(u32, usize)>> = HashMap::new();
+        let mut last: Option<(ExportKey, Option<(u32, usize)>)> = None;
         let mut groups: Vec<Announcement> = Vec::new();
         let mut group_of: HashMap<u32, usize> = HashMap::new();
         let mut last_group: Option<(u32, usize)> = None;
         let mut withdraw = Vec::new();
+        let mut too_large = Vec::new();
+        // The export and the room it leaves for NLRI in one message.
+        let export = |prefix: &IpNet, r: &Route, out_attrs: &mut OutAttrs| {
+            policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop).map(|(a, nh)| {
+                let room = message::nlri_room(&a, nh, &to.encode).unwrap_or(0);
+                (out_attrs.intern(a, nh), room)
+            })
+        };
         for (prefix, slot) in list {
             // A slot freed earlier in this loop (a prefix listed twice) is
             // empty and nobody's: nothing happens below. Slots are only
@@ -747,7 +894,7 @@ impl Rib {
             };
             let s = slot_ref(slots, slot);
             let had = out.get(slot);
-            let want = match s.dest.best() {
+            let exported = match s.dest.best() {
                 None => None,
                 Some(r) if memoise => {
                     let key = ExportKey {
@@ -762,10 +909,7 @@ impl Rib {
                             let v = match memo.get(&key) {
                                 Some(v) => *v,
                                 None => {
-                                    let v = policy::export(
-                                        local, to, prefix, &r.source, &r.attrs, r.next_hop,
-                                    )
-                                    .map(|(a, nh)| out_attrs.intern(a, nh));
+                                    let v = export(prefix, r, out_attrs);
                                     memo.insert(key.clone(), v);
                                     v
                                 }
@@ -775,8 +919,14 @@ impl Rib {
                         }
                     }
                 }
-                Some(r) => policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop)
-                    .map(|(a, nh)| out_attrs.intern(a, nh)),
+                Some(r) => export(prefix, r, out_attrs),
+            };
+            let want = match exported {
+                Some((_, room)) if prefix_wire_len(prefix.prefix_len()) > room => {
+                    too_large.push(*prefix);
+                    None
+                }
+                e => e.map(|(id, _)| id),
             };
             match want {
                 Some(id) if id == had => {}
@@ -820,6 +970,7 @@ impl Rib {
         OutUpdate {
             announce: groups,
             withdraw,
+            too_large,
         }
     }
 
@@ -847,6 +998,11 @@ impl Rib {
             .filter_map(|p| self.remove(*p, Some(peer)))
             .collect();
         (gone, changes)
+    }
+
+    /// Whether routes from `peer` are still marked stale.
+    pub fn has_stale(&self, peer: &IpAddr) -> bool {
+        self.stale.get(peer).is_some_and(|s| !s.is_empty())
     }
 
     /// Prefixes from `peer` still marked stale.
@@ -1091,6 +1247,12 @@ mod tests {
             local_v6: None,
             families: vec![Family::Ipv4Unicast],
             filters: Arc::from(Vec::new()),
+            encode: crate::packet::EncodeCxt {
+                four_octet_as: true,
+                extended_message: false,
+            },
+            transit: false,
+            enforce_first_as: true,
         }
     }
 
@@ -1155,6 +1317,97 @@ mod tests {
 
     fn local_info() -> LocalInfo {
         local()
+    }
+
+    #[test]
+    fn adj_rib_in_is_counted_per_peer_and_family() {
+        let mut rib = Rib::new();
+        let peer: IpAddr = "198.18.0.2".parse().unwrap();
+        let p: Vec<IpNet> = ["100.64.0.0/26", "100.64.0.64/26"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for x in &p {
+            rib.insert(*x, route(2, false, |_| {}));
+        }
+        // A replacement is not a new prefix; another peer's path does not count.
+        rib.insert(p[0], route(2, false, |a| a.med = Some(1)));
+        rib.insert(p[0], route(3, false, |_| {}));
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 2);
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv6Unicast), 0);
+        rib.remove(p[1], Some(peer));
+        rib.remove(p[1], Some(peer));
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 1);
+        rib.remove_peer(peer);
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 0);
+        let other: IpAddr = "198.18.0.3".parse().unwrap();
+        assert_eq!(rib.adj_in_count(&other, Family::Ipv4Unicast), 1);
+    }
+
+    #[test]
+    fn sync_in_chunks_covers_the_table_once_and_refresh_resends_a_family() {
+        let mut rib = Rib::new();
+        let mut peer = to_peer(2, 65001);
+        peer.families = vec![Family::Ipv4Unicast, Family::Ipv6Unicast];
+        peer.local_v6 = Some("2001:db8::1".parse().unwrap());
+        let local_route = |v4: bool| Route {
+            source: RouteSource::Local,
+            attrs: Arc::new(PathAttributes::default()),
+            next_hop: if v4 {
+                NextHop::Ipv4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                NextHop::Ipv6 {
+                    global: std::net::Ipv6Addr::UNSPECIFIED,
+                    link_local: None,
+                }
+            },
+        };
+        let v4: Vec<IpNet> = (0..10u32)
+            .map(|i| {
+                IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0x6440_0000 + (i << 8)), 24).unwrap())
+            })
+            .collect();
+        let v6: Vec<IpNet> = (0..5u16)
+            .map(|i| format!("2001:db8:{i:x}::/48").parse().unwrap())
+            .collect();
+        for p in &v4 {
+            rib.insert(*p, local_route(true));
+        }
+        for p in &v6 {
+            rib.insert(*p, local_route(false));
+        }
+        // Walk everything 4 at a time: every prefix announced exactly once.
+        let mut seen = Vec::new();
+        let mut walk = Some(Walk::over(None));
+        let mut steps = 0;
+        while let Some(w) = walk {
+            let (out, next) = rib.sync_peer_chunk(&local(), &peer, w, 4);
+            seen.extend(out.announce.iter().flat_map(|a| a.prefixes.clone()));
+            walk = next;
+            steps += 1;
+        }
+        assert_eq!(steps, 4, "15 prefixes in steps of 4");
+        let mut all = v4.clone();
+        all.extend(&v6);
+        assert_eq!(seen, all);
+        // Walking again sends nothing; one family walked after a reset
+        // sends that family only.
+        let (out, _) = rib.sync_peer_chunk(&local(), &peer, Walk::over(None), 100);
+        assert!(out.is_empty());
+        rib.reset_adj_out_family(&peer.addr, Family::Ipv6Unicast);
+        assert_eq!(rib.adj_out(&peer.addr).unwrap().len(), 10);
+        let (out, next) =
+            rib.sync_peer_chunk(&local(), &peer, Walk::over(Some(Family::Ipv6Unicast)), 100);
+        assert_eq!(next, None);
+        let again: Vec<IpNet> = out
+            .announce
+            .iter()
+            .flat_map(|a| a.prefixes.clone())
+            .collect();
+        assert_eq!(again, v6);
+        let (out, _) =
+            rib.sync_peer_chunk(&local(), &peer, Walk::over(Some(Family::Ipv4Unicast)), 100);
+        assert!(out.is_empty(), "IPv4 was not reset: {out:?}");
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //!  instance ─> writer(peer) ─> TCP
 //! ```
 //! Socket options (source address, TCP MD5, TTL, GTSM) are applied here.
+//! What is queued for a writer is counted in bytes ([`SendState`]): the
+//! instance stops producing output for a peer above [`SEND_QUEUE_HIGH`] and
+//! the writer tells it when the queue is back under [`SEND_QUEUE_LOW`]; a
+//! writer that cannot write anything for the send hold time (RFC 9687)
+//! reports it and exits, freeing its queue.
 
 use crate::neighbor::fsm::Timer;
 use crate::packet::error::DecodeError;
@@ -14,6 +19,8 @@ use crate::packet::message::Message;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -46,6 +53,22 @@ pub enum IoEvent {
     },
     /// The connection was closed by the peer or failed.
     Closed {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+    },
+    /// The writer's queue fell under [`SEND_QUEUE_LOW`] after the instance
+    /// asked to hear about it ([`SendState::want_drain`]).
+    Drained {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+    },
+    /// The writer could not write anything for the send hold time; it has
+    /// exited and dropped its queue.
+    SendStalled {
         /// Peer address.
         peer: IpAddr,
         /// Connection id.
@@ -203,11 +226,15 @@ pub fn spawn_connect(
     })
 }
 
-/// Reads frames from the socket until it closes or breaks framing.
+/// Reads frames from the socket until it closes or breaks framing. Frames
+/// may be up to `max_len` bytes, read before each frame: the instance raises
+/// it to 65535 once extended messages are negotiated (RFC 8654), before the
+/// peer can send a long one.
 pub fn spawn_reader(
     peer: IpAddr,
     conn: u64,
     mut rd: OwnedReadHalf,
+    max_len: Arc<AtomicUsize>,
     tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -216,7 +243,7 @@ pub fn spawn_reader(
         loop {
             // Hand out every complete frame already buffered.
             loop {
-                match Message::frame_len(&buf) {
+                match Message::frame_len_max(&buf, max_len.load(Ordering::Acquire)) {
                     Ok(Some(len)) if buf.len() >= len => {
                         let frame: Vec<u8> = buf.drain(..len).collect();
                         let ev = IoEvent::Frame {
@@ -259,22 +286,83 @@ pub type Bytes = std::sync::Arc<[u8]>;
 /// How much queued output one write gathers.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Bytes queued for one peer above which the instance produces no more
+/// output for it (what is owed is remembered, not queued).
+pub const SEND_QUEUE_HIGH: usize = 1 << 20;
+
+/// Bytes queued under which a writer asked to ([`SendState::want_drain`])
+/// tells the instance to produce more.
+pub const SEND_QUEUE_LOW: usize = SEND_QUEUE_HIGH / 4;
+
+/// Send hold time when the session has no hold timer (RFC 9687 section 3:
+/// 8 minutes).
+pub const SEND_HOLD_WITHOUT_HOLD_TIMER: u32 = 480;
+
+/// What the instance and a writer share about its queue.
+#[derive(Debug)]
+pub struct SendState {
+    /// Bytes handed to the writer and not yet written.
+    pub queued: AtomicUsize,
+    /// The instance holds back output: report [`IoEvent::Drained`] once
+    /// `queued` is at most [`SEND_QUEUE_LOW`].
+    pub want_drain: AtomicBool,
+    /// Seconds without any byte written before the writer gives up.
+    pub send_hold_secs: AtomicU32,
+}
+
+impl SendState {
+    /// A fresh state with the send hold time `secs`.
+    pub fn new(secs: u32) -> Arc<SendState> {
+        Arc::new(SendState {
+            queued: AtomicUsize::new(0),
+            want_drain: AtomicBool::new(false),
+            send_hold_secs: AtomicU32::new(secs),
+        })
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// Writes all of `buf`, giving up when no byte could be written for the send
+/// hold time.
+async fn write_with_hold(
+    wr: &mut OwnedWriteHalf,
+    mut buf: &[u8],
+    state: &SendState,
+) -> Result<(), bool> {
+    while !buf.is_empty() {
+        let hold = Duration::from_secs(u64::from(state.send_hold_secs.load(Ordering::Relaxed)));
+        match tokio::time::timeout(hold, wr.write(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(false),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Err(_) => return Err(true),
+        }
+    }
+    Ok(())
+}
+
 /// Writes queued messages, several per system call when they are queued
-/// together; closing the queue flushes and shuts the socket.
+/// together; closing the queue flushes and shuts the socket. Every message
+/// handed over must have been counted in `state.queued`.
 pub fn spawn_writer(
+    peer: IpAddr,
+    conn: u64,
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
+    state: Arc<SendState>,
+    tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf: Vec<u8> = Vec::new();
         while let Some(bytes) = rx.recv().await {
-            match rx.try_recv() {
+            let written = match rx.try_recv() {
                 // The common case of a lone message: no copy.
-                Err(_) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
+                Err(_) => write_with_hold(&mut wr, &bytes, &state)
+                    .await
+                    .map(|()| bytes.len()),
                 Ok(next) => {
                     buf.clear();
                     buf.extend_from_slice(&bytes);
@@ -285,13 +373,28 @@ pub fn spawn_writer(
                             Err(_) => break,
                         }
                     }
-                    if wr.write_all(&buf).await.is_err() {
-                        return;
-                    }
+                    let r = write_with_hold(&mut wr, &buf, &state)
+                        .await
+                        .map(|()| buf.len());
                     if buf.capacity() > 2 * WRITE_BATCH {
                         buf = Vec::new();
                     }
+                    r
                 }
+            };
+            let n = match written {
+                Ok(n) => n,
+                Err(stalled) => {
+                    if stalled {
+                        let _ = tx.send(IoEvent::SendStalled { peer, conn }).await;
+                    }
+                    // Dropping the receiver frees everything still queued.
+                    return;
+                }
+            };
+            let left = state.queued.fetch_sub(n, Ordering::AcqRel) - n;
+            if left <= SEND_QUEUE_LOW && state.want_drain.swap(false, Ordering::AcqRel) {
+                let _ = tx.send(IoEvent::Drained { peer, conn }).await;
             }
         }
         let _ = wr.shutdown().await;
