@@ -109,11 +109,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             for (p, nh) in &r.announced {
                 rib.insert(
                     *p,
-                    Route {
-                        source: source(from),
-                        attrs: imported.clone(),
-                        next_hop: *nh,
-                    },
+                    Route::new(source(from), (*imported).clone(), *nh),
                 );
                 routes.retain(|(q, _)| q != p);
                 routes.push((*p, *nh));

@@ -1,18 +1,19 @@
 //! What is owed to one peer but not queued for it: prefixes changed while its
 //! send queue was full, and walks over the table (the initial full sync, a
 //! ROUTE-REFRESH) still under way. Memory stays bounded whatever the peer
-//! does: the dirty set is capped (past the cap one walk over the whole table
-//! replaces it) and refresh requests coalesce into at most one pending walk
-//! per family. The Adj-RIB-Out diff turns each step into exactly what the
-//! peer still needs. Pure data, driven by the instance.
+//! does: the list of changed prefixes is capped (past the cap one walk over
+//! the whole table replaces it) and refresh requests coalesce into at most
+//! one pending walk per family. The Adj-RIB-Out diff turns each step into
+//! exactly what the peer still needs, so a prefix listed twice costs a
+//! lookup, not a message. Pure data, driven by the instance.
 
 use crate::packet::capability::Family;
 use crate::rib::{Walk, family_of};
 use ipnet::IpNet;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
-/// Most changed prefixes remembered one by one; past this a walk over the
-/// whole table stands in for them.
+/// Most changed prefixes remembered one by one (18 bytes each); past this a
+/// walk over the whole table stands in for them.
 pub const DIRTY_MAX: usize = 65_536;
 
 /// One walk over the table (or one family of it) for a peer.
@@ -62,7 +63,10 @@ pub enum Step {
 /// Work owed to one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {
-    dirty: BTreeSet<IpNet>,
+    /// Changed prefixes in the order they changed (repeats possible).
+    dirty: Vec<IpNet>,
+    /// How many of `dirty` were handed out already.
+    taken: usize,
     sweeps: VecDeque<Sweep>,
 }
 
@@ -71,7 +75,8 @@ impl Backlog {
     /// for each of `families`.
     pub fn session_up(families: &[Family]) -> Backlog {
         Backlog {
-            dirty: BTreeSet::new(),
+            dirty: Vec::new(),
+            taken: 0,
             sweeps: VecDeque::from([Sweep::new(None, false, families.to_vec())]),
         }
     }
@@ -84,11 +89,12 @@ impl Backlog {
     /// Prefixes changed and could not be sent now.
     pub fn touch(&mut self, prefixes: &[IpNet]) {
         if self.dirty.len() + prefixes.len() > DIRTY_MAX {
-            self.dirty.clear();
+            self.dirty = Vec::new();
+            self.taken = 0;
             self.resync();
             return;
         }
-        self.dirty.extend(prefixes.iter().copied());
+        self.dirty.extend_from_slice(prefixes);
     }
 
     /// Everything must be compared again (an export policy changed, or too
@@ -118,13 +124,13 @@ impl Backlog {
     /// The next step: up to `limit` changed prefixes, else the current
     /// walk's next piece; `None` when nothing is owed.
     pub fn next(&mut self, limit: usize) -> Option<Step> {
-        if !self.dirty.is_empty() {
-            let mut v = Vec::with_capacity(limit.min(self.dirty.len()));
-            while v.len() < limit {
-                match self.dirty.pop_first() {
-                    Some(p) => v.push(p),
-                    None => break,
-                }
+        if self.taken < self.dirty.len() {
+            let end = (self.taken + limit).min(self.dirty.len());
+            let v = self.dirty[self.taken..end].to_vec();
+            self.taken = end;
+            if end == self.dirty.len() {
+                self.dirty = Vec::new();
+                self.taken = 0;
             }
             return Some(Step::Prefixes(v));
         }
@@ -154,9 +160,10 @@ impl Backlog {
         }
     }
 
-    /// Whether `prefix` is waiting in the dirty set (for tests and status).
+    /// Whether `prefix` is waiting in the list of changed prefixes (for
+    /// tests and status).
     pub fn is_dirty(&self, prefix: &IpNet) -> bool {
-        self.dirty.contains(prefix)
+        self.dirty[self.taken..].contains(prefix)
     }
 
     /// Walks queued or under way (for tests and status).
@@ -209,8 +216,20 @@ mod tests {
     fn dirty_prefixes_first_and_capped() {
         let mut b = Backlog::default();
         b.touch(&[p("100.64.0.0/26"), p("100.64.0.64/26"), p("100.64.0.0/26")]);
+        assert!(b.is_dirty(&p("100.64.0.64/26")));
         assert_eq!(b.next(1), Some(Step::Prefixes(vec![p("100.64.0.0/26")])));
-        assert_eq!(b.next(5), Some(Step::Prefixes(vec![p("100.64.0.64/26")])));
+        // A walk queued meanwhile waits for the changed prefixes.
+        b.resync();
+        assert_eq!(
+            b.next(5),
+            Some(Step::Prefixes(vec![
+                p("100.64.0.64/26"),
+                p("100.64.0.0/26")
+            ]))
+        );
+        assert!(!b.is_dirty(&p("100.64.0.0/26")));
+        assert!(matches!(b.next(5), Some(Step::Walk { .. })));
+        assert!(b.walked(None).is_empty());
         assert!(b.is_empty());
         // Too many to list: one walk over everything instead, only once.
         let many: Vec<IpNet> = (0..=DIRTY_MAX as u32)

@@ -19,7 +19,8 @@ use crate::packet::attribute::{NextHop, Origin, PathAttributes};
 use crate::packet::capability::{Capability, Family, GrFamily, PeerGracefulRestart};
 use crate::packet::error::{CeaseSubcode, ErrorCode};
 use crate::packet::message::{
-    MAX_EXTENDED_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, NotificationMsg, RouteRefreshMsg, UpdateMsg,
+    HEADER_LEN, MAX_EXTENDED_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, NotificationMsg,
+    RouteRefreshMsg, UpdateMsg,
 };
 use crate::packet::{DecodeCxt, EncodeCxt};
 use crate::policy::{self, Direction, LocalInfo, PeerInfo, RouteSource};
@@ -38,6 +39,10 @@ use tokio::task::JoinHandle;
 /// Prefixes synced per step of a peer's backlog: small enough that one
 /// step's output stays near the send queue bound.
 const BACKLOG_STEP: usize = 1024;
+
+/// Events (mostly batches of received frames, up to 32 KiB each) queued
+/// for the event loop at most.
+const IO_QUEUE: usize = 64;
 
 /// How many prefixes too large to send are named one by one per sync.
 const TOO_LARGE_LOGGED: usize = 8;
@@ -193,6 +198,8 @@ struct Instance {
     next_id: u64,
     /// What our graceful restart capability says about us.
     restart: RestartState,
+    /// Shutting down: sessions close without updating the RIB.
+    stopping: bool,
     /// Peers with owed output (a ROUTE-REFRESH, prefixes held back) to
     /// produce once pending input is read.
     work_due: std::collections::BTreeSet<IpAddr>,
@@ -202,7 +209,8 @@ struct Instance {
 /// event loop and its tasks on the current tokio runtime.
 pub async fn start(config: InstanceConfig) -> Result<BgpHandle, ApiError> {
     config.validate()?;
-    let (io_tx, io_rx) = mpsc::channel(1024);
+    // Small: input waits in the kernel's socket buffers rather than here.
+    let (io_tx, io_rx) = mpsc::channel(IO_QUEUE);
     let (req_tx, req_rx) = mpsc::channel(64);
     let (routes_tx, _) = broadcast::channel(4096);
     let (peers_tx, _) = broadcast::channel(256);
@@ -236,6 +244,7 @@ pub async fn start(config: InstanceConfig) -> Result<BgpHandle, ApiError> {
         next_id: 1,
         restart: RestartState::default(),
         work_due: Default::default(),
+        stopping: false,
     };
     tokio::spawn(inst.run(req_rx, io_rx));
     Ok(BgpHandle {
@@ -349,6 +358,9 @@ impl Instance {
             tokio::select! {
                 req = req_rx.recv() => match req {
                     Some(Request::Shutdown { notify, done }) => {
+                        // Nothing learned is passed on any more: sessions
+                        // going down skip the RIB.
+                        self.stopping = true;
                         if notify {
                             let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
                             for a in addrs {
@@ -396,27 +408,33 @@ impl Instance {
     fn handle_request(&mut self, req: Request) {
         match req {
             Request::Originate { prefixes, attrs } => {
-                let attrs = Arc::new(PathAttributes {
+                let attrs = PathAttributes {
                     origin: Origin::Igp,
                     communities: attrs.communities,
                     large_communities: attrs.large_communities,
                     med: attrs.med,
                     local_pref: attrs.local_pref,
                     ..Default::default()
-                });
+                };
+                // One shared path per family for the whole request.
+                let v4 = Route::new(
+                    RouteSource::Local,
+                    attrs.clone(),
+                    NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+                );
+                let v6 = Route::new(
+                    RouteSource::Local,
+                    attrs,
+                    NextHop::Ipv6 {
+                        global: Ipv6Addr::UNSPECIFIED,
+                        link_local: None,
+                    },
+                );
                 let mut changes = Vec::new();
                 for p in &prefixes {
-                    let next_hop = match p {
-                        IpNet::V4(_) => NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
-                        IpNet::V6(_) => NextHop::Ipv6 {
-                            global: Ipv6Addr::UNSPECIFIED,
-                            link_local: None,
-                        },
-                    };
-                    let route = Route {
-                        source: RouteSource::Local,
-                        attrs: attrs.clone(),
-                        next_hop,
+                    let route = match p {
+                        IpNet::V4(_) => v4.clone(),
+                        IpNet::V6(_) => v6.clone(),
                     };
                     changes.extend(self.rib.insert(p.trunc(), route));
                 }
@@ -657,16 +675,28 @@ impl Instance {
                     }
                 }
             }
-            IoEvent::Frame { peer, conn, frame } => {
-                let Some(p) = self.peers.get(&peer) else {
-                    return;
-                };
-                if p.conn.as_ref().map(|c| c.id) != Some(conn) {
-                    return;
+            IoEvent::Frames { peer, conn, frames } => {
+                let mut rest = frames.as_slice();
+                while rest.len() >= HEADER_LEN {
+                    let len = usize::from(u16::from_be_bytes([rest[16], rest[17]]));
+                    let (frame, tail) = rest.split_at(len.clamp(HEADER_LEN, rest.len()));
+                    rest = tail;
+                    // A message may have closed the connection: the rest
+                    // of the batch belongs to nobody.
+                    let Some(p) = self.peers.get(&peer) else {
+                        return;
+                    };
+                    if p.conn.as_ref().map(|c| c.id) != Some(conn) {
+                        return;
+                    }
+                    let msg = Message::decode(frame, &p.decode_cxt());
+                    self.message(peer, msg);
                 }
-                let cxt = p.decode_cxt();
-                let msg = frame.and_then(|b| Message::decode(&b, &cxt));
-                self.message(peer, msg);
+            }
+            IoEvent::FrameError { peer, conn, error } => {
+                if self.conn_is(peer, conn) {
+                    self.message(peer, Err(error));
+                }
             }
             IoEvent::Closed { peer, conn } => {
                 let Some(p) = self.peers.get_mut(&peer) else {
@@ -996,6 +1026,9 @@ impl Instance {
             }
             Action::SessionDown(reason) => {
                 tracing::info!(peer = %addr, %reason, "session down");
+                if self.stopping {
+                    return;
+                }
                 let restart_id = self.id();
                 let io_tx = self.io_tx.clone();
                 let helper = self.config.graceful_restart_time > 0;
@@ -1079,35 +1112,46 @@ impl Instance {
             tracing::warn!(peer = %addr, negotiated = ?info.families, "ignoring routes of address families not negotiated on this session");
         }
         let limit = self.peers.get(&addr).and_then(|p| p.config.prefix_limit());
-        let mut touched = Vec::new();
+        // What changed, with the slot where the RIB already knows it.
+        let mut touched: Vec<(IpNet, Option<u32>)> = Vec::new();
         let mut changes = Vec::new();
         for w in r.withdrawn {
             changes.extend(self.rib.remove(w, Some(addr)));
-            touched.push(w);
+            touched.push((w, None));
         }
         if !r.announced.is_empty() {
             match policy::import(&self.local, &info, r.attrs) {
                 Ok(attrs) => {
-                    let shared = Arc::new(attrs);
                     let source = RouteSource::Peer {
                         addr,
                         ebgp: info.is_ebgp(),
                         rr_client: info.rr_client,
                         router_id: info.router_id,
                     };
+                    // The UPDATE's path, one per next hop (IPv4 NLRI and
+                    // MP_REACH_NLRI may carry different ones).
+                    let mut shared: Option<Route> = None;
                     for (prefix, next_hop) in r.announced {
-                        touched.push(prefix);
                         if !policy::next_hop_valid(&next_hop, &info) {
                             tracing::warn!(peer = %addr, %prefix, ?next_hop, "unusable next hop: treated as withdrawn");
                             changes.extend(self.rib.remove(prefix, Some(addr)));
+                            touched.push((prefix, None));
                             continue;
                         }
+                        let path = match &shared {
+                            Some(r) if r.next_hop == next_hop => r.clone(),
+                            _ => {
+                                let r = Route::new(source.clone(), attrs.clone(), next_hop);
+                                shared = Some(r.clone());
+                                r
+                            }
+                        };
                         // BGPFilters may change or reject single prefixes;
-                        // untouched ones keep sharing the UPDATE's attributes.
-                        let attrs = if info.filters.is_empty() {
-                            shared.clone()
+                        // untouched ones keep sharing the UPDATE's path.
+                        let route = if info.filters.is_empty() {
+                            path
                         } else {
-                            let mut attrs = (*shared).clone();
+                            let mut attrs = path.attrs.clone();
                             let accepted = policy::apply_filters(
                                 &info.filters,
                                 Direction::Import,
@@ -1118,20 +1162,18 @@ impl Instance {
                             );
                             if !accepted {
                                 changes.extend(self.rib.remove(prefix, Some(addr)));
+                                touched.push((prefix, None));
                                 continue;
                             }
-                            if attrs == *shared {
-                                shared.clone()
+                            if attrs == path.attrs {
+                                path
                             } else {
-                                Arc::new(attrs)
+                                path.with_attrs(attrs)
                             }
                         };
-                        let route = Route {
-                            source: source.clone(),
-                            attrs,
-                            next_hop,
-                        };
-                        changes.extend(self.rib.insert(prefix, route));
+                        let (slot, change) = self.rib.insert_at(prefix, route);
+                        changes.extend(change);
+                        touched.push((prefix, Some(slot)));
                         if let Some(limit) = limit {
                             let family = family_of(&prefix);
                             let held = self.rib.adj_in_count(&addr, family);
@@ -1150,20 +1192,20 @@ impl Instance {
                     tracing::warn!(peer = %addr, ?why, count = r.announced.len(), "AS path does not start with the peer's AS: routes treated as withdrawn");
                     for (prefix, _) in r.announced {
                         changes.extend(self.rib.remove(prefix, Some(addr)));
-                        touched.push(prefix);
+                        touched.push((prefix, None));
                     }
                 }
                 Err(why) => {
                     tracing::debug!(peer = %addr, ?why, "routes rejected on import");
                     for (prefix, _) in r.announced {
                         changes.extend(self.rib.remove(prefix, Some(addr)));
-                        touched.push(prefix);
+                        touched.push((prefix, None));
                     }
                 }
             }
         }
         self.publish(changes);
-        self.propagate(&touched);
+        self.propagate_at(&touched);
     }
 
     /// Closes the session of a peer over its prefix limit (the FSM sends
@@ -1285,7 +1327,14 @@ impl Instance {
     }
 
     fn propagate(&mut self, prefixes: &[IpNet]) {
-        if prefixes.is_empty() {
+        let list: Vec<(IpNet, Option<u32>)> = prefixes.iter().map(|p| (*p, None)).collect();
+        self.propagate_at(&list);
+    }
+
+    /// [`Instance::propagate`] with the slots the RIB handed out for them
+    /// since the last sync.
+    fn propagate_at(&mut self, list: &[(IpNet, Option<u32>)]) {
+        if list.is_empty() {
             return;
         }
         // Peers with output held back remember the prefixes instead: what
@@ -1301,7 +1350,8 @@ impl Instance {
             };
             let full = c.full();
             if full || !p.backlog.is_empty() {
-                p.backlog.touch(prefixes);
+                let prefixes: Vec<IpNet> = list.iter().map(|(p, _)| *p).collect();
+                p.backlog.touch(&prefixes);
                 // Owed while the queue has room: nobody will wake us.
                 if !full {
                     self.work_due.insert(*addr);
@@ -1310,7 +1360,7 @@ impl Instance {
                 targets.push(info.clone());
             }
         }
-        let outs = self.rib.sync_peers(&self.local, &targets, prefixes);
+        let outs = self.rib.sync_peers_at(&self.local, &targets, list);
         let mut cache = EncodeCache::default();
         for (info, out) in targets.iter().zip(outs) {
             self.send_out(info.addr, out, &mut cache);
@@ -1396,7 +1446,7 @@ type Encoded = (Vec<IpNet>, Vec<tasks::Bytes>);
 /// of a route reflector) share one encoding and one queued buffer.
 #[derive(Default)]
 struct EncodeCache {
-    entries: HashMap<(GroupKey, usize, IpNet), Vec<Encoded>>,
+    entries: crate::rib::FastMap<(GroupKey, usize, IpNet), Vec<Encoded>>,
 }
 
 impl EncodeCache {

@@ -42,14 +42,24 @@ pub enum IoEvent {
         /// The stream, or why it failed.
         result: io::Result<TcpStream>,
     },
-    /// A complete message frame (header included), or a framing error.
-    Frame {
+    /// Complete message frames (headers included) back to back, as many
+    /// as one read brought in: one event and one buffer for all of them.
+    Frames {
         /// Peer address.
         peer: IpAddr,
         /// Connection id.
         conn: u64,
-        /// Raw message bytes or header error.
-        frame: Result<Vec<u8>, DecodeError>,
+        /// The frames, each checked by [`Message::frame_len_max`].
+        frames: Vec<u8>,
+    },
+    /// A frame whose header is broken: the session must be reset.
+    FrameError {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+        /// The header error.
+        error: DecodeError,
     },
     /// The connection was closed by the peer or failed.
     Closed {
@@ -226,6 +236,9 @@ pub fn spawn_connect(
     })
 }
 
+/// Bytes read per system call at most (what stays allocated per reader).
+const READ_CHUNK: usize = 32 * 1024;
+
 /// Reads frames from the socket until it closes or breaks framing. Frames
 /// may be up to `max_len` bytes, read before each frame: the instance raises
 /// it to 65535 once extended messages are negotiated (RFC 8654), before the
@@ -238,42 +251,53 @@ pub fn spawn_reader(
     tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16384];
+        // One buffer: frames are cut from its front, reads land in its spare
+        // capacity.
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut start = 0;
         loop {
-            // Hand out every complete frame already buffered.
+            // Hand out every complete frame already buffered, together.
+            let mut end = start;
+            let mut error = None;
+            let max = max_len.load(Ordering::Acquire);
             loop {
-                match Message::frame_len_max(&buf, max_len.load(Ordering::Acquire)) {
-                    Ok(Some(len)) if buf.len() >= len => {
-                        let frame: Vec<u8> = buf.drain(..len).collect();
-                        let ev = IoEvent::Frame {
-                            peer,
-                            conn,
-                            frame: Ok(frame),
-                        };
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
+                match Message::frame_len_max(&buf[end..], max) {
+                    Ok(Some(len)) if buf.len() - end >= len => end += len,
                     Ok(_) => break,
                     Err(e) => {
-                        let _ = tx
-                            .send(IoEvent::Frame {
-                                peer,
-                                conn,
-                                frame: Err(e),
-                            })
-                            .await;
-                        return;
+                        error = Some(e);
+                        break;
                     }
                 }
             }
-            match rd.read(&mut chunk).await {
+            if end > start {
+                let frames = buf[start..end].to_vec();
+                start = end;
+                if tx
+                    .send(IoEvent::Frames { peer, conn, frames })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(error) = error {
+                let _ = tx.send(IoEvent::FrameError { peer, conn, error }).await;
+                return;
+            }
+            buf.drain(..start);
+            start = 0;
+            // A long frame grew it: give the memory back once it is read.
+            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+                buf = Vec::with_capacity(READ_CHUNK);
+            }
+            buf.reserve(READ_CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => {
                     let _ = tx.send(IoEvent::Closed { peer, conn }).await;
                     return;
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             }
         }
     })
@@ -283,12 +307,9 @@ pub fn spawn_reader(
 /// the same UPDATE.
 pub type Bytes = std::sync::Arc<[u8]>;
 
-/// How much queued output one write gathers.
-const WRITE_BATCH: usize = 64 * 1024;
-
 /// Bytes queued for one peer above which the instance produces no more
 /// output for it (what is owed is remembered, not queued).
-pub const SEND_QUEUE_HIGH: usize = 1 << 20;
+pub const SEND_QUEUE_HIGH: usize = 4 << 20;
 
 /// Bytes queued under which a writer asked to ([`SendState::want_drain`])
 /// tells the instance to produce more.
@@ -326,27 +347,14 @@ impl SendState {
     }
 }
 
-/// Writes all of `buf`, giving up when no byte could be written for the send
-/// hold time.
-async fn write_with_hold(
-    wr: &mut OwnedWriteHalf,
-    mut buf: &[u8],
-    state: &SendState,
-) -> Result<(), bool> {
-    while !buf.is_empty() {
-        let hold = Duration::from_secs(u64::from(state.send_hold_secs.load(Ordering::Relaxed)));
-        match tokio::time::timeout(hold, wr.write(buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(false),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Err(_) => return Err(true),
-        }
-    }
-    Ok(())
-}
+/// Most queued messages handed to one `writev`.
+const WRITE_SLICES: usize = 64;
 
-/// Writes queued messages, several per system call when they are queued
-/// together; closing the queue flushes and shuts the socket. Every message
-/// handed over must have been counted in `state.queued`.
+/// Writes queued messages with `writev`, several per system call and
+/// straight from the (possibly shared) encoded buffers; closing the queue
+/// flushes and shuts the socket. Every message handed over must have been
+/// counted in `state.queued`. When no byte can be written for the send hold
+/// time it reports [`IoEvent::SendStalled`] and exits, dropping the queue.
 pub fn spawn_writer(
     peer: IpAddr,
     conn: u64,
@@ -356,44 +364,51 @@ pub fn spawn_writer(
     tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(bytes) = rx.recv().await {
-            let written = match rx.try_recv() {
-                // The common case of a lone message: no copy.
-                Err(_) => write_with_hold(&mut wr, &bytes, &state)
-                    .await
-                    .map(|()| bytes.len()),
-                Ok(next) => {
-                    buf.clear();
-                    buf.extend_from_slice(&bytes);
-                    buf.extend_from_slice(&next);
-                    while buf.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => buf.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    let r = write_with_hold(&mut wr, &buf, &state)
-                        .await
-                        .map(|()| buf.len());
-                    if buf.capacity() > 2 * WRITE_BATCH {
-                        buf = Vec::new();
-                    }
-                    r
+        let mut pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        // Bytes of the first pending message already written.
+        let mut offset = 0;
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(b) => pending.push_back(b),
+                    None => break,
                 }
-            };
-            let n = match written {
-                Ok(n) => n,
-                Err(stalled) => {
-                    if stalled {
-                        let _ = tx.send(IoEvent::SendStalled { peer, conn }).await;
-                    }
+            }
+            while pending.len() < WRITE_SLICES {
+                match rx.try_recv() {
+                    Ok(b) => pending.push_back(b),
+                    Err(_) => break,
+                }
+            }
+            let slices: Vec<std::io::IoSlice<'_>> = pending
+                .iter()
+                .enumerate()
+                .map(|(i, b)| std::io::IoSlice::new(if i == 0 { &b[offset..] } else { b }))
+                .collect();
+            let hold = Duration::from_secs(u64::from(state.send_hold_secs.load(Ordering::Relaxed)));
+            let n = match tokio::time::timeout(hold, wr.write_vectored(&slices)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) => return,
+                Err(_) => {
+                    let _ = tx.send(IoEvent::SendStalled { peer, conn }).await;
                     // Dropping the receiver frees everything still queued.
                     return;
                 }
             };
-            let left = state.queued.fetch_sub(n, Ordering::AcqRel) - n;
-            if left <= SEND_QUEUE_LOW && state.want_drain.swap(false, Ordering::AcqRel) {
+            drop(slices);
+            let mut left = n;
+            while let Some(first) = pending.front() {
+                let rest = first.len() - offset;
+                if left < rest {
+                    offset += left;
+                    break;
+                }
+                left -= rest;
+                offset = 0;
+                pending.pop_front();
+            }
+            let queued = state.queued.fetch_sub(n, Ordering::AcqRel) - n;
+            if queued <= SEND_QUEUE_LOW && state.want_drain.swap(false, Ordering::AcqRel) {
                 let _ = tx.send(IoEvent::Drained { peer, conn }).await;
             }
         }

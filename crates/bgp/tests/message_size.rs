@@ -230,14 +230,7 @@ fn received_4096_byte_update_is_not_passed_on_over_the_limit() {
     let from = peer(2, 65001, false, true);
     let imported = policy::import(&local(), &from, r.attrs).unwrap();
     let mut rib = Rib::new();
-    rib.insert(
-        prefix,
-        Route {
-            source: source(&from),
-            attrs: Arc::new(imported),
-            next_hop: NH4,
-        },
-    );
+    rib.insert(prefix, Route::new(source(&from), imported, NH4));
     // Over iBGP LOCAL_PREF (7 bytes) is added: it no longer fits.
     let ibgp = peer(3, 64512, false, true);
     let out = rib.sync_peer(&local(), &ibgp, None);
@@ -252,21 +245,21 @@ fn received_4096_byte_update_is_not_passed_on_over_the_limit() {
     let small = communities(10);
     rib.insert(
         prefix,
-        Route {
-            source: source(&from),
-            attrs: Arc::new(policy::import(&local(), &from, small).unwrap()),
-            next_hop: NH4,
-        },
+        Route::new(
+            source(&from),
+            policy::import(&local(), &from, small).unwrap(),
+            NH4,
+        ),
     );
     let out = rib.sync_peer(&local(), &ibgp, None);
     assert_eq!(out.announce[0].prefixes, vec![prefix]);
     rib.insert(
         prefix,
-        Route {
-            source: source(&from),
-            attrs: Arc::new(policy::import(&local(), &from, attrs).unwrap()),
-            next_hop: NH4,
-        },
+        Route::new(
+            source(&from),
+            policy::import(&local(), &from, attrs).unwrap(),
+            NH4,
+        ),
     );
     let out = rib.sync_peer(&local(), &ibgp, Some(&[prefix]));
     assert_eq!(out.withdraw, vec![prefix]);
@@ -378,9 +371,9 @@ proptest! {
         for from in &sources {
             let Ok(imported) = policy::import(&local(), from, attrs.clone()) else { continue };
             let mut rib = Rib::new();
-            let imported = Arc::new(imported);
+            let path = Route::new(source(from), imported.clone(), nh);
             for p in &prefixes {
-                rib.insert(*p, Route { source: source(from), attrs: imported.clone(), next_hop: nh });
+                rib.insert(*p, path.clone());
             }
             for to in &targets {
                 let out = rib.sync_peer(&local(), to, None);
