@@ -257,6 +257,20 @@ pub struct PeerConfig {
     pub extended_messages: bool,
 }
 
+/// BGPPeer annotations the node agent maps onto [`PeerConfig`]: Calico's
+/// BGPPeer has no fields for these limits, so manifests stay
+/// Calico-compatible and carry them as annotations.
+pub mod annotations {
+    /// [`super::PeerConfig::max_prefixes`]: a count, `0` = no limit.
+    pub const MAX_PREFIXES: &str = "bgp.tabby.dev/max-prefixes";
+    /// [`super::PeerConfig::max_prefixes_restart_secs`]: seconds, at least 1.
+    pub const MAX_PREFIXES_RESTART_SECS: &str = "bgp.tabby.dev/max-prefixes-restart-secs";
+    /// [`super::PeerConfig::max_stale_secs`]: seconds.
+    pub const MAX_STALE_SECS: &str = "bgp.tabby.dev/max-stale-secs";
+    /// [`super::PeerConfig::transit`]: `"true"` or `"false"`.
+    pub const TRANSIT: &str = "bgp.tabby.dev/transit";
+}
+
 /// Address family names in configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FamilyName {
@@ -370,6 +384,37 @@ impl PeerConfig {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Applies the BGPPeer annotations named in [`annotations`] (other keys
+    /// are ignored). A value that does not parse is an error naming the
+    /// annotation: the peer should be refused, not peered without it.
+    pub fn apply_annotations<'a>(
+        &mut self,
+        annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), ApiError> {
+        fn parse<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T, ApiError> {
+            value.trim().parse().map_err(|_| ApiError::Invalid {
+                field: format!("metadata.annotations[{key}]"),
+                reason: format!("{value:?} is not {what}"),
+            })
+        }
+        for (key, value) in annotations {
+            match key {
+                annotations::MAX_PREFIXES => {
+                    self.max_prefixes = Some(parse(key, value, "a prefix count (0 = no limit)")?)
+                }
+                annotations::MAX_PREFIXES_RESTART_SECS => {
+                    self.max_prefixes_restart_secs = Some(parse(key, value, "a number of seconds")?)
+                }
+                annotations::MAX_STALE_SECS => {
+                    self.max_stale_secs = Some(parse(key, value, "a number of seconds")?)
+                }
+                annotations::TRANSIT => self.transit = parse(key, value, "true or false")?,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Checks values that cannot work.
@@ -701,6 +746,56 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn annotations_set_limits_and_name_bad_values() {
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        assert_eq!(p.prefix_limit(), Some(DEFAULT_MAX_PREFIXES));
+        p.apply_annotations([
+            ("bgp.tabby.dev/max-prefixes", "100000"),
+            ("bgp.tabby.dev/max-prefixes-restart-secs", "300"),
+            ("bgp.tabby.dev/max-stale-secs", "30"),
+            ("bgp.tabby.dev/transit", "true"),
+            ("projectcalico.org/other", "x"),
+        ])
+        .unwrap();
+        assert_eq!(p.prefix_limit(), Some(100_000));
+        assert_eq!(p.prefix_limit_restart(), Duration::from_secs(300));
+        assert_eq!(p.stale_cap_secs(), 30);
+        assert!(p.transit);
+        p.apply_annotations([(annotations::MAX_PREFIXES, "0")])
+            .unwrap();
+        assert_eq!(p.prefix_limit(), None, "0 = no limit");
+        let e = p
+            .apply_annotations([(annotations::MAX_PREFIXES, "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bgp.tabby.dev/max-prefixes") && e.contains("lots"),
+            "{e}"
+        );
+        let mut q = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        q.apply_annotations([(annotations::MAX_PREFIXES_RESTART_SECS, "0")])
+            .unwrap();
+        assert!(q.validate().is_err(), "a 0 s wait is refused by validate");
+    }
+
+    #[test]
+    fn md5_key_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        p.password_file = Some(dir.path().join("missing"));
+        let e = p.md5_key().unwrap_err().to_string();
+        assert!(e.contains("198.18.0.2") && e.contains("missing"), "{e}");
+        std::fs::write(dir.path().join("k"), "s3cret\n").unwrap();
+        p.password_file = Some(dir.path().join("k"));
+        assert_eq!(p.md5_key().unwrap().as_deref(), Some("s3cret"));
+        p.password = Some("other".into());
+        assert!(p.validate().is_err(), "password and passwordFile together");
+        let mut q = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        q.password = Some(String::new());
+        assert!(q.validate().unwrap_err().to_string().contains("password"));
     }
 
     #[test]
