@@ -290,6 +290,19 @@ fn extended_messages_only_when_negotiated() {
     );
 }
 
+#[test]
+fn a_notification_echoing_a_long_field_still_fits() {
+    let e = tabby_bgp::packet::error::DecodeError {
+        code: ErrorCode::UpdateMessage,
+        subcode: 9,
+        data: vec![7; 60_000],
+        reason: "long".into(),
+    };
+    let n = tabby_bgp::packet::message::NotificationMsg::from(&e);
+    let b = Message::Notification(n).encode(&ecxt(true, false));
+    assert_eq!(b.len(), MAX_MESSAGE_LEN);
+}
+
 // ---- every export path ---------------------------------------------------
 
 fn attrs_strategy() -> impl Strategy<Value = PathAttributes> {

@@ -590,11 +590,14 @@ impl NotificationMsg {
 }
 
 impl From<&DecodeError> for NotificationMsg {
+    /// The NOTIFICATION for a decode error. Its data (often the offending
+    /// field) is cut to what fits in 4096 bytes, whatever the peer sent.
     fn from(e: &DecodeError) -> Self {
+        let fits = MAX_MESSAGE_LEN - HEADER_LEN - 2;
         NotificationMsg {
             code: e.code,
             subcode: e.subcode,
-            data: e.data.clone(),
+            data: e.data[..e.data.len().min(fits)].to_vec(),
         }
     }
 }
