@@ -58,13 +58,14 @@ fn source(p: &PeerInfo) -> RouteSource {
     }
 }
 
-/// Attributes as a peer sees them: unknown ones passed on partial, their
-/// extended-length bit following their size.
+/// Attributes as a peer sees them: unknown ones passed on partial, in type
+/// code order, their extended-length bit following their size.
 fn wire_view(a: &PathAttributes) -> PathAttributes {
     let mut a = a.clone();
     for u in &mut a.unknown {
         u.flags = (u.flags & !flags::EXTENDED_LENGTH) | flags::PARTIAL;
     }
+    a.unknown.sort_by_key(|u| u.type_code);
     a
 }
 
@@ -107,10 +108,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let mut rib = Rib::new();
             let mut routes: Vec<(ipnet::IpNet, NextHop)> = Vec::new();
             for (p, nh) in &r.announced {
-                rib.insert(
-                    *p,
-                    Route::new(source(from), (*imported).clone(), *nh),
-                );
+                rib.insert(*p, Route::new(source(from), (*imported).clone(), *nh));
                 routes.retain(|(q, _)| q != p);
                 routes.push((*p, *nh));
             }

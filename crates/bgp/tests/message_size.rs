@@ -67,12 +67,14 @@ fn sent(msgs: Vec<UpdateMsg>, e: &EncodeCxt, attrs: &PathAttributes, nh: NextHop
         };
         assert!(u.errors.is_empty(), "{:?}", u.errors);
         let r = u.routes(e.four_octet_as);
-        // The extended-length bit of unknown attributes follows their size.
+        // The extended-length bit of unknown attributes follows their size,
+        // and they go out in type code order.
         let plain = |a: &PathAttributes| {
             let mut a = a.clone();
             for u in &mut a.unknown {
                 u.flags &= !0x10;
             }
+            a.unknown.sort_by_key(|u| u.type_code);
             a
         };
         assert_eq!(plain(&r.attrs), plain(attrs));

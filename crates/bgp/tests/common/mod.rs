@@ -12,6 +12,12 @@ use tabby_testnet::Netns;
 use tabby_testnet::bgp::{self, BgpConfig, BgpDaemon, DaemonKind};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tabby-bgpd");
+
+/// The daemon under test: this build's, or `$TABBY_BGPD` (to run a test
+/// against another build, e.g. to see it fail on the code before a fix).
+pub fn bin() -> String {
+    std::env::var("TABBY_BGPD").unwrap_or_else(|_| BIN.to_string())
+}
 /// Generous: the machine running these is shared and often loaded.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -38,7 +44,7 @@ impl Tabby {
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("bgpd.log")).unwrap();
         let mut child = ns
-            .command(BIN)
+            .command(&bin())
             .arg("--config")
             .arg(&path)
             .arg("--events")
