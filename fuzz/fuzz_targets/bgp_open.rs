@@ -43,7 +43,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     msg.push(1);
     msg.extend_from_slice(body);
     for four_octet_as in [false, true] {
-        let dcxt = DecodeCxt { four_octet_as };
+        let dcxt = DecodeCxt {
+            four_octet_as,
+            extended_message: false,
+        };
         if let Ok(m @ Message::Open(_)) = Message::decode(&msg, &dcxt) {
             let Message::Open(o) = &m else { unreachable!() };
             let _ = o.peer_as();
@@ -54,7 +57,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 let (afi, safi) = f.afi_safi();
                 (afi == 1 || afi == 2) && safi == 1
             }));
-            let enc = m.encode(&EncodeCxt { four_octet_as });
+            let enc = m.encode(&EncodeCxt {
+                four_octet_as,
+                extended_message: false,
+            });
             assert_eq!(Message::decode(&enc, &dcxt).ok(), Some(m.clone()));
         }
     }

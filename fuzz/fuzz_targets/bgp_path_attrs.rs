@@ -27,8 +27,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let data = &data[..data.len().min(4096 - 23)];
     let bytes = update(data);
     for four_octet_as in [false, true] {
-        let dcxt = DecodeCxt { four_octet_as };
-        let ecxt = EncodeCxt { four_octet_as };
+        let dcxt = DecodeCxt {
+            four_octet_as,
+            extended_message: false,
+        };
+        let ecxt = EncodeCxt {
+            four_octet_as,
+            extended_message: false,
+        };
         let Ok(Message::Update(u)) = Message::decode(&bytes, &dcxt) else {
             continue;
         };
@@ -48,7 +54,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let Ok(Message::Update(back)) = Message::decode(&enc, &dcxt) else {
             panic!("re-encoded attributes do not decode: {pa:?}");
         };
-        assert!(back.errors.is_empty(), "errors {:?} for {pa:?}", back.errors);
+        assert!(
+            back.errors.is_empty(),
+            "errors {:?} for {pa:?}",
+            back.errors
+        );
         // Unrecognised optional transitive attributes are passed on with the
         // Partial bit set (RFC 4271 5), the length form that fits, and in
         // type-code order like every attribute we send.

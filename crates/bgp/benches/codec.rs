@@ -27,9 +27,11 @@ fn attrs() -> PathAttributes {
 fn bench(c: &mut Criterion) {
     let cxt = EncodeCxt {
         four_octet_as: true,
+        extended_message: false,
     };
     let dcxt = DecodeCxt {
         four_octet_as: true,
+        extended_message: false,
     };
     let v4: Vec<IpNet> = (0..500u32)
         .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x6440_0000 + (i << 8)), 24).unwrap()))
@@ -51,7 +53,7 @@ fn bench(c: &mut Criterion) {
             },
         ),
     ] {
-        let msgs = UpdateMsg::announce(&attrs(), nh, prefixes, &cxt);
+        let msgs = UpdateMsg::announce(&attrs(), nh, prefixes, &cxt).unwrap();
         assert_eq!(msgs.len(), 1, "500 prefixes fit one UPDATE");
         let msg = Message::Update(msgs[0].clone());
         let bytes = msg.encode(&cxt);
@@ -72,6 +74,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("build_and_encode", |b| {
             b.iter(|| {
                 UpdateMsg::announce(&attrs(), nh, black_box(prefixes), &cxt)
+                    .unwrap()
                     .into_iter()
                     .map(|m| Message::Update(m).encode(&cxt))
                     .collect::<Vec<_>>()

@@ -60,9 +60,11 @@ fn cxt() -> (DecodeCxt, EncodeCxt) {
     (
         DecodeCxt {
             four_octet_as: true,
+            extended_message: false,
         },
         EncodeCxt {
             four_octet_as: true,
+            extended_message: false,
         },
     )
 }
@@ -193,7 +195,9 @@ fn updates(i: u32, n: u32, next_hop: Ipv4Addr) -> Vec<u8> {
         ..Default::default()
     };
     let mut out = Vec::new();
-    for m in UpdateMsg::announce(&attrs, NextHop::Ipv4(next_hop), &prefixes, &ecxt) {
+    let msgs = UpdateMsg::announce(&attrs, NextHop::Ipv4(next_hop), &prefixes, &ecxt)
+        .expect("small attributes fit");
+    for m in msgs {
         out.extend(Message::Update(m).encode(&ecxt));
     }
     out.extend(Message::Update(UpdateMsg::default()).encode(&ecxt));

@@ -1,6 +1,8 @@
 //! The speaker as the node agent sees it: configuration types, a cloneable
 //! [`BgpHandle`] to originate/withdraw prefixes and manage peers at run time,
 //! a stream of best-path changes for the kernel, and peer status snapshots.
+//! Every limit a peer is held to (prefixes, stale time) has a default here,
+//! so a peer configured with [`PeerConfig::new`] is safe as it is.
 
 use crate::packet::attribute::LargeCommunity;
 use crate::packet::capability::Family;
@@ -9,6 +11,7 @@ use crate::rib::BestPathChange;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -30,6 +33,17 @@ pub enum ApiError {
         /// The field at fault.
         field: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A peer's TCP MD5 password file cannot be used: the peer is refused
+    /// rather than peered without MD5.
+    #[error("peer {peer}: password file {}: {reason}", path.display())]
+    Secret {
+        /// The peer.
+        peer: IpAddr,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
         reason: String,
     },
     /// Binding or configuring a socket failed.
@@ -61,6 +75,18 @@ fn default_gr_time() -> u16 {
 fn default_label() -> String {
     "global".to_string()
 }
+fn default_true() -> bool {
+    true
+}
+
+/// Prefixes a peer may send per address family when its configuration sets
+/// no limit: beyond any Calico cluster's routes, small enough to bound what
+/// one peer can make the speaker hold.
+pub const DEFAULT_MAX_PREFIXES: u32 = 500_000;
+
+/// Seconds to wait before reconnecting to a peer closed for sending too
+/// many prefixes, when its configuration does not say.
+pub const DEFAULT_MAX_PREFIXES_RESTART_SECS: u32 = 60;
 
 /// Instance-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +220,55 @@ pub struct PeerConfig {
     /// BGPFilters for this peer, applied in order.
     #[serde(default)]
     pub filters: Vec<Filter>,
+    /// TCP MD5 password read from this file (trailing newlines dropped)
+    /// when the peer is added, instead of `password`. A file that cannot be
+    /// read, or holds no usable key, refuses the peer: never a session
+    /// without MD5.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Most prefixes the peer may send per address family (after import
+    /// policy); one more closes the session with Cease / maximum number of
+    /// prefixes reached (RFC 4486). `None` = [`DEFAULT_MAX_PREFIXES`],
+    /// `Some(0)` = no limit.
+    #[serde(default)]
+    pub max_prefixes: Option<u32>,
+    /// Seconds to wait before reconnecting after closing the session for
+    /// too many prefixes; `None` = [`DEFAULT_MAX_PREFIXES_RESTART_SECS`].
+    #[serde(default)]
+    pub max_prefixes_restart_secs: Option<u32>,
+    /// Longest we keep this peer's routes while it restarts, whatever
+    /// restart time it asks for (seconds); `None` =
+    /// [`crate::neighbor::restart::DEFAULT_STALE_CAP_SECS`].
+    #[serde(default)]
+    pub max_stale_secs: Option<u16>,
+    /// Export routes learned over eBGP to this eBGP peer (transit between
+    /// external peers). Off by default, as in Calico's BIRD configuration:
+    /// external peers get our own and the cluster's routes only.
+    #[serde(default)]
+    pub transit: bool,
+    /// Routes from this eBGP peer must start their AS path with its AS, or
+    /// they are treated as withdrawn (RFC 4271 section 6.3). On by default;
+    /// off for route servers that do not prepend themselves.
+    #[serde(default = "default_true")]
+    pub enforce_first_as: bool,
+    /// Offer extended messages (RFC 8654): when the peer offers them too,
+    /// UPDATEs may be up to 65535 bytes. Off by default, as in BIRD.
+    #[serde(default)]
+    pub extended_messages: bool,
+}
+
+/// BGPPeer annotations the node agent maps onto [`PeerConfig`]: Calico's
+/// BGPPeer has no fields for these limits, so manifests stay
+/// Calico-compatible and carry them as annotations.
+pub mod annotations {
+    /// [`super::PeerConfig::max_prefixes`]: a count, `0` = no limit.
+    pub const MAX_PREFIXES: &str = "bgp.tabby.dev/max-prefixes";
+    /// [`super::PeerConfig::max_prefixes_restart_secs`]: seconds, at least 1.
+    pub const MAX_PREFIXES_RESTART_SECS: &str = "bgp.tabby.dev/max-prefixes-restart-secs";
+    /// [`super::PeerConfig::max_stale_secs`]: seconds.
+    pub const MAX_STALE_SECS: &str = "bgp.tabby.dev/max-stale-secs";
+    /// [`super::PeerConfig::transit`]: `"true"` or `"false"`.
+    pub const TRANSIT: &str = "bgp.tabby.dev/transit";
 }
 
 /// Address family names in configuration.
@@ -230,7 +305,64 @@ impl PeerConfig {
             families: Vec::new(),
             type_label: default_label(),
             filters: Vec::new(),
+            password_file: None,
+            max_prefixes: None,
+            max_prefixes_restart_secs: None,
+            max_stale_secs: None,
+            transit: false,
+            enforce_first_as: true,
+            extended_messages: false,
         }
+    }
+
+    /// The prefix limit per family in effect; `None` = no limit.
+    pub fn prefix_limit(&self) -> Option<u32> {
+        match self.max_prefixes {
+            None => Some(DEFAULT_MAX_PREFIXES),
+            Some(0) => None,
+            Some(n) => Some(n),
+        }
+    }
+
+    /// The wait after closing the session for too many prefixes.
+    pub fn prefix_limit_restart(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.max_prefixes_restart_secs
+                .unwrap_or(DEFAULT_MAX_PREFIXES_RESTART_SECS),
+        ))
+    }
+
+    /// The cap on a restarting peer's stale routes, in seconds.
+    pub fn stale_cap_secs(&self) -> u16 {
+        self.max_stale_secs
+            .unwrap_or(crate::neighbor::restart::DEFAULT_STALE_CAP_SECS)
+    }
+
+    /// The TCP MD5 key: `password`, or the contents of `password_file`
+    /// (trailing newlines dropped), read now. Fails closed: a file that
+    /// cannot be read, is empty or holds more than the 80 bytes TCP MD5
+    /// allows is an error naming the peer and the file, never "no key".
+    pub fn md5_key(&self) -> Result<Option<String>, ApiError> {
+        let Some(path) = &self.password_file else {
+            return Ok(self.password.clone());
+        };
+        let err = |reason: String| ApiError::Secret {
+            peer: self.address,
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let key = text.trim_end_matches(['\n', '\r']);
+        if key.is_empty() {
+            return Err(err("empty: no key to sign the session with".into()));
+        }
+        if key.len() > 80 {
+            return Err(err(format!(
+                "{} bytes is longer than the 80 TCP MD5 allows",
+                key.len()
+            )));
+        }
+        Ok(Some(key.to_string()))
     }
 
     /// Families to negotiate.
@@ -254,6 +386,37 @@ impl PeerConfig {
         v
     }
 
+    /// Applies the BGPPeer annotations named in [`annotations`] (other keys
+    /// are ignored). A value that does not parse is an error naming the
+    /// annotation: the peer should be refused, not peered without it.
+    pub fn apply_annotations<'a>(
+        &mut self,
+        annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), ApiError> {
+        fn parse<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T, ApiError> {
+            value.trim().parse().map_err(|_| ApiError::Invalid {
+                field: format!("metadata.annotations[{key}]"),
+                reason: format!("{value:?} is not {what}"),
+            })
+        }
+        for (key, value) in annotations {
+            match key {
+                annotations::MAX_PREFIXES => {
+                    self.max_prefixes = Some(parse(key, value, "a prefix count (0 = no limit)")?)
+                }
+                annotations::MAX_PREFIXES_RESTART_SECS => {
+                    self.max_prefixes_restart_secs = Some(parse(key, value, "a number of seconds")?)
+                }
+                annotations::MAX_STALE_SECS => {
+                    self.max_stale_secs = Some(parse(key, value, "a number of seconds")?)
+                }
+                annotations::TRANSIT => self.transit = parse(key, value, "true or false")?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values that cannot work.
     pub fn validate(&self) -> Result<(), ApiError> {
         let field = |f: &str| format!("peers[{}].{f}", self.address);
@@ -269,6 +432,25 @@ impl PeerConfig {
             return Err(ApiError::Invalid {
                 field: field("password"),
                 reason: format!("{} bytes is longer than the 80 TCP MD5 allows", p.len()),
+            });
+        }
+        // An empty key would clear MD5 on the socket: a session without it.
+        if self.password.as_deref() == Some("") {
+            return Err(ApiError::Invalid {
+                field: field("password"),
+                reason: "empty; leave it unset for a session without TCP MD5".into(),
+            });
+        }
+        if self.password_file.is_some() && self.password.is_some() {
+            return Err(ApiError::Invalid {
+                field: field("passwordFile"),
+                reason: "cannot be combined with password".into(),
+            });
+        }
+        if self.max_prefixes_restart_secs == Some(0) {
+            return Err(ApiError::Invalid {
+                field: field("maxPrefixesRestartSecs"),
+                reason: "0 would reconnect at once to a peer that sends too much".into(),
             });
         }
         if let Some(t) = self.graceful_restart_time
@@ -347,6 +529,20 @@ pub struct OriginAttrs {
     pub local_pref: Option<u32>,
 }
 
+/// What this speaker tells its peers about its own restart, in the graceful
+/// restart capability (RFC 4724 section 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestartState {
+    /// This speaker has just restarted: the Restart State (R) bit is set in
+    /// the OPEN of each peer's first session from now on.
+    pub restarted: bool,
+    /// The forwarding state survived (routes learned before are still in
+    /// the kernel): the Forwarding State (F) bit is set for every family,
+    /// so peers keep our routes until our End-of-RIB instead of flushing
+    /// them when the session comes back.
+    pub forwarding_preserved: bool,
+}
+
 /// Requests from handles to the instance.
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -360,6 +556,7 @@ pub(crate) enum Request {
     RemovePeer(IpAddr, oneshot::Sender<Result<(), ApiError>>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     BestPaths(oneshot::Sender<Vec<BestPathChange>>),
+    SetRestartState(RestartState),
     Shutdown {
         notify: bool,
         done: oneshot::Sender<()>,
@@ -453,6 +650,13 @@ impl BgpHandle {
         rx.await.map_err(|_| ApiError::Stopped)
     }
 
+    /// Sets what the graceful restart capability says about this speaker
+    /// (R and F bits) in the OPENs sent from now on. Call it before adding
+    /// peers after a restart that kept the kernel routes.
+    pub async fn set_restart_state(&self, state: RestartState) -> Result<(), ApiError> {
+        self.send(Request::SetRestartState(state)).await
+    }
+
     /// Best-path changes (prefix and ECMP next hops) for the kernel.
     pub fn subscribe_routes(&self) -> broadcast::Receiver<BestPathChange> {
         self.routes.subscribe()
@@ -542,6 +746,56 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn annotations_set_limits_and_name_bad_values() {
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        assert_eq!(p.prefix_limit(), Some(DEFAULT_MAX_PREFIXES));
+        p.apply_annotations([
+            ("bgp.tabby.dev/max-prefixes", "100000"),
+            ("bgp.tabby.dev/max-prefixes-restart-secs", "300"),
+            ("bgp.tabby.dev/max-stale-secs", "30"),
+            ("bgp.tabby.dev/transit", "true"),
+            ("projectcalico.org/other", "x"),
+        ])
+        .unwrap();
+        assert_eq!(p.prefix_limit(), Some(100_000));
+        assert_eq!(p.prefix_limit_restart(), Duration::from_secs(300));
+        assert_eq!(p.stale_cap_secs(), 30);
+        assert!(p.transit);
+        p.apply_annotations([(annotations::MAX_PREFIXES, "0")])
+            .unwrap();
+        assert_eq!(p.prefix_limit(), None, "0 = no limit");
+        let e = p
+            .apply_annotations([(annotations::MAX_PREFIXES, "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bgp.tabby.dev/max-prefixes") && e.contains("lots"),
+            "{e}"
+        );
+        let mut q = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        q.apply_annotations([(annotations::MAX_PREFIXES_RESTART_SECS, "0")])
+            .unwrap();
+        assert!(q.validate().is_err(), "a 0 s wait is refused by validate");
+    }
+
+    #[test]
+    fn md5_key_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        p.password_file = Some(dir.path().join("missing"));
+        let e = p.md5_key().unwrap_err().to_string();
+        assert!(e.contains("198.18.0.2") && e.contains("missing"), "{e}");
+        std::fs::write(dir.path().join("k"), "s3cret\n").unwrap();
+        p.password_file = Some(dir.path().join("k"));
+        assert_eq!(p.md5_key().unwrap().as_deref(), Some("s3cret"));
+        p.password = Some("other".into());
+        assert!(p.validate().is_err(), "password and passwordFile together");
+        let mut q = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        q.password = Some(String::new());
+        assert!(q.validate().unwrap_err().to_string().contains("password"));
     }
 
     #[test]

@@ -1,28 +1,51 @@
 //! The speaker's single event loop: owns the RIB and every neighbor FSM,
 //! takes I/O events from `tasks` and requests from the API, runs FSM actions,
-//! processes UPDATEs and sends the resulting Adj-RIB-Out changes.
+//! processes UPDATEs and sends the resulting Adj-RIB-Out changes. What a
+//! peer may cost is bounded here: a prefix limit per family, only the
+//! negotiated families accepted, output held back (as a [`Backlog`]) while
+//! its send queue is full, ROUTE-REFRESH coalesced, and a capped stale time
+//! for a restarting peer.
 
-use crate::api::{ApiError, BgpHandle, InstanceConfig, PeerConfig, PeerStatus, Request};
-use crate::neighbor::fsm::{
-    Action, CollisionWinner, Event, Fsm, FsmConfig, State, Timer, collision_notification,
-    resolve_collision,
+use crate::api::{
+    ApiError, BgpHandle, InstanceConfig, PeerConfig, PeerStatus, Request, RestartState,
 };
+use crate::backlog::{Backlog, Step};
+use crate::neighbor::fsm::{
+    Action, CollisionWinner, Event, Fsm, FsmConfig, LARGE_HOLD, State, Timer,
+    collision_notification, resolve_collision,
+};
+use crate::neighbor::restart;
 use crate::packet::attribute::{NextHop, Origin, PathAttributes};
 use crate::packet::capability::{Capability, Family, GrFamily, PeerGracefulRestart};
 use crate::packet::error::{CeaseSubcode, ErrorCode};
-use crate::packet::message::{Message, NotificationMsg, RouteRefreshMsg, UpdateMsg};
+use crate::packet::message::{
+    HEADER_LEN, MAX_EXTENDED_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, NotificationMsg,
+    RouteRefreshMsg, UpdateMsg,
+};
 use crate::packet::{DecodeCxt, EncodeCxt};
 use crate::policy::{self, Direction, LocalInfo, PeerInfo, RouteSource};
-use crate::rib::{BestPathChange, OutUpdate, Rib, Route};
-use crate::tasks::{self, IoEvent, SocketOptions};
+use crate::rib::{BestPathChange, OutUpdate, Rib, Route, family_of};
+use crate::tasks::{self, IoEvent, SEND_QUEUE_HIGH, SEND_QUEUE_LOW, SendState, SocketOptions};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+
+/// Prefixes synced per step of a peer's backlog: small enough that one
+/// step's output stays near the send queue bound.
+const BACKLOG_STEP: usize = 1024;
+
+/// Events (mostly batches of received frames, up to 32 KiB each) queued
+/// for the event loop at most.
+const IO_QUEUE: usize = 64;
+
+/// How many prefixes too large to send are named one by one per sync.
+const TOO_LARGE_LOGGED: usize = 8;
 
 struct Conn {
     id: u64,
@@ -30,6 +53,36 @@ struct Conn {
     reader: JoinHandle<()>,
     inbound: bool,
     local: SocketAddr,
+    /// Shared with the writer: queued bytes, drain wake-up, send hold.
+    send: Arc<SendState>,
+    /// Longest frame the reader accepts (raised by extended messages).
+    max_frame: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// Queues encoded bytes, counting them against the bound.
+    fn queue(&self, bytes: tasks::Bytes) {
+        self.send.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        if self.tx.send(bytes.clone()).is_err() {
+            // The writer is gone: the bytes will never be written.
+            self.send.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// The queue is over the bound: hold back output. Asks the writer for a
+    /// wake-up when it is not, so nothing is left waiting.
+    fn full(&self) -> bool {
+        if self.send.queued() <= SEND_QUEUE_HIGH {
+            return false;
+        }
+        self.send.want_drain.store(true, Ordering::Release);
+        // The writer may have drained everything before seeing the request.
+        if self.send.queued() <= SEND_QUEUE_LOW {
+            self.send.want_drain.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
 }
 
 impl Drop for Conn {
@@ -51,6 +104,18 @@ struct Peer {
     graceful_restart: Option<PeerGracefulRestart>,
     /// Running while we keep a restarting peer's stale routes.
     restart_timer: Option<(u64, JoinHandle<()>)>,
+    /// When the stale routes must go at the latest.
+    stale_until: Option<tokio::time::Instant>,
+    /// The TCP MD5 key (from `password` or `password_file`).
+    md5_key: Option<String>,
+    /// Output owed to the peer and not queued yet.
+    backlog: Backlog,
+    /// A session came up since the speaker started (no R bit any more).
+    established_once: bool,
+    /// Warned this session: nearing the prefix limit, per family.
+    prefix_warned: [bool; 2],
+    /// Warned this session: routes of families not negotiated.
+    family_warned: bool,
     since: u64,
     info: String,
 }
@@ -59,7 +124,7 @@ impl Peer {
     fn socket_options(&self) -> SocketOptions {
         SocketOptions {
             source: self.config.source_address,
-            md5_key: self.config.password.clone(),
+            md5_key: self.md5_key.clone(),
             ttl: self.config.multihop,
             ttl_security_hops: self.config.ttl_security,
         }
@@ -75,10 +140,21 @@ impl Peer {
         }
     }
 
-    fn four_octet_as(&self) -> bool {
+    fn encode_cxt(&self) -> EncodeCxt {
         self.fsm
             .session()
-            .is_some_and(|s| s.negotiated.four_octet_as)
+            .map_or(EncodeCxt::default(), |s| EncodeCxt {
+                four_octet_as: s.negotiated.four_octet_as,
+                extended_message: s.negotiated.extended_message,
+            })
+    }
+
+    fn decode_cxt(&self) -> DecodeCxt {
+        let e = self.encode_cxt();
+        DecodeCxt {
+            four_octet_as: e.four_octet_as,
+            extended_message: e.extended_message,
+        }
     }
 }
 
@@ -93,6 +169,13 @@ impl Drop for Peer {
         if let Some((_, h)) = self.restart_timer.take() {
             h.abort();
         }
+    }
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4Unicast => "ipv4-unicast",
+        Family::Ipv6Unicast => "ipv6-unicast",
     }
 }
 
@@ -113,13 +196,21 @@ struct Instance {
     routes_tx: broadcast::Sender<BestPathChange>,
     peers_tx: broadcast::Sender<PeerStatus>,
     next_id: u64,
+    /// What our graceful restart capability says about us.
+    restart: RestartState,
+    /// Shutting down: sessions close without updating the RIB.
+    stopping: bool,
+    /// Peers with owed output (a ROUTE-REFRESH, prefixes held back) to
+    /// produce once pending input is read.
+    work_due: std::collections::BTreeSet<IpAddr>,
 }
 
 /// Starts a speaker: binds the listener (if configured) and spawns the
 /// event loop and its tasks on the current tokio runtime.
 pub async fn start(config: InstanceConfig) -> Result<BgpHandle, ApiError> {
     config.validate()?;
-    let (io_tx, io_rx) = mpsc::channel(1024);
+    // Small: input waits in the kernel's socket buffers rather than here.
+    let (io_tx, io_rx) = mpsc::channel(IO_QUEUE);
     let (req_tx, req_rx) = mpsc::channel(64);
     let (routes_tx, _) = broadcast::channel(4096);
     let (peers_tx, _) = broadcast::channel(256);
@@ -151,6 +242,9 @@ pub async fn start(config: InstanceConfig) -> Result<BgpHandle, ApiError> {
         routes_tx: routes_tx.clone(),
         peers_tx: peers_tx.clone(),
         next_id: 1,
+        restart: RestartState::default(),
+        work_due: Default::default(),
+        stopping: false,
     };
     tokio::spawn(inst.run(req_rx, io_rx));
     Ok(BgpHandle {
@@ -172,13 +266,18 @@ fn policy_only_change(old: &PeerConfig, new: &PeerConfig) -> bool {
     a.next_hop_v6 = new.next_hop_v6;
     a.type_label = new.type_label.clone();
     a.filters = new.filters.clone();
+    a.transit = new.transit;
+    a.enforce_first_as = new.enforce_first_as;
+    a.max_prefixes = new.max_prefixes;
+    a.max_stale_secs = new.max_stale_secs;
     a == *new
 }
 
 /// The FSM parameters of one peer: instance settings, overridden per peer
 /// where the peer configures them (local AS, graceful restart time,
-/// keepalive interval).
-fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig) -> FsmConfig {
+/// keepalive interval). `restart` sets the graceful restart R and F bits
+/// (R only while `restarted` is still news to this peer).
+fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig, restart: RestartState) -> FsmConfig {
     let local_as = cfg.local_as.unwrap_or(inst.asn);
     FsmConfig {
         local_as,
@@ -193,14 +292,23 @@ fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig) -> FsmConfig {
             local_as,
             cfg.graceful_restart_time
                 .unwrap_or(inst.graceful_restart_time),
+            cfg.extended_messages,
+            restart,
         ),
         keepalive: cfg
             .keepalive_secs
             .map(|k| std::time::Duration::from_secs(u64::from(k))),
+        prefix_limit_restart: cfg.prefix_limit_restart(),
     }
 }
 
-fn capabilities(families: &[Family], local_as: u32, gr_time: u16) -> Vec<Capability> {
+fn capabilities(
+    families: &[Family],
+    local_as: u32,
+    gr_time: u16,
+    extended_messages: bool,
+    restart: RestartState,
+) -> Vec<Capability> {
     let mut caps: Vec<Capability> = families
         .iter()
         .map(|f| {
@@ -209,12 +317,20 @@ fn capabilities(families: &[Family], local_as: u32, gr_time: u16) -> Vec<Capabil
         })
         .collect();
     caps.push(Capability::RouteRefresh);
+    if extended_messages {
+        caps.push(Capability::ExtendedMessage);
+    }
     caps.push(Capability::FourOctetAs(local_as));
     if gr_time > 0 {
-        // Forwarding state is not claimed preserved (F = 0): peers keep our
-        // routes while we are away and flush them once we are back.
+        // F tells the peer whether to keep our routes until our End-of-RIB
+        // (forwarding survived) or flush them once we are back.
+        let fwd = if restart.forwarding_preserved {
+            0x80
+        } else {
+            0
+        };
         caps.push(Capability::GracefulRestart {
-            flags: 0,
+            flags: if restart.restarted { 0x80 } else { 0 },
             time: gr_time,
             families: families
                 .iter()
@@ -223,7 +339,7 @@ fn capabilities(families: &[Family], local_as: u32, gr_time: u16) -> Vec<Capabil
                     GrFamily {
                         afi,
                         safi,
-                        flags: 0,
+                        flags: fwd,
                     }
                 })
                 .collect(),
@@ -242,6 +358,9 @@ impl Instance {
             tokio::select! {
                 req = req_rx.recv() => match req {
                     Some(Request::Shutdown { notify, done }) => {
+                        // Nothing learned is passed on any more: sessions
+                        // going down skip the RIB.
+                        self.stopping = true;
                         if notify {
                             let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
                             for a in addrs {
@@ -265,6 +384,13 @@ impl Instance {
                     self.handle_io(ev);
                 }
             }
+            // Refreshes asked for in a burst are served once the burst has
+            // been read: requests still queued coalesce with the first.
+            if !self.work_due.is_empty() && io_rx.is_empty() {
+                for addr in std::mem::take(&mut self.work_due) {
+                    self.work(addr);
+                }
+            }
         }
     }
 
@@ -282,27 +408,33 @@ impl Instance {
     fn handle_request(&mut self, req: Request) {
         match req {
             Request::Originate { prefixes, attrs } => {
-                let attrs = Arc::new(PathAttributes {
+                let attrs = PathAttributes {
                     origin: Origin::Igp,
                     communities: attrs.communities,
                     large_communities: attrs.large_communities,
                     med: attrs.med,
                     local_pref: attrs.local_pref,
                     ..Default::default()
-                });
+                };
+                // One shared path per family for the whole request.
+                let v4 = Route::new(
+                    RouteSource::Local,
+                    attrs.clone(),
+                    NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+                );
+                let v6 = Route::new(
+                    RouteSource::Local,
+                    attrs,
+                    NextHop::Ipv6 {
+                        global: Ipv6Addr::UNSPECIFIED,
+                        link_local: None,
+                    },
+                );
                 let mut changes = Vec::new();
                 for p in &prefixes {
-                    let next_hop = match p {
-                        IpNet::V4(_) => NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
-                        IpNet::V6(_) => NextHop::Ipv6 {
-                            global: Ipv6Addr::UNSPECIFIED,
-                            link_local: None,
-                        },
-                    };
-                    let route = Route {
-                        source: RouteSource::Local,
-                        attrs: attrs.clone(),
-                        next_hop,
+                    let route = match p {
+                        IpNet::V4(_) => v4.clone(),
+                        IpNet::V6(_) => v6.clone(),
                     };
                     changes.extend(self.rib.insert(p.trunc(), route));
                 }
@@ -352,7 +484,29 @@ impl Instance {
             Request::Peers(reply) => {
                 let _ = reply.send(self.peers.values().map(Peer::status).collect());
             }
+            Request::SetRestartState(state) => {
+                self.restart = state;
+                let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
+                for a in addrs {
+                    let Some(p) = self.peers.get(&a) else {
+                        continue;
+                    };
+                    let c = fsm_config(&self.config, &p.config, self.restart_for(p));
+                    if let Some(p) = self.peers.get_mut(&a) {
+                        p.fsm.config = c;
+                    }
+                }
+            }
             Request::Shutdown { .. } => {}
+        }
+    }
+
+    /// The restart state as told to one peer: R only until its first
+    /// session after the restart.
+    fn restart_for(&self, p: &Peer) -> RestartState {
+        RestartState {
+            restarted: self.restart.restarted && !p.established_once,
+            ..self.restart
         }
     }
 
@@ -360,13 +514,15 @@ impl Instance {
         if self.peers.contains_key(&cfg.address) {
             return Err(ApiError::PeerExists(cfg.address));
         }
-        if let (Some(key), Some(l)) = (&cfg.password, &self.listener) {
+        // Fails closed: an unreadable password file refuses the peer.
+        let md5_key = cfg.md5_key()?;
+        if let (Some(key), Some(l)) = (&md5_key, &self.listener) {
             tasks::set_listener_md5(l, cfg.address, key).map_err(|source| ApiError::Io {
                 what: format!("setting the TCP MD5 key for {}", cfg.address),
                 source,
             })?;
         }
-        let fsm = Fsm::new(fsm_config(&self.config, &cfg));
+        let fsm = Fsm::new(fsm_config(&self.config, &cfg, self.restart));
         let addr = cfg.address;
         tracing::info!(peer = %addr, remote_as = cfg.remote_as, "adding peer");
         self.peers.insert(
@@ -380,6 +536,12 @@ impl Instance {
                 session: None,
                 graceful_restart: None,
                 restart_timer: None,
+                stale_until: None,
+                md5_key,
+                backlog: Backlog::default(),
+                established_once: false,
+                prefix_warned: [false; 2],
+                family_warned: false,
                 since: now(),
                 info: String::new(),
             },
@@ -401,6 +563,7 @@ impl Instance {
         let new = &p.config;
         let import_changed = old.route_reflector_client != new.route_reflector_client
             || old.allow_local_as != new.allow_local_as
+            || old.enforce_first_as != new.enforce_first_as
             || old
                 .filters
                 .iter()
@@ -418,7 +581,10 @@ impl Instance {
             info.local_v6 = Some(v6);
         }
         info.filters = Arc::from(new.filters.clone());
+        info.transit = new.transit;
+        info.enforce_first_as = new.enforce_first_as;
         let families = info.families.clone();
+        let limit = new.prefix_limit();
         tracing::info!(peer = %addr, import_changed, "peer policy updated in place");
         if import_changed {
             if !refresh {
@@ -429,7 +595,7 @@ impl Instance {
                 }
                 return;
             }
-            for f in families {
+            for f in &families {
                 let (afi, safi) = f.afi_safi();
                 let rr = RouteRefreshMsg {
                     afi,
@@ -438,6 +604,16 @@ impl Instance {
                 };
                 self.send(addr, &Message::RouteRefresh(rr));
             }
+        }
+        // A lower limit applies at once.
+        if let Some(limit) = limit
+            && let Some(family) = families
+                .iter()
+                .copied()
+                .find(|f| self.rib.adj_in_count(&addr, *f) > limit as usize)
+        {
+            self.prefix_limit_exceeded(addr, family, limit);
+            return;
         }
         self.full_sync(addr);
     }
@@ -448,7 +624,7 @@ impl Instance {
             && p.fsm.state() != State::Idle
         {
             let n = NotificationMsg::new(ErrorCode::Cease, why as u8);
-            let _ = c.tx.send(
+            c.queue(
                 Message::Notification(n)
                     .encode(&EncodeCxt::default())
                     .into(),
@@ -463,7 +639,7 @@ impl Instance {
         self.publish(changes);
         self.propagate(&prefixes);
         if let Some(p) = self.peers.remove(&addr) {
-            if let (Some(_), Some(l)) = (&p.config.password, &self.listener)
+            if let (Some(_), Some(l)) = (&p.md5_key, &self.listener)
                 && let Err(e) = tasks::set_listener_md5(l, addr, "")
             {
                 tracing::warn!(peer = %addr, error = %e, "clearing the TCP MD5 key failed");
@@ -499,18 +675,28 @@ impl Instance {
                     }
                 }
             }
-            IoEvent::Frame { peer, conn, frame } => {
-                let Some(p) = self.peers.get(&peer) else {
-                    return;
-                };
-                if p.conn.as_ref().map(|c| c.id) != Some(conn) {
-                    return;
+            IoEvent::Frames { peer, conn, frames } => {
+                let mut rest = frames.as_slice();
+                while rest.len() >= HEADER_LEN {
+                    let len = usize::from(u16::from_be_bytes([rest[16], rest[17]]));
+                    let (frame, tail) = rest.split_at(len.clamp(HEADER_LEN, rest.len()));
+                    rest = tail;
+                    // A message may have closed the connection: the rest
+                    // of the batch belongs to nobody.
+                    let Some(p) = self.peers.get(&peer) else {
+                        return;
+                    };
+                    if p.conn.as_ref().map(|c| c.id) != Some(conn) {
+                        return;
+                    }
+                    let msg = Message::decode(frame, &p.decode_cxt());
+                    self.message(peer, msg);
                 }
-                let cxt = DecodeCxt {
-                    four_octet_as: p.four_octet_as(),
-                };
-                let msg = frame.and_then(|b| Message::decode(&b, &cxt));
-                self.message(peer, msg);
+            }
+            IoEvent::FrameError { peer, conn, error } => {
+                if self.conn_is(peer, conn) {
+                    self.message(peer, Err(error));
+                }
             }
             IoEvent::Closed { peer, conn } => {
                 let Some(p) = self.peers.get_mut(&peer) else {
@@ -522,6 +708,20 @@ impl Instance {
                         p.info = "connection closed by peer".into();
                     }
                     self.fsm_event(peer, Event::TcpConnectionFails);
+                }
+            }
+            IoEvent::Drained { peer, conn } => {
+                if self.conn_is(peer, conn) {
+                    self.work(peer);
+                }
+            }
+            IoEvent::SendStalled { peer, conn } => {
+                if self.conn_is(peer, conn) {
+                    tracing::warn!(peer = %peer, "nothing could be written for the send hold time: dropping the session");
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.info = "send hold timer expired: the peer stopped reading".into();
+                    }
+                    self.fsm_event(peer, Event::SendHoldTimerExpired);
                 }
             }
             IoEvent::RestartTimer { peer, generation } => {
@@ -548,6 +748,13 @@ impl Instance {
                 }
             }
         }
+    }
+
+    fn conn_is(&self, peer: IpAddr, conn: u64) -> bool {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.conn.as_ref())
+            .is_some_and(|c| c.id == conn)
     }
 
     fn accepted(&mut self, stream: TcpStream, remote: SocketAddr) {
@@ -588,7 +795,7 @@ impl Instance {
                 if winner == Some(CollisionWinner::RemoteInitiated) && !existing_inbound {
                     if let Some(c) = p.conn.take() {
                         let n = Message::Notification(collision_notification());
-                        let _ = c.tx.send(n.encode(&EncodeCxt::default()).into());
+                        c.queue(n.encode(&EncodeCxt::default()).into());
                     }
                     tracing::info!(peer = %addr, "collision: keeping the peer's connection");
                     self.adopt(addr, stream, true);
@@ -612,14 +819,18 @@ impl Instance {
         };
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
-        tasks::spawn_writer(wr, rx);
-        let reader = tasks::spawn_reader(addr, id, rd, io_tx);
+        let send = SendState::new(LARGE_HOLD.as_secs() as u32);
+        let max_frame = Arc::new(AtomicUsize::new(MAX_MESSAGE_LEN));
+        tasks::spawn_writer(addr, id, wr, rx, send.clone(), io_tx.clone());
+        let reader = tasks::spawn_reader(addr, id, rd, max_frame.clone(), io_tx);
         p.conn = Some(Conn {
             id,
             tx,
             reader,
             inbound,
             local: SocketAddr::new(local.ip().to_canonical(), local.port()),
+            send,
+            max_frame,
         });
     }
 
@@ -642,15 +853,7 @@ impl Instance {
             }
             Ok(Message::RouteRefresh(rr)) => {
                 self.fsm_event(addr, Event::RouteRefreshReceived);
-                // Re-send everything we advertise (RFC 2918). Subtypes 1/2
-                // (RFC 7313 BoRR/EoRR) only frame a refresh and ask nothing.
-                if rr.subtype == 0
-                    && let Some(p) = self.peers.get(&addr)
-                    && p.session.is_some()
-                {
-                    self.rib.reset_adj_out(&addr);
-                    self.full_sync(addr);
-                }
+                self.route_refresh(addr, rr);
                 return;
             }
             Ok(Message::Update(u)) => {
@@ -672,6 +875,16 @@ impl Instance {
         let graceful = matches!(ev, Event::TcpConnectionFails);
         let actions = p.fsm.handle(ev);
         let after = p.fsm.state();
+        // Longer frames once extended messages are agreed: set before our
+        // KEEPALIVE goes out, so before the peer can send one.
+        if let Some(c) = &p.conn
+            && p.fsm
+                .session()
+                .is_some_and(|s| s.negotiated.extended_message)
+        {
+            c.max_frame
+                .store(MAX_EXTENDED_MESSAGE_LEN, Ordering::Release);
+        }
         for a in actions {
             self.action(addr, a, graceful);
         }
@@ -691,10 +904,7 @@ impl Instance {
         if let Some(p) = self.peers.get(&addr)
             && let Some(c) = &p.conn
         {
-            let cxt = EncodeCxt {
-                four_octet_as: p.four_octet_as(),
-            };
-            let _ = c.tx.send(msg.encode(&cxt).into());
+            c.queue(msg.encode(&p.encode_cxt()).into());
         }
     }
 
@@ -771,8 +981,33 @@ impl Instance {
                     }),
                     families: info.negotiated.families.clone(),
                     filters: Arc::from(p.config.filters.clone()),
+                    encode: p.encode_cxt(),
+                    transit: p.config.transit,
+                    enforce_first_as: p.config.enforce_first_as,
                 });
                 p.graceful_restart = info.negotiated.peer_graceful_restart.clone();
+                p.prefix_warned = [false; 2];
+                p.family_warned = false;
+                if let Some(c) = &p.conn {
+                    // A peer that stops reading is dropped once nothing could
+                    // be written for the hold time (RFC 9687).
+                    let hold = match info.hold_time {
+                        0 => tasks::SEND_HOLD_WITHOUT_HOLD_TIMER,
+                        h => u32::from(h),
+                    };
+                    c.send.send_hold_secs.store(hold, Ordering::Relaxed);
+                }
+                if !p.established_once {
+                    p.established_once = true;
+                    if self.restart.restarted {
+                        // The R bit was news once; later OPENs leave it out.
+                        let r = RestartState {
+                            restarted: false,
+                            ..self.restart
+                        };
+                        p.fsm.config = fsm_config(&self.config, &p.config, r);
+                    }
+                }
                 tracing::info!(peer = %addr, hold_time = info.hold_time, families = ?info.negotiated.families, "session established");
                 // Stale routes of families whose forwarding state the peer
                 // did not keep go now; the others wait for its End-of-RIB.
@@ -783,13 +1018,17 @@ impl Instance {
                         self.sweep_stale(addr, Some(f));
                     }
                 }
-                self.full_sync(addr);
-                for f in info.negotiated.families {
-                    self.send(addr, &Message::Update(UpdateMsg::end_of_rib(f)));
+                // The whole table, in bounded steps, then End-of-RIB.
+                if let Some(p) = self.peers.get_mut(&addr) {
+                    p.backlog = Backlog::session_up(&info.negotiated.families);
                 }
+                self.work(addr);
             }
             Action::SessionDown(reason) => {
                 tracing::info!(peer = %addr, %reason, "session down");
+                if self.stopping {
+                    return;
+                }
                 let restart_id = self.id();
                 let io_tx = self.io_tx.clone();
                 let helper = self.config.graceful_restart_time > 0;
@@ -797,6 +1036,8 @@ impl Instance {
                     return;
                 };
                 let families = p.session.take().map(|s| s.families).unwrap_or_default();
+                // Whatever was owed is moot; the next session starts over.
+                p.backlog = Backlog::default();
                 if p.info.is_empty() {
                     p.info = reason;
                 }
@@ -809,8 +1050,20 @@ impl Instance {
                             .map(|(f, _)| *f)
                             .filter(|f| families.contains(f))
                             .collect();
-                        tracing::info!(peer = %addr, restart_time = gr.restart_time, ?keep, "peer restarting: keeping its routes as stale");
-                        let after = std::time::Duration::from_secs(u64::from(gr.restart_time));
+                        // Stale routes still held from a previous restart keep
+                        // their deadline: flapping cannot extend it.
+                        let now = tokio::time::Instant::now();
+                        let previous = p.stale_until.filter(|_| self.rib.has_stale(&addr));
+                        let until = restart::stale_deadline(
+                            now.into_std(),
+                            previous.map(tokio::time::Instant::into_std),
+                            gr.restart_time,
+                            p.config.stale_cap_secs(),
+                        );
+                        let until = tokio::time::Instant::from_std(until);
+                        p.stale_until = Some(until);
+                        let after = until.saturating_duration_since(now);
+                        tracing::info!(peer = %addr, restart_time = gr.restart_time, keep_secs = after.as_secs(), ?keep, "peer restarting: keeping its routes as stale");
                         let h = tasks::spawn_restart_timer(addr, restart_id, after, io_tx);
                         if let Some((_, old)) = p.restart_timer.replace((restart_id, h)) {
                             old.abort();
@@ -821,6 +1074,7 @@ impl Instance {
                         if let Some((_, h)) = p.restart_timer.take() {
                             h.abort();
                         }
+                        p.stale_until = None;
                         self.rib.remove_peer(addr)
                     }
                 };
@@ -840,41 +1094,64 @@ impl Instance {
         for e in &u.errors {
             tracing::warn!(peer = %addr, action = ?e.action, reason = %e.reason, "UPDATE attribute error (RFC 7606)");
         }
-        let r = u.routes(p.four_octet_as());
+        let mut r = u.routes(p.encode_cxt().four_octet_as);
         if let Some(family) = r.end_of_rib {
             tracing::debug!(peer = %addr, ?family, "End-of-RIB received");
             self.sweep_stale(addr, Some(family));
             return;
         }
-        let mut touched = Vec::new();
+        // Only the families agreed on the session are accepted.
+        let negotiated = |p: &IpNet| info.families.contains(&family_of(p));
+        let before = r.announced.len() + r.withdrawn.len();
+        r.announced.retain(|(p, _)| negotiated(p));
+        r.withdrawn.retain(negotiated);
+        if r.announced.len() + r.withdrawn.len() < before
+            && let Some(p) = self.peers.get_mut(&addr)
+            && !std::mem::replace(&mut p.family_warned, true)
+        {
+            tracing::warn!(peer = %addr, negotiated = ?info.families, "ignoring routes of address families not negotiated on this session");
+        }
+        let limit = self.peers.get(&addr).and_then(|p| p.config.prefix_limit());
+        // What changed, with the slot where the RIB already knows it.
+        let mut touched: Vec<(IpNet, Option<u32>)> = Vec::new();
         let mut changes = Vec::new();
         for w in r.withdrawn {
             changes.extend(self.rib.remove(w, Some(addr)));
-            touched.push(w);
+            touched.push((w, None));
         }
         if !r.announced.is_empty() {
             match policy::import(&self.local, &info, r.attrs) {
                 Ok(attrs) => {
-                    let shared = Arc::new(attrs);
                     let source = RouteSource::Peer {
                         addr,
                         ebgp: info.is_ebgp(),
                         rr_client: info.rr_client,
                         router_id: info.router_id,
                     };
+                    // The UPDATE's path, one per next hop (IPv4 NLRI and
+                    // MP_REACH_NLRI may carry different ones).
+                    let mut shared: Option<Route> = None;
                     for (prefix, next_hop) in r.announced {
-                        touched.push(prefix);
                         if !policy::next_hop_valid(&next_hop, &info) {
                             tracing::warn!(peer = %addr, %prefix, ?next_hop, "unusable next hop: treated as withdrawn");
                             changes.extend(self.rib.remove(prefix, Some(addr)));
+                            touched.push((prefix, None));
                             continue;
                         }
+                        let path = match &shared {
+                            Some(r) if r.next_hop == next_hop => r.clone(),
+                            _ => {
+                                let r = Route::new(source.clone(), attrs.clone(), next_hop);
+                                shared = Some(r.clone());
+                                r
+                            }
+                        };
                         // BGPFilters may change or reject single prefixes;
-                        // untouched ones keep sharing the UPDATE's attributes.
-                        let attrs = if info.filters.is_empty() {
-                            shared.clone()
+                        // untouched ones keep sharing the UPDATE's path.
+                        let route = if info.filters.is_empty() {
+                            path
                         } else {
-                            let mut attrs = (*shared).clone();
+                            let mut attrs = path.attrs.clone();
                             let accepted = policy::apply_filters(
                                 &info.filters,
                                 Direction::Import,
@@ -885,33 +1162,145 @@ impl Instance {
                             );
                             if !accepted {
                                 changes.extend(self.rib.remove(prefix, Some(addr)));
+                                touched.push((prefix, None));
                                 continue;
                             }
-                            if attrs == *shared {
-                                shared.clone()
+                            if attrs == path.attrs {
+                                path
                             } else {
-                                Arc::new(attrs)
+                                path.with_attrs(attrs)
                             }
                         };
-                        let route = Route {
-                            source: source.clone(),
-                            attrs,
-                            next_hop,
-                        };
-                        changes.extend(self.rib.insert(prefix, route));
+                        let (slot, change) = self.rib.insert_at(prefix, route);
+                        changes.extend(change);
+                        touched.push((prefix, Some(slot)));
+                        if let Some(limit) = limit {
+                            let family = family_of(&prefix);
+                            let held = self.rib.adj_in_count(&addr, family);
+                            if held > limit as usize {
+                                // The removal of all of them propagates
+                                // what this UPDATE touched.
+                                self.publish(changes);
+                                self.prefix_limit_exceeded(addr, family, limit);
+                                return;
+                            }
+                            self.near_prefix_limit(addr, family, held, limit);
+                        }
+                    }
+                }
+                Err(why @ policy::ImportReject::FirstAs) => {
+                    tracing::warn!(peer = %addr, ?why, count = r.announced.len(), "AS path does not start with the peer's AS: routes treated as withdrawn");
+                    for (prefix, _) in r.announced {
+                        changes.extend(self.rib.remove(prefix, Some(addr)));
+                        touched.push((prefix, None));
                     }
                 }
                 Err(why) => {
                     tracing::debug!(peer = %addr, ?why, "routes rejected on import");
                     for (prefix, _) in r.announced {
                         changes.extend(self.rib.remove(prefix, Some(addr)));
-                        touched.push(prefix);
+                        touched.push((prefix, None));
                     }
                 }
             }
         }
         self.publish(changes);
-        self.propagate(&touched);
+        self.propagate_at(&touched);
+    }
+
+    /// Closes the session of a peer over its prefix limit (the FSM sends
+    /// Cease / maximum number of prefixes reached and waits before trying
+    /// again); its routes go with the session.
+    fn prefix_limit_exceeded(&mut self, addr: IpAddr, family: Family, limit: u32) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let wait = p.config.prefix_limit_restart();
+        tracing::warn!(peer = %addr, ?family, limit, retry_secs = wait.as_secs(), "maximum number of prefixes reached: closing the session");
+        p.info = format!(
+            "maximum number of prefixes reached ({limit} {}); retrying in {} s",
+            family_name(family),
+            wait.as_secs()
+        );
+        self.fsm_event(addr, Event::PrefixLimitExceeded { family, limit });
+    }
+
+    /// Warns once per session when a peer holds 80% of its prefix limit.
+    fn near_prefix_limit(&mut self, addr: IpAddr, family: Family, held: usize, limit: u32) {
+        let i = usize::from(family == Family::Ipv6Unicast);
+        if held * 5 < limit as usize * 4 {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&addr)
+            && !std::mem::replace(&mut p.prefix_warned[i], true)
+        {
+            tracing::warn!(peer = %addr, ?family, held, limit, "peer is at 80% of its prefix limit");
+        }
+    }
+
+    /// The peer asks for our routes of one family again (RFC 2918). Only
+    /// for a negotiated family on a session that negotiated route refresh;
+    /// requests coalesce while one is pending.
+    fn route_refresh(&mut self, addr: IpAddr, rr: RouteRefreshMsg) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let Some(s) = p.fsm.session() else {
+            return;
+        };
+        // Subtypes 1/2 (RFC 7313 BoRR/EoRR) only frame a refresh.
+        if rr.subtype != 0 {
+            return;
+        }
+        let family =
+            Family::from_afi_safi(rr.afi, rr.safi).filter(|f| s.negotiated.families.contains(f));
+        let (Some(family), true) = (family, s.negotiated.route_refresh) else {
+            tracing::debug!(peer = %addr, afi = rr.afi, safi = rr.safi, "ROUTE-REFRESH for a family or capability not negotiated: ignored");
+            return;
+        };
+        if p.backlog.refresh(family) {
+            tracing::debug!(peer = %addr, ?family, "ROUTE-REFRESH: sending the family again");
+            self.work_due.insert(addr);
+        }
+    }
+
+    /// Produces what is owed to a peer, step by step, until nothing is
+    /// or its send queue is over the bound (the writer then wakes us up).
+    fn work(&mut self, addr: IpAddr) {
+        loop {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                return;
+            };
+            let (Some(info), Some(c)) = (p.session.clone(), &p.conn) else {
+                return;
+            };
+            if c.full() {
+                return;
+            }
+            let out = match p.backlog.next(BACKLOG_STEP) {
+                None => return,
+                Some(Step::Prefixes(list)) => self.rib.sync_peer(&self.local, &info, Some(&list)),
+                Some(Step::Walk { walk, reset }) => {
+                    if let Some(f) = reset {
+                        self.rib.reset_adj_out_family(&addr, f);
+                    }
+                    let (out, next) =
+                        self.rib
+                            .sync_peer_chunk(&self.local, &info, walk, BACKLOG_STEP);
+                    self.send_out(addr, out, &mut EncodeCache::default());
+                    let eor = self
+                        .peers
+                        .get_mut(&addr)
+                        .map(|p| p.backlog.walked(next))
+                        .unwrap_or_default();
+                    for f in eor {
+                        self.send(addr, &Message::Update(UpdateMsg::end_of_rib(f)));
+                    }
+                    continue;
+                }
+            };
+            self.send_out(addr, out, &mut EncodeCache::default());
+        }
     }
 
     /// Removes a restarting peer's routes that were not refreshed.
@@ -920,11 +1309,12 @@ impl Instance {
         if !prefixes.is_empty() {
             tracing::info!(peer = %addr, ?family, count = prefixes.len(), "removed stale routes");
         }
-        if self.rib.stale(&addr).is_empty()
+        if !self.rib.has_stale(&addr)
             && let Some(p) = self.peers.get_mut(&addr)
             && let Some((_, h)) = p.restart_timer.take()
         {
             h.abort();
+            p.stale_until = None;
         }
         self.publish(changes);
         self.propagate(&prefixes);
@@ -937,31 +1327,66 @@ impl Instance {
     }
 
     fn propagate(&mut self, prefixes: &[IpNet]) {
-        if prefixes.is_empty() {
+        let list: Vec<(IpNet, Option<u32>)> = prefixes.iter().map(|p| (*p, None)).collect();
+        self.propagate_at(&list);
+    }
+
+    /// [`Instance::propagate`] with the slots the RIB handed out for them
+    /// since the last sync.
+    fn propagate_at(&mut self, list: &[(IpNet, Option<u32>)]) {
+        if list.is_empty() {
             return;
         }
-        let targets: Vec<PeerInfo> = self
-            .peers
-            .values()
-            .filter(|p| p.fsm.state() == State::Established)
-            .filter_map(|p| p.session.clone())
-            .collect();
-        let outs = self.rib.sync_peers(&self.local, &targets, prefixes);
+        // Peers with output held back remember the prefixes instead: what
+        // they are owed stays bounded, and the Adj-RIB-Out diff sends the
+        // latest state once their queue drains.
+        let mut targets: Vec<PeerInfo> = Vec::new();
+        for (addr, p) in &mut self.peers {
+            if p.fsm.state() != State::Established {
+                continue;
+            }
+            let (Some(info), Some(c)) = (&p.session, &p.conn) else {
+                continue;
+            };
+            let full = c.full();
+            if full || !p.backlog.is_empty() {
+                let prefixes: Vec<IpNet> = list.iter().map(|(p, _)| *p).collect();
+                p.backlog.touch(&prefixes);
+                // Owed while the queue has room: nobody will wake us.
+                if !full {
+                    self.work_due.insert(*addr);
+                }
+            } else {
+                targets.push(info.clone());
+            }
+        }
+        let outs = self.rib.sync_peers_at(&self.local, &targets, list);
         let mut cache = EncodeCache::default();
         for (info, out) in targets.iter().zip(outs) {
             self.send_out(info.addr, out, &mut cache);
         }
     }
 
+    /// Compares everything with what `addr` was sent (an export policy
+    /// changed), in bounded steps.
     fn full_sync(&mut self, addr: IpAddr) {
-        let Some(info) = self.peers.get(&addr).and_then(|p| p.session.clone()) else {
-            return;
-        };
-        let out = self.rib.sync_peer(&self.local, &info, None);
-        self.send_out(addr, out, &mut EncodeCache::default());
+        if let Some(p) = self.peers.get_mut(&addr)
+            && p.session.is_some()
+        {
+            p.backlog.resync();
+            self.work(addr);
+        }
     }
 
     fn send_out(&self, addr: IpAddr, out: OutUpdate, cache: &mut EncodeCache) {
+        if !out.too_large.is_empty() {
+            for prefix in out.too_large.iter().take(TOO_LARGE_LOGGED) {
+                tracing::warn!(peer = %addr, %prefix, "route not sent: its path attributes do not fit in one message to this peer");
+            }
+            if out.too_large.len() > TOO_LARGE_LOGGED {
+                tracing::warn!(peer = %addr, more = out.too_large.len() - TOO_LARGE_LOGGED, "more routes not sent: path attributes too large");
+            }
+        }
         if out.is_empty() {
             return;
         }
@@ -971,8 +1396,8 @@ impl Instance {
         let Some(c) = &p.conn else {
             return;
         };
-        let four_octet_as = p.four_octet_as();
-        let cxt = EncodeCxt { four_octet_as };
+        let cxt = p.encode_cxt();
+        let max = cxt.max_message_len();
         if !out.withdraw.is_empty() {
             for b in cache.get(None, &out.withdraw, || {
                 UpdateMsg::withdraw(&out.withdraw)
@@ -980,26 +1405,38 @@ impl Instance {
                     .map(|m| Message::Update(m).encode(&cxt).into())
                     .collect()
             }) {
-                let _ = c.tx.send(b.clone());
+                c.queue(b.clone());
             }
         }
         for a in &out.announce {
-            let key = Some((Arc::as_ptr(&a.attrs) as usize, a.next_hop, four_octet_as));
+            let key = Some((Arc::as_ptr(&a.attrs) as usize, a.next_hop, cxt));
             for b in cache.get(key, &a.prefixes, || {
-                UpdateMsg::announce(&a.attrs, a.next_hop, &a.prefixes, &cxt)
-                    .into_iter()
-                    .map(|m| Message::Update(m).encode(&cxt).into())
-                    .collect()
+                match UpdateMsg::announce(&a.attrs, a.next_hop, &a.prefixes, &cxt) {
+                    Ok(msgs) => msgs
+                        .into_iter()
+                        .map(|m| Message::Update(m).encode(&cxt).into())
+                        .collect(),
+                    Err(e) => {
+                        // The RIB only hands over exports that fit.
+                        tracing::error!(peer = %addr, error = %e, "UPDATE not sent");
+                        Vec::new()
+                    }
+                }
             }) {
-                let _ = c.tx.send(b.clone());
+                // Never more than the session allows, whatever went before.
+                if b.len() > max {
+                    tracing::error!(peer = %addr, len = b.len(), max, "UPDATE over the message size limit not sent");
+                    continue;
+                }
+                c.queue(b.clone());
             }
         }
     }
 }
 
 /// What one batch of UPDATEs is about: the (interned) attributes, next
-/// hop and AS number size of an announcement, or `None` for withdrawals.
-type GroupKey = Option<(usize, NextHop, bool)>;
+/// hop and encoding of an announcement, or `None` for withdrawals.
+type GroupKey = Option<(usize, NextHop, EncodeCxt)>;
 
 /// Prefixes of one batch and their encoded UPDATEs.
 type Encoded = (Vec<IpNet>, Vec<tasks::Bytes>);
@@ -1009,7 +1446,7 @@ type Encoded = (Vec<IpNet>, Vec<tasks::Bytes>);
 /// of a route reflector) share one encoding and one queued buffer.
 #[derive(Default)]
 struct EncodeCache {
-    entries: HashMap<(GroupKey, usize, IpNet), Vec<Encoded>>,
+    entries: crate::rib::FastMap<(GroupKey, usize, IpNet), Vec<Encoded>>,
 }
 
 impl EncodeCache {
@@ -1065,7 +1502,7 @@ mod tests {
     #[test]
     fn per_peer_timers_override_the_instance() {
         let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
-        let c = fsm_config(&inst(), &p);
+        let c = fsm_config(&inst(), &p, RestartState::default());
         assert_eq!(
             (c.local_as, gr_time(&c), c.keepalive),
             (64512, Some(120), None)
@@ -1073,13 +1510,16 @@ mod tests {
         p.local_as = Some(65100);
         p.graceful_restart_time = Some(300);
         p.keepalive_secs = Some(7);
-        let c = fsm_config(&inst(), &p);
+        let c = fsm_config(&inst(), &p, RestartState::default());
         assert_eq!(c.local_as, 65100);
         assert_eq!(gr_time(&c), Some(300));
         assert_eq!(c.keepalive, Some(std::time::Duration::from_secs(7)));
         assert!(c.capabilities.contains(&Capability::FourOctetAs(65100)));
         // 0 for one peer turns graceful restart off towards it only.
         p.graceful_restart_time = Some(0);
-        assert_eq!(gr_time(&fsm_config(&inst(), &p)), None);
+        assert_eq!(
+            gr_time(&fsm_config(&inst(), &p, RestartState::default())),
+            None
+        );
     }
 }

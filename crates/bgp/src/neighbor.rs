@@ -1,13 +1,14 @@
-//! A BGP neighbor: its session state machine (`fsm`, RFC 4271 section 8)
-//! and connection collision resolution (section 6.8). Everything here is
-//! deterministic and free of I/O: events in, actions out.
+//! A BGP neighbor: its session state machine (`fsm`, RFC 4271 section 8),
+//! connection collision resolution (section 6.8) and the graceful restart
+//! helper's timing (`restart`, RFC 4724). Everything here is deterministic
+//! and free of I/O: events in, actions out.
 
 pub mod fsm {
     //! The session FSM. [`Fsm::handle`] maps the current state and an
     //! [`Event`] to the next state and a list of [`Action`]s for the I/O
     //! layer (connect, send, start timers, report session up/down).
 
-    use crate::packet::capability::{Capability, Negotiated, negotiate};
+    use crate::packet::capability::{Capability, Family, Negotiated, negotiate};
     use crate::packet::error::{CeaseSubcode, DecodeError, ErrorCode, OpenMessageError};
     use crate::packet::message::{NotificationMsg, OpenMsg};
     use std::net::Ipv4Addr;
@@ -85,6 +86,18 @@ pub mod fsm {
         /// Collision resolution closed our connection in favour of a new
         /// one (OpenSent/OpenConfirm only): start over on the new one.
         ConnectionReplaced,
+        /// The peer sent more prefixes of `family` than `limit`: close with
+        /// Cease / maximum number of prefixes reached (RFC 4486) and wait
+        /// [`FsmConfig::prefix_limit_restart`] before trying again.
+        PrefixLimitExceeded {
+            /// The family over its limit.
+            family: Family,
+            /// The limit.
+            limit: u32,
+        },
+        /// Nothing we queued could be written for the send hold time: the
+        /// peer stopped reading (RFC 9687). Close and free what is queued.
+        SendHoldTimerExpired,
     }
 
     /// Outputs of the FSM, executed in order by the I/O layer.
@@ -144,6 +157,8 @@ pub mod fsm {
         pub capabilities: Vec<Capability>,
         /// Configured KEEPALIVE interval; `None` = a third of the hold time.
         pub keepalive: Option<Duration>,
+        /// Back-off after closing the session for too many prefixes.
+        pub prefix_limit_restart: Duration,
     }
 
     /// Hold time used in OpenSent before the peer's OPEN arrives
@@ -233,6 +248,18 @@ pub mod fsm {
             reason: String,
             out: &mut Vec<Action>,
         ) {
+            let idle = self.config.idle_hold;
+            self.drop_session_for(notif, reason, idle, out)
+        }
+
+        /// [`Fsm::drop_session`] with an automatic restart after `idle`.
+        fn drop_session_for(
+            &mut self,
+            notif: Option<NotificationMsg>,
+            reason: String,
+            idle: Duration,
+            out: &mut Vec<Action>,
+        ) {
             if let Some(n) = notif {
                 out.push(Action::SendNotification(n));
             }
@@ -247,7 +274,7 @@ pub mod fsm {
             self.peer_router_id = None;
             self.state = State::Idle;
             if self.enabled {
-                out.push(Action::StartTimer(Timer::IdleHold, self.config.idle_hold));
+                out.push(Action::StartTimer(Timer::IdleHold, idle));
             }
         }
 
@@ -356,6 +383,11 @@ pub mod fsm {
                 (Connect | Active, Event::TimerExpired(_)) => {}
                 // Only meaningful with an OPEN exchange under way.
                 (Connect | Active, Event::ConnectionReplaced) => {}
+                // Only meaningful on a session (a stale report of one).
+                (
+                    Connect | Active,
+                    Event::PrefixLimitExceeded { .. } | Event::SendHoldTimerExpired,
+                ) => {}
                 // RFC 4271 8.2.2: any other event in Connect/Active drops the
                 // connection and goes Idle, without a NOTIFICATION.
                 (Connect | Active, _) => {
@@ -412,6 +444,24 @@ pub mod fsm {
                     self.state = OpenSent;
                 }
                 (_, Event::ConnectionReplaced) => {}
+                (Established, Event::PrefixLimitExceeded { family, limit }) => {
+                    let (afi, safi) = family.afi_safi();
+                    let mut n = cease(CeaseSubcode::MaximumPrefixes);
+                    // RFC 4486 section 4: AFI, SAFI and the upper bound.
+                    n.data.extend_from_slice(&afi.to_be_bytes());
+                    n.data.push(safi);
+                    n.data.extend_from_slice(&limit.to_be_bytes());
+                    let reason = format!("maximum number of prefixes ({limit}) reached");
+                    let idle = self.config.prefix_limit_restart;
+                    self.drop_session_for(Some(n), reason, idle, &mut out);
+                }
+                (_, Event::PrefixLimitExceeded { .. }) => {}
+                (OpenSent | OpenConfirm | Established, Event::SendHoldTimerExpired) => self
+                    .drop_session(
+                        Some(NotificationMsg::new(ErrorCode::SendHoldTimerExpired, 0)),
+                        "send hold timer expired: the peer stopped reading".into(),
+                        &mut out,
+                    ),
                 (OpenConfirm | Established, Event::TimerExpired(Timer::Keepalive)) => {
                     out.push(Action::SendKeepalive);
                     if let Some(s) = &self.session {
@@ -506,6 +556,7 @@ pub mod fsm {
                     Capability::FourOctetAs(65000),
                 ],
                 keepalive: None,
+                prefix_limit_restart: Duration::from_secs(60),
             }
         }
 
@@ -832,28 +883,33 @@ pub mod fsm {
                     reason: "test".into(),
                 }),
                 Event::ConnectionReplaced,
+                Event::PrefixLimitExceeded {
+                    family: Family::Ipv4Unicast,
+                    limit: 10,
+                },
+                Event::SendHoldTimerExpired,
             ];
             // Expected next state, one column per event above.
-            let table: [(State, [State; 15]); 6] = [
+            let table: [(State, [State; 17]); 6] = [
                 (
                     Idle,
                     [
                         Connect, Idle, Idle, Idle, Idle, Idle, Idle, Idle, Idle, Idle, Idle, Idle,
-                        Idle, Idle, Idle,
+                        Idle, Idle, Idle, Idle, Idle,
                     ],
                 ),
                 (
                     Connect,
                     [
                         Connect, Idle, OpenSent, Active, Connect, Connect, Connect, Connect, Idle,
-                        Idle, Idle, Idle, Idle, Idle, Connect,
+                        Idle, Idle, Idle, Idle, Idle, Connect, Connect, Connect,
                     ],
                 ),
                 (
                     Active,
                     [
                         Active, Idle, OpenSent, Active, Connect, Active, Active, Active, Idle,
-                        Idle, Idle, Idle, Idle, Idle, Active,
+                        Idle, Idle, Idle, Idle, Idle, Active, Active, Active,
                     ],
                 ),
                 (
@@ -874,6 +930,8 @@ pub mod fsm {
                         Idle,
                         Idle,
                         OpenSent,
+                        OpenSent,
+                        Idle,
                     ],
                 ),
                 (
@@ -894,6 +952,8 @@ pub mod fsm {
                         Idle,
                         Idle,
                         OpenSent,
+                        OpenConfirm,
+                        Idle,
                     ],
                 ),
                 (
@@ -914,6 +974,8 @@ pub mod fsm {
                         Idle,
                         Idle,
                         Established,
+                        Idle,
+                        Idle,
                     ],
                 ),
             ];
@@ -960,6 +1022,38 @@ pub mod fsm {
         }
 
         #[test]
+        fn prefix_limit_closes_with_cease_and_waits_longer() {
+            let mut f = established(false);
+            let a = f.handle(Event::PrefixLimitExceeded {
+                family: Family::Ipv6Unicast,
+                limit: 100_000,
+            });
+            assert_eq!(f.state(), State::Idle);
+            let Action::SendNotification(n) = &a[0] else {
+                panic!("{a:?}")
+            };
+            assert_eq!((n.code, n.subcode), (ErrorCode::Cease, 1));
+            // AFI 2, SAFI 1, limit 100000.
+            assert_eq!(n.data, vec![0, 2, 1, 0, 0x01, 0x86, 0xa0]);
+            assert!(a.contains(&Action::StartTimer(Timer::IdleHold, secs(60))));
+            assert!(a.iter().any(|x| matches!(x, Action::SessionDown(_))));
+            // Back after the wait, not the ordinary back-off.
+            f.handle(Event::TimerExpired(Timer::IdleHold));
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        #[test]
+        fn send_hold_expiry_drops_the_session() {
+            let mut f = established(false);
+            let a = f.handle(Event::SendHoldTimerExpired);
+            assert_eq!(f.state(), State::Idle);
+            assert!(matches!(&a[0], Action::SendNotification(n)
+                if n.code == ErrorCode::SendHoldTimerExpired && n.code.to_u8() == 8));
+            assert!(a.contains(&Action::Disconnect));
+            assert!(a.contains(&Action::StartTimer(Timer::IdleHold, secs(3))));
+        }
+
+        #[test]
         fn hold_time_negotiation() {
             assert_eq!(negotiate_hold_time(90, 30), 30);
             assert_eq!(negotiate_hold_time(90, 0), 0);
@@ -989,6 +1083,52 @@ pub mod fsm {
                     Action::StartTimer(Timer::Keepalive, secs(4))
                 ]
             );
+        }
+    }
+}
+
+pub mod restart {
+    //! Graceful restart helper timing (RFC 4724 section 4.2): how long a
+    //! restarting peer's routes are kept as stale.
+
+    use std::time::{Duration, Instant};
+
+    /// Longest we keep a restarting peer's routes when nothing else is
+    /// configured, whatever restart time the peer asks for (seconds; the
+    /// graceful restart time BIRD and GoBGP default to).
+    pub const DEFAULT_STALE_CAP_SECS: u16 = 120;
+
+    /// When the stale routes of a peer whose session just went down (a
+    /// restart) must go: after the restart time the peer asked for, capped
+    /// locally at `cap_secs`. A restart before the previous one finished
+    /// (stale routes still held, `previous` their deadline) never moves the
+    /// deadline later, so a flapping peer cannot keep its routes forever.
+    pub fn stale_deadline(
+        now: Instant,
+        previous: Option<Instant>,
+        peer_restart_secs: u16,
+        cap_secs: u16,
+    ) -> Instant {
+        let allowed = now + Duration::from_secs(u64::from(peer_restart_secs.min(cap_secs)));
+        previous.map_or(allowed, |p| p.min(allowed))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn capped_and_never_extended_by_flaps() {
+            let t0 = Instant::now();
+            let s = Duration::from_secs;
+            // The peer asks for 4095 s: capped.
+            assert_eq!(stale_deadline(t0, None, 4095, 120), t0 + s(120));
+            assert_eq!(stale_deadline(t0, None, 30, 120), t0 + s(30));
+            // It flaps 100 s later, still stale: the first deadline holds.
+            let d = stale_deadline(t0, None, 4095, 120);
+            assert_eq!(stale_deadline(t0 + s(100), Some(d), 4095, 120), d);
+            // A shorter new restart time brings it forward.
+            assert_eq!(stale_deadline(t0 + s(100), Some(d), 5, 120), t0 + s(105));
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Built-in route policy: what the protocol rules demand on import (AS loop
-//! detection, ORIGINATOR_ID/CLUSTER_LIST loop checks, LOCAL_PREF from eBGP
-//! ignored) and on export (iBGP split horizon, route reflection per RFC 4456,
-//! AS prepend and next-hop rewriting for eBGP), and Calico BGPFilter rules
-//! (ordered import/export rules per family with match fields, an action and
-//! operations), evaluated as pure functions.
+//! detection, the first-AS check on eBGP, ORIGINATOR_ID/CLUSTER_LIST loop
+//! checks, LOCAL_PREF from eBGP ignored) and on export (iBGP split horizon,
+//! route reflection per RFC 4456, the well-known communities NO_EXPORT,
+//! NO_ADVERTISE and NO_EXPORT_SUBCONFED, no transit between eBGP peers
+//! unless asked for, AS prepend and next-hop rewriting for eBGP), and Calico
+//! BGPFilter rules (ordered import/export rules per family with match
+//! fields, an action and operations), evaluated as pure functions.
 
+use crate::packet::EncodeCxt;
 use crate::packet::attribute::{NextHop, PathAttributes};
 use crate::packet::capability::Family;
 use ipnet::IpNet;
@@ -15,6 +18,16 @@ use std::sync::Arc;
 /// Default LOCAL_PREF when none is present (RFC 4271 leaves it to the
 /// implementation; 100 is what BIRD, FRR and GoBGP use).
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// Well-known community NO_EXPORT (RFC 1997): not advertised outside the AS
+/// (to eBGP peers).
+pub const NO_EXPORT: u32 = 0xFFFF_FF01;
+/// Well-known community NO_ADVERTISE (RFC 1997): not advertised to any peer.
+pub const NO_ADVERTISE: u32 = 0xFFFF_FF02;
+/// Well-known community NO_EXPORT_SUBCONFED (RFC 1997): not advertised to
+/// external peers, confederation members included. Without confederations
+/// that is every eBGP peer, as for NO_EXPORT.
+pub const NO_EXPORT_SUBCONFED: u32 = 0xFFFF_FF03;
 
 /// This speaker's identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +67,17 @@ pub struct PeerInfo {
     pub families: Vec<Family>,
     /// BGPFilters applied to this peer, in order.
     pub filters: Arc<[Filter]>,
+    /// How UPDATEs to this peer are encoded (AS number size, message size
+    /// limit): exports whose attributes do not fit are not sent.
+    pub encode: EncodeCxt,
+    /// Export routes learned over eBGP to this (eBGP) peer, making this
+    /// speaker transit between external peers. Off by default: like
+    /// Calico's BIRD configuration, a node only exports its own and the
+    /// cluster's routes to external peers.
+    pub transit: bool,
+    /// Treat routes from this (eBGP) peer as withdrawn unless their AS path
+    /// starts with the peer's AS (RFC 4271 section 6.3).
+    pub enforce_first_as: bool,
 }
 
 impl PeerInfo {
@@ -72,6 +96,8 @@ pub enum ImportReject {
     OriginatorLoop,
     /// CLUSTER_LIST contains our cluster id.
     ClusterLoop,
+    /// An eBGP peer sent a path that does not start with its own AS.
+    FirstAs,
 }
 
 /// Applies the import rules to a route received from `peer`.
@@ -85,6 +111,12 @@ pub fn import(
             && attrs.as_path.count(local.asn) > usize::from(peer.allow_local_as))
     {
         return Err(ImportReject::AsLoop);
+    }
+    if peer.is_ebgp()
+        && peer.enforce_first_as
+        && attrs.as_path.neighbor_as() != Some(peer.remote_as)
+    {
+        return Err(ImportReject::FirstAs);
     }
     if peer.is_ebgp() {
         // LOCAL_PREF is not meaningful across AS boundaries (RFC 4271 5.1.5),
@@ -155,6 +187,21 @@ pub fn export(
     };
     if !to.families.contains(&family) {
         return None;
+    }
+    if attrs.communities.contains(&NO_ADVERTISE) {
+        return None;
+    }
+    if to.is_ebgp() {
+        if attrs
+            .communities
+            .iter()
+            .any(|c| *c == NO_EXPORT || *c == NO_EXPORT_SUBCONFED)
+        {
+            return None;
+        }
+        if matches!(source, RouteSource::Peer { ebgp: true, .. }) && !to.transit {
+            return None;
+        }
     }
     let mut out = attrs.clone();
     let mut rewrite_next_hop = to.next_hop_self;
@@ -525,6 +572,9 @@ mod tests {
             local_v6: Some("2001:db8::1".parse().unwrap()),
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             filters: Arc::from(Vec::new()),
+            encode: EncodeCxt::default(),
+            transit: false,
+            enforce_first_as: true,
         }
     }
 
@@ -571,6 +621,74 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(import(&local(), &p, attrs), Err(ImportReject::AsLoop));
+    }
+
+    #[test]
+    fn import_first_as_check_on_ebgp() {
+        let mut p = peer(2, 65001, false);
+        let path = |asns: &[u32]| PathAttributes {
+            as_path: AsPath::from_sequence(asns),
+            ..Default::default()
+        };
+        assert!(import(&local(), &p, path(&[65001, 65002])).is_ok());
+        for bad in [&[65002, 65001][..], &[]] {
+            assert_eq!(
+                import(&local(), &p, path(bad)),
+                Err(ImportReject::FirstAs),
+                "{bad:?}"
+            );
+        }
+        // Off for this peer (a route server that does not prepend itself).
+        p.enforce_first_as = false;
+        assert!(import(&local(), &p, path(&[65002])).is_ok());
+        // Never on iBGP, where the path is usually empty.
+        let ib = peer(3, 64512, false);
+        assert!(import(&local(), &ib, path(&[])).is_ok());
+    }
+
+    #[test]
+    fn well_known_communities_limit_export() {
+        let (ib, eb) = (peer(2, 64512, false), peer(3, 65001, false));
+        let client = peer(4, 64512, true);
+        let with = |c: u32| PathAttributes {
+            communities: vec![(65000 << 16) | 1, c],
+            ..Default::default()
+        };
+        let e = |to: &PeerInfo, src: &RouteSource, a: &PathAttributes| {
+            export(&local(), to, &pfx(), src, a, NH).is_some()
+        };
+        let from_ib = src(&ib);
+        for to in [&ib, &eb, &client] {
+            assert!(!e(to, &RouteSource::Local, &with(NO_ADVERTISE)), "{to:?}");
+        }
+        assert!(!e(&client, &from_ib, &with(NO_ADVERTISE)));
+        for c in [NO_EXPORT, NO_EXPORT_SUBCONFED] {
+            assert!(!e(&eb, &RouteSource::Local, &with(c)));
+            assert!(!e(&eb, &from_ib, &with(c)));
+            // Inside the AS they still travel, reflected included.
+            assert!(e(&ib, &RouteSource::Local, &with(c)));
+            assert!(e(&client, &from_ib, &with(c)));
+        }
+        assert!(e(&eb, &RouteSource::Local, &with(1)));
+    }
+
+    #[test]
+    fn never_transit_between_ebgp_peers_unless_asked() {
+        let (e1, mut e2) = (peer(2, 65001, false), peer(3, 65002, false));
+        let ib = peer(4, 64512, false);
+        let a = PathAttributes {
+            as_path: AsPath::from_sequence(&[65001]),
+            ..Default::default()
+        };
+        let from_e1 = src(&e1);
+        assert!(export(&local(), &e2, &pfx(), &from_e1, &a, NH).is_none());
+        // The cluster still learns it, and local and iBGP routes go out.
+        assert!(export(&local(), &ib, &pfx(), &from_e1, &a, NH).is_some());
+        assert!(export(&local(), &e2, &pfx(), &src(&ib), &a, NH).is_some());
+        assert!(export(&local(), &e2, &pfx(), &RouteSource::Local, &a, NH).is_some());
+        e2.transit = true;
+        let (out, _) = export(&local(), &e2, &pfx(), &from_e1, &a, NH).unwrap();
+        assert_eq!(out.as_path, AsPath::from_sequence(&[64512, 65001]));
     }
 
     #[test]

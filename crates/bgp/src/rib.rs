@@ -7,34 +7,63 @@
 //! destination lives in a dense slot (chunked arena, found through one
 //! B-tree index from prefix to slot: ordered, and cache friendly for the
 //! mostly ascending prefixes of a table dump), its paths inline when there is
-//! one. A peer's Adj-RIB-Out is a chunked array indexed by slot holding a 2-
-//! (or, past 65535 attribute sets, 4-) byte id of an interned (attributes,
-//! next hop) pair, 0 = nothing sent. Exports are memoised per
+//! one. A peer's Adj-RIB-Out is a chunked array indexed by slot holding a 1-
+//! (or, past 255 attribute sets, 2-, past 65535, 4-) byte id of an interned
+//! (attributes, next hop) pair, 0 = nothing sent. Exports are memoised per
 //! (route attributes, source, next hop) within one sync, so the policy runs
 //! once per attribute set and peer rather than once per prefix and peer.
 //! The Adj-RIB-In index is derived from the Loc-RIB when a peer goes away.
 
 use crate::packet::attribute::{NextHop, PathAttributes};
 use crate::packet::capability::Family;
+use crate::packet::{message, prefix_wire_len};
 use crate::policy::{self, DEFAULT_LOCAL_PREF, LocalInfo, PeerInfo, RouteSource};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Bound;
 use std::sync::Arc;
 
-/// One path to a destination.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
+/// What a path is: where it came from, its attributes and its next hop.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Path {
     /// Where it came from.
     pub source: RouteSource,
-    /// Attributes (shared between prefixes of one UPDATE).
-    pub attrs: Arc<PathAttributes>,
+    /// Attributes.
+    pub attrs: PathAttributes,
     /// Next hop.
     pub next_hop: NextHop,
 }
 
+/// One path to a destination: a shared [`Path`], so every prefix of one
+/// UPDATE (or one origination) costs the RIB a pointer, not a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route(Arc<Path>);
+
+impl std::ops::Deref for Route {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Route {
+    /// A path to share between prefixes (clone the `Route`).
+    pub fn new(source: RouteSource, attrs: PathAttributes, next_hop: NextHop) -> Route {
+        Route(Arc::new(Path {
+            source,
+            attrs,
+            next_hop,
+        }))
+    }
+
+    /// The same source and next hop with other attributes.
+    pub fn with_attrs(&self, attrs: PathAttributes) -> Route {
+        Route::new(self.source.clone(), attrs, self.next_hop)
+    }
+
     fn key(&self) -> Option<IpAddr> {
         match &self.source {
             RouteSource::Local => None,
@@ -96,7 +125,9 @@ enum Paths {
     #[default]
     None,
     One(Route),
-    Many(Vec<Route>),
+    // Boxed so a destination stays two words: almost all have one path.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Route>>),
 }
 
 /// All paths to one prefix, and the selection.
@@ -124,22 +155,30 @@ impl Destination {
         self.paths().is_empty()
     }
 
-    /// Inserts or replaces the path with the same source.
-    fn insert(&mut self, route: Route) {
+    /// Inserts or replaces the path with the same source; true when the
+    /// source had no path here before.
+    fn insert(&mut self, route: Route) -> bool {
         match &mut self.paths {
             Paths::None => self.paths = Paths::One(route),
-            Paths::One(r) if r.key() == route.key() => *r = route,
+            Paths::One(r) if r.key() == route.key() => {
+                *r = route;
+                return false;
+            }
             Paths::One(_) => {
                 let Paths::One(old) = std::mem::take(&mut self.paths) else {
-                    return;
+                    return false;
                 };
-                self.paths = Paths::Many(vec![old, route]);
+                self.paths = Paths::Many(Box::new(vec![old, route]));
             }
             Paths::Many(v) => match v.iter_mut().find(|r| r.key() == route.key()) {
-                Some(r) => *r = route,
+                Some(r) => {
+                    *r = route;
+                    return false;
+                }
                 None => v.push(route),
             },
         }
+        true
     }
 
     /// Removes the path from `source`; false if there was none.
@@ -222,6 +261,10 @@ pub struct OutUpdate {
     pub announce: Vec<Announcement>,
     /// Withdrawals.
     pub withdraw: Vec<IpNet>,
+    /// Prefixes whose best route was not sent because its attributes, as
+    /// exported to this peer, leave no room for the prefix in one message
+    /// (a previously sent version is in `withdraw`). For a warning.
+    pub too_large: Vec<IpNet>,
 }
 
 impl OutUpdate {
@@ -230,6 +273,69 @@ impl OutUpdate {
         self.announce.is_empty() && self.withdraw.is_empty()
     }
 }
+
+/// Where a walk over the RIB ([`Rib::sync_peer_chunk`]) stands: the next
+/// prefix to look at is after `after` (from the start when `None`), and
+/// the walk ends before `end` (at the end of the table when `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// Last prefix handled.
+    pub after: Option<IpNet>,
+    /// First prefix not to handle.
+    pub end: Option<IpNet>,
+}
+
+impl Walk {
+    /// A walk over the prefixes of `family`, or over all of them.
+    pub fn over(family: Option<Family>) -> Walk {
+        let v6_start = IpNet::V6(ipnet::Ipv6Net::default());
+        match family {
+            None => Walk {
+                after: None,
+                end: None,
+            },
+            Some(Family::Ipv4Unicast) => Walk {
+                after: None,
+                end: Some(v6_start),
+            },
+            Some(Family::Ipv6Unicast) => Walk {
+                // Nothing sorts before ::/0 among IPv6 prefixes, and no
+                // IPv4 prefix after the last IPv4 one: start just after it.
+                after: Some(IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::BROADCAST, 32).unwrap_or_default(),
+                )),
+                end: None,
+            },
+        }
+    }
+}
+
+/// FNV-1a: a fast hash for the RIB's own keys (pointers, ids, peer
+/// addresses), none of which a peer chooses. Maps keyed by what peers send
+/// (attribute sets) keep the standard, keyed hasher.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A map with [`Fnv`] hashing.
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// Slots per arena chunk: arrays grow by whole chunks, never by copying.
 const CHUNK: usize = 4096;
@@ -248,11 +354,13 @@ struct Slot {
     sent: u32,
 }
 
-/// One chunk of an Adj-RIB-Out: 2-byte ids until an id needs more.
+/// One chunk of an Adj-RIB-Out: 1-byte ids until an id needs more, then 2,
+/// then 4 (a peer is sent few distinct attribute sets).
 #[derive(Debug, Default)]
 enum IdChunk {
     #[default]
     Empty,
+    Tiny(Box<[u8]>),
     Narrow(Box<[u16]>),
     Wide(Box<[u32]>),
 }
@@ -261,33 +369,44 @@ impl IdChunk {
     fn get(&self, i: usize) -> u32 {
         match self {
             IdChunk::Empty => 0,
+            IdChunk::Tiny(v) => u32::from(v[i]),
             IdChunk::Narrow(v) => u32::from(v[i]),
             IdChunk::Wide(v) => v[i],
         }
     }
 
+    fn width(&self) -> u8 {
+        match self {
+            IdChunk::Empty => 0,
+            IdChunk::Tiny(_) => 1,
+            IdChunk::Narrow(_) => 2,
+            IdChunk::Wide(_) => 4,
+        }
+    }
+
     /// Sets entry `i`, returning the previous id.
     fn set(&mut self, i: usize, id: u32) -> u32 {
-        if let Ok(narrow) = u16::try_from(id) {
-            if matches!(self, IdChunk::Empty) {
-                if id == 0 {
-                    return 0;
-                }
-                *self = IdChunk::Narrow(vec![0; CHUNK].into_boxed_slice());
-            }
-            match self {
-                IdChunk::Narrow(v) => return u32::from(std::mem::replace(&mut v[i], narrow)),
-                IdChunk::Wide(v) => return std::mem::replace(&mut v[i], id),
-                IdChunk::Empty => {}
-            }
-        }
-        let wide: Box<[u32]> = match self {
-            IdChunk::Wide(v) => return std::mem::replace(&mut v[i], id),
-            IdChunk::Narrow(v) => v.iter().map(|x| u32::from(*x)).collect(),
-            IdChunk::Empty => vec![0; CHUNK].into_boxed_slice(),
+        let need = match id {
+            0 => 0,
+            1..=0xff => 1,
+            0x100..=0xffff => 2,
+            _ => 4,
         };
-        *self = IdChunk::Wide(wide);
-        self.set(i, id)
+        if need > self.width() {
+            let old = std::mem::take(self);
+            let all = (0..CHUNK).map(|j| old.get(j));
+            *self = match need {
+                1 => IdChunk::Tiny(all.map(|x| x as u8).collect()),
+                2 => IdChunk::Narrow(all.map(|x| x as u16).collect()),
+                _ => IdChunk::Wide(all.collect()),
+            };
+        }
+        match self {
+            IdChunk::Empty => 0,
+            IdChunk::Tiny(v) => u32::from(std::mem::replace(&mut v[i], id as u8)),
+            IdChunk::Narrow(v) => u32::from(std::mem::replace(&mut v[i], id as u16)),
+            IdChunk::Wide(v) => std::mem::replace(&mut v[i], id),
+        }
     }
 }
 
@@ -385,23 +504,130 @@ impl OutAttrs {
 /// filters: the route's attribute set, source and next hop, and the family.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ExportKey {
-    attrs: *const PathAttributes,
-    source: RouteSource,
-    next_hop: NextHop,
+    path: *const Path,
     v4: bool,
+}
+
+/// The Loc-RIB's index from prefix to slot: one B-tree per family, IPv4
+/// prefixes as one `u64` (address, then length: the order of [`Ipv4Net`]),
+/// so that a node holds its 11 entries in 144 bytes instead of 256. Walks
+/// see IPv4 before IPv6, as [`IpNet`] orders them.
+#[derive(Debug, Default)]
+struct PrefixIndex {
+    v4: BTreeMap<u64, u32>,
+    v6: BTreeMap<Ipv6Net, u32>,
+}
+
+fn key4(p: &Ipv4Net) -> u64 {
+    (u64::from(u32::from(p.addr())) << 8) | u64::from(p.prefix_len())
+}
+
+fn net4(k: u64) -> IpNet {
+    let addr = Ipv4Addr::from((k >> 8) as u32);
+    IpNet::V4(Ipv4Net::new(addr, (k & 0xff) as u8).unwrap_or_default())
+}
+
+/// `(lo, hi)` unless the range is empty (`BTreeMap::range` panics on some
+/// empty ranges).
+fn bounds<K: Ord>(lo: Bound<K>, hi: Bound<K>) -> Option<(Bound<K>, Bound<K>)> {
+    let empty = match (&lo, &hi) {
+        (Bound::Excluded(a) | Bound::Included(a), Bound::Excluded(b)) => a >= b,
+        (Bound::Excluded(a), Bound::Included(b)) => a >= b,
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        _ => false,
+    };
+    (!empty).then_some((lo, hi))
+}
+
+impl PrefixIndex {
+    fn get(&self, p: &IpNet) -> Option<u32> {
+        match p {
+            IpNet::V4(p) => self.v4.get(&key4(p)).copied(),
+            IpNet::V6(p) => self.v6.get(p).copied(),
+        }
+    }
+
+    /// The slot of `p`, or a new one from `alloc` recorded for it.
+    fn get_or_insert_with(&mut self, p: IpNet, alloc: impl FnOnce() -> u32) -> u32 {
+        match p {
+            IpNet::V4(p) => *self.v4.entry(key4(&p)).or_insert_with(alloc),
+            IpNet::V6(p) => *self.v6.entry(p).or_insert_with(alloc),
+        }
+    }
+
+    fn remove(&mut self, p: &IpNet) {
+        match p {
+            IpNet::V4(p) => self.v4.remove(&key4(p)),
+            IpNet::V6(p) => self.v6.remove(p),
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, u32)> + '_ {
+        let v4 = self.v4.iter().map(|(k, s)| (net4(*k), *s));
+        v4.chain(self.v6.iter().map(|(p, s)| (IpNet::V6(*p), *s)))
+    }
+
+    /// Prefixes after `after` (all when `None`) and before `end` (to the
+    /// end when `None`), in order.
+    fn range(
+        &self,
+        after: Option<IpNet>,
+        end: Option<IpNet>,
+    ) -> impl Iterator<Item = (IpNet, u32)> + '_ {
+        // IPv4 part: nothing when the walk starts in IPv6.
+        let v4 = match after {
+            Some(IpNet::V6(_)) => None,
+            Some(IpNet::V4(p)) => Some(Bound::Excluded(key4(&p))),
+            None => Some(Bound::Unbounded),
+        }
+        .and_then(|lo| {
+            let hi = match end {
+                Some(IpNet::V4(p)) => Bound::Excluded(key4(&p)),
+                _ => Bound::Unbounded,
+            };
+            bounds(lo, hi)
+        });
+        // IPv6 part: nothing when the walk ends in IPv4.
+        let v6 = match end {
+            Some(IpNet::V4(_)) => None,
+            Some(IpNet::V6(p)) => Some(Bound::Excluded(p)),
+            None => Some(Bound::Unbounded),
+        }
+        .and_then(|hi| {
+            let lo = match after {
+                Some(IpNet::V6(p)) => Bound::Excluded(p),
+                _ => Bound::Unbounded,
+            };
+            bounds(lo, hi)
+        });
+        let v4 = v4
+            .into_iter()
+            .flat_map(|r| self.v4.range(r))
+            .map(|(k, s)| (net4(*k), *s));
+        let v6 = v6
+            .into_iter()
+            .flat_map(|r| self.v6.range(r))
+            .map(|(p, s)| (IpNet::V6(*p), *s));
+        v4.chain(v6)
+    }
 }
 
 /// Loc-RIB plus per-peer Adj-RIB-Out.
 #[derive(Debug, Default)]
 pub struct Rib {
-    index: BTreeMap<IpNet, u32>,
+    index: PrefixIndex,
     slots: Vec<Vec<Slot>>,
     free: Vec<u32>,
+    /// Slots emptied since the last sync: reused only after it, so that
+    /// slots handed out by [`Rib::insert_at`] stay valid until then.
+    freed: Vec<u32>,
     /// What each peer was last sent.
     adj_out: BTreeMap<IpAddr, AdjOut>,
     out_attrs: OutAttrs,
     /// Routes kept for a restarting peer (RFC 4724) and not yet refreshed.
     stale: BTreeMap<IpAddr, BTreeSet<IpNet>>,
+    /// Paths held per peer and family (IPv4, IPv6): its Adj-RIB-In size.
+    adj_in_count: FastMap<IpAddr, [usize; 2]>,
     /// Skip computing best-path changes (nobody listens to them).
     untracked: bool,
 }
@@ -411,6 +637,13 @@ pub fn family_of(prefix: &IpNet) -> Family {
     match prefix {
         IpNet::V4(_) => Family::Ipv4Unicast,
         IpNet::V6(_) => Family::Ipv6Unicast,
+    }
+}
+
+fn family_index(prefix: &IpNet) -> usize {
+    match prefix {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1,
     }
 }
 
@@ -454,18 +687,19 @@ fn slot_mut(slots: &mut [Vec<Slot>], slot: u32) -> &mut Slot {
     &mut slots[c][i]
 }
 
-/// Returns the slot to the free list when it holds nothing any more.
+/// Gives the slot back when it holds nothing any more (reusable after the
+/// next sync).
 fn release_slot(
     slots: &mut [Vec<Slot>],
-    index: &mut BTreeMap<IpNet, u32>,
-    free: &mut Vec<u32>,
+    index: &mut PrefixIndex,
+    freed: &mut Vec<u32>,
     slot: u32,
     prefix: &IpNet,
 ) {
     let s = slot_mut(slots, slot);
     if s.sent == 0 && s.dest.is_empty() {
         index.remove(prefix);
-        free.push(slot);
+        freed.push(slot);
     }
 }
 
@@ -480,19 +714,15 @@ impl Rib {
     }
 
     /// Slots in use (with paths or still in an Adj-RIB-Out), by prefix.
-    fn live_slots(&self) -> impl Iterator<Item = (&IpNet, u32, &Slot)> {
-        self.index.iter().map(|(p, s)| (p, *s, self.slot(*s)))
+    fn live_slots(&self) -> impl Iterator<Item = (IpNet, u32, &Slot)> {
+        self.index.iter().map(|(p, s)| (p, s, self.slot(s)))
     }
 
     fn alloc_slot(&mut self, prefix: IpNet) -> u32 {
         let Rib {
             index, slots, free, ..
         } = self;
-        let entry = match index.entry(prefix) {
-            std::collections::btree_map::Entry::Occupied(e) => return *e.get(),
-            std::collections::btree_map::Entry::Vacant(e) => e,
-        };
-        let id = match free.pop() {
+        index.get_or_insert_with(prefix, || match free.pop() {
             Some(id) => {
                 slot_mut(slots, id).sent = 0;
                 id
@@ -511,9 +741,7 @@ impl Rib {
                 });
                 id
             }
-        };
-        entry.insert(id);
-        id
+        })
     }
 
     /// Whether `insert` and `remove` report best-path changes (the
@@ -525,15 +753,25 @@ impl Rib {
 
     /// The destination for a prefix.
     pub fn get(&self, prefix: &IpNet) -> Option<&Destination> {
-        let s = self.slot(*self.index.get(prefix)?);
+        let s = self.slot(self.index.get(prefix)?);
         (!s.dest.is_empty()).then_some(&s.dest)
     }
 
     /// All prefixes with at least one path, in order.
-    pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.live_slots()
             .filter(|(_, _, s)| !s.dest.is_empty())
             .map(|(p, _, _)| p)
+    }
+
+    /// How many prefixes of `family` are held from `peer` (its Adj-RIB-In
+    /// after import, stale routes included): what a prefix limit counts.
+    pub fn adj_in_count(&self, peer: &IpAddr, family: Family) -> usize {
+        let i = match family {
+            Family::Ipv4Unicast => 0,
+            Family::Ipv6Unicast => 1,
+        };
+        self.adj_in_count.get(peer).map_or(0, |c| c[i])
     }
 
     /// Prefixes currently held from `peer` (its Adj-RIB-In after import),
@@ -541,7 +779,7 @@ impl Rib {
     pub fn adj_in(&self, peer: &IpAddr) -> Vec<IpNet> {
         self.live_slots()
             .filter(|(_, _, s)| s.dest.path(Some(*peer)).is_some())
-            .map(|(p, _, _)| *p)
+            .map(|(p, _, _)| p)
             .collect()
     }
 
@@ -555,10 +793,10 @@ impl Rib {
             self.index
                 .iter()
                 .filter_map(|(p, slot)| {
-                    let id = out.get(*slot);
+                    let id = out.get(slot);
                     (id != 0).then(|| {
                         let (a, nh) = self.out_attrs.get(id);
-                        (*p, (a.clone(), nh))
+                        (p, (a.clone(), nh))
                     })
                 })
                 .collect(),
@@ -568,20 +806,39 @@ impl Rib {
     /// Inserts or replaces a path; returns the best-path change if the ECMP
     /// next-hop set changed.
     pub fn insert(&mut self, prefix: IpNet, route: Route) -> Option<BestPathChange> {
+        self.insert_at(prefix, route).1
+    }
+
+    /// [`Rib::insert`], also returning the prefix's slot: valid for
+    /// [`Rib::sync_peers_at`] until the next sync, which saves looking the
+    /// prefix up again.
+    pub fn insert_at(&mut self, prefix: IpNet, route: Route) -> (u32, Option<BestPathChange>) {
         let id = self.alloc_slot(prefix);
+        (id, self.insert_in(id, prefix, route))
+    }
+
+    fn insert_in(&mut self, id: u32, prefix: IpNet, route: Route) -> Option<BestPathChange> {
         if let Some(addr) = route.key() {
             // Re-announced by a restarted peer: no longer stale.
             if let Some(s) = self.stale.get_mut(&addr) {
                 s.remove(&prefix);
             }
         }
+        let peer = route.key();
         let d = &mut slot_mut(&mut self.slots, id).dest;
+        let count = |added: bool, counts: &mut FastMap<IpAddr, [usize; 2]>| {
+            if let Some(peer) = peer.filter(|_| added) {
+                counts.entry(peer).or_default()[family_index(&prefix)] += 1;
+            }
+        };
         if self.untracked {
-            d.insert(route);
+            let added = d.insert(route);
+            count(added, &mut self.adj_in_count);
             return None;
         }
         let before = ecmp_next_hops(d);
-        d.insert(route);
+        let added = d.insert(route);
+        count(added, &mut self.adj_in_count);
         let after = ecmp_next_hops(d);
         (before != after).then_some(BestPathChange {
             prefix,
@@ -593,13 +850,10 @@ impl Rib {
     /// should hold); locally originated prefixes are left out.
     pub fn best_paths(&self) -> Vec<BestPathChange> {
         let mut out = Vec::new();
-        for (prefix, id) in &self.index {
-            let next_hops = ecmp_next_hops(&slot_ref(&self.slots, *id).dest);
+        for (prefix, id) in self.index.iter() {
+            let next_hops = ecmp_next_hops(&slot_ref(&self.slots, id).dest);
             if !next_hops.is_empty() {
-                out.push(BestPathChange {
-                    prefix: *prefix,
-                    next_hops,
-                });
+                out.push(BestPathChange { prefix, next_hops });
             }
         }
         out
@@ -607,7 +861,7 @@ impl Rib {
 
     /// Removes the path from `source` (`None` = local).
     pub fn remove(&mut self, prefix: IpNet, source: Option<IpAddr>) -> Option<BestPathChange> {
-        let id = *self.index.get(&prefix)?;
+        let id = self.index.get(&prefix)?;
         let d = &mut slot_mut(&mut self.slots, id).dest;
         let track = !self.untracked;
         let before = if track { ecmp_next_hops(d) } else { Vec::new() };
@@ -615,6 +869,11 @@ impl Rib {
             return None;
         }
         let after = if track { ecmp_next_hops(d) } else { Vec::new() };
+        if let Some(peer) = source
+            && let Some(c) = self.adj_in_count.get_mut(&peer)
+        {
+            c[family_index(&prefix)] -= 1;
+        }
         if let Some(addr) = source
             && let Some(s) = self.stale.get_mut(&addr)
         {
@@ -623,7 +882,7 @@ impl Rib {
         release_slot(
             &mut self.slots,
             &mut self.index,
-            &mut self.free,
+            &mut self.freed,
             id,
             &prefix,
         );
@@ -642,8 +901,8 @@ impl Rib {
             .index
             .iter()
             .filter_map(|(p, slot)| {
-                let id = out.get(*slot);
-                (id != 0).then_some((*p, *slot, id))
+                let id = out.get(slot);
+                (id != 0).then_some((p, slot, id))
             })
             .collect();
         for (prefix, slot, id) in sent {
@@ -652,7 +911,7 @@ impl Rib {
             release_slot(
                 &mut self.slots,
                 &mut self.index,
-                &mut self.free,
+                &mut self.freed,
                 slot,
                 &prefix,
             );
@@ -670,7 +929,63 @@ impl Rib {
             .iter()
             .filter_map(|p| self.remove(*p, Some(peer)))
             .collect();
+        self.adj_in_count.remove(&peer);
         (prefixes, changes)
+    }
+
+    /// [`Rib::sync_peer`] for at most `limit` prefixes of `walk`, in prefix
+    /// order: a full sync done in pieces, so that what is queued for a
+    /// peer stays bounded. Returns the walk's next position, `None` once it
+    /// reached its end.
+    pub fn sync_peer_chunk(
+        &mut self,
+        local: &LocalInfo,
+        to: &PeerInfo,
+        walk: Walk,
+        limit: usize,
+    ) -> (OutUpdate, Option<Walk>) {
+        self.settle();
+        let list: Vec<(IpNet, Option<u32>)> = self
+            .index
+            .range(walk.after, walk.end)
+            .take(limit)
+            .map(|(p, s)| (p, Some(s)))
+            .collect();
+        let next = (list.len() == limit).then(|| Walk {
+            after: list.last().map(|(p, _)| *p),
+            end: walk.end,
+        });
+        (self.sync_resolved(local, to, &list), next)
+    }
+
+    /// Forgets what `peer` was sent of `family` (before that family is sent
+    /// again in full, as a ROUTE-REFRESH asks).
+    pub fn reset_adj_out_family(&mut self, peer: &IpAddr, family: Family) {
+        let Some(out) = self.adj_out.get_mut(peer) else {
+            return;
+        };
+        let sent: Vec<(IpNet, u32, u32)> = self
+            .index
+            .iter()
+            .filter(|(p, _)| family_of(p) == family)
+            .filter_map(|(p, slot)| {
+                let id = out.get(slot);
+                (id != 0).then_some((p, slot, id))
+            })
+            .collect();
+        for (prefix, slot, id) in sent {
+            out.set(slot, 0);
+            self.out_attrs.release(id);
+            slot_mut(&mut self.slots, slot).sent -= 1;
+            release_slot(
+                &mut self.slots,
+                &mut self.index,
+                &mut self.freed,
+                slot,
+                &prefix,
+            );
+        }
+        self.out_attrs.collect();
     }
 
     /// Recomputes what `to` should have for `prefixes` (all prefixes when
@@ -682,12 +997,13 @@ impl Rib {
         to: &PeerInfo,
         prefixes: Option<&[IpNet]>,
     ) -> OutUpdate {
+        self.settle();
         let list: Vec<(IpNet, Option<u32>)> = match prefixes {
             Some(p) => self.resolve(p),
             None => {
                 // Every live slot: destinations with paths and prefixes
                 // still in some Adj-RIB-Out.
-                self.live_slots().map(|(p, i, _)| (*p, Some(i))).collect()
+                self.live_slots().map(|(p, i, _)| (p, Some(i))).collect()
             }
         };
         self.sync_resolved(local, to, &list)
@@ -700,7 +1016,23 @@ impl Rib {
         peers: &[PeerInfo],
         prefixes: &[IpNet],
     ) -> Vec<OutUpdate> {
-        let list = self.resolve(prefixes);
+        let list: Vec<(IpNet, Option<u32>)> = prefixes.iter().map(|p| (*p, None)).collect();
+        self.sync_peers_at(local, peers, &list)
+    }
+
+    /// [`Rib::sync_peers`] for prefixes with the slots [`Rib::insert_at`]
+    /// returned since the last sync (`None`: look the prefix up).
+    pub fn sync_peers_at(
+        &mut self,
+        local: &LocalInfo,
+        peers: &[PeerInfo],
+        prefixes: &[(IpNet, Option<u32>)],
+    ) -> Vec<OutUpdate> {
+        let list: Vec<(IpNet, Option<u32>)> = prefixes
+            .iter()
+            .map(|(p, s)| (*p, s.or_else(|| self.index.get(p))))
+            .collect();
+        self.settle();
         peers
             .iter()
             .map(|to| self.sync_resolved(local, to, &list))
@@ -708,10 +1040,16 @@ impl Rib {
     }
 
     fn resolve(&self, prefixes: &[IpNet]) -> Vec<(IpNet, Option<u32>)> {
-        prefixes
-            .iter()
-            .map(|p| (*p, self.index.get(p).copied()))
-            .collect()
+        prefixes.iter().map(|p| (*p, self.index.get(p))).collect()
+    }
+
+    /// Slots emptied since the last sync become reusable.
+    fn settle(&mut self) {
+        if self.free.is_empty() {
+            std::mem::swap(&mut self.free, &mut self.freed);
+        } else {
+            self.free.append(&mut self.freed);
+        }
     }
 
     fn sync_resolved(
@@ -723,7 +1061,7 @@ impl Rib {
         let Rib {
             index,
             slots,
-            free,
+            freed,
             adj_out,
             out_attrs,
             ..
@@ -732,12 +1070,20 @@ impl Rib {
         // Without filters, the export of a route does not depend on the
         // prefix beyond its family: compute it once per attribute set.
         let memoise = to.filters.is_empty();
-        let mut memo: HashMap<ExportKey, Option<u32>> = HashMap::new();
-        let mut last: Option<(ExportKey, Option<u32>)> = None;
+        let mut memo: FastMap<ExportKey, Option<(u32, usize)>> = FastMap::default();
+        let mut last: Option<(ExportKey, Option<(u32, usize)>)> = None;
         let mut groups: Vec<Announcement> = Vec::new();
-        let mut group_of: HashMap<u32, usize> = HashMap::new();
+        let mut group_of: FastMap<u32, usize> = FastMap::default();
         let mut last_group: Option<(u32, usize)> = None;
         let mut withdraw = Vec::new();
+        let mut too_large = Vec::new();
+        // The export and the room it leaves for NLRI in one message.
+        let export = |prefix: &IpNet, r: &Route, out_attrs: &mut OutAttrs| {
+            policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop).map(|(a, nh)| {
+                let room = message::nlri_room(&a, nh, &to.encode).unwrap_or(0);
+                (out_attrs.intern(a, nh), room)
+            })
+        };
         for (prefix, slot) in list {
             // A slot freed earlier in this loop (a prefix listed twice) is
             // empty and nobody's: nothing happens below. Slots are only
@@ -747,13 +1093,11 @@ impl Rib {
             };
             let s = slot_ref(slots, slot);
             let had = out.get(slot);
-            let want = match s.dest.best() {
+            let exported = match s.dest.best() {
                 None => None,
                 Some(r) if memoise => {
                     let key = ExportKey {
-                        attrs: Arc::as_ptr(&r.attrs),
-                        source: r.source.clone(),
-                        next_hop: r.next_hop,
+                        path: Arc::as_ptr(&r.0),
                         v4: matches!(prefix, IpNet::V4(_)),
                     };
                     match &last {
@@ -762,10 +1106,7 @@ impl Rib {
                             let v = match memo.get(&key) {
                                 Some(v) => *v,
                                 None => {
-                                    let v = policy::export(
-                                        local, to, prefix, &r.source, &r.attrs, r.next_hop,
-                                    )
-                                    .map(|(a, nh)| out_attrs.intern(a, nh));
+                                    let v = export(prefix, r, out_attrs);
                                     memo.insert(key.clone(), v);
                                     v
                                 }
@@ -775,8 +1116,14 @@ impl Rib {
                         }
                     }
                 }
-                Some(r) => policy::export(local, to, prefix, &r.source, &r.attrs, r.next_hop)
-                    .map(|(a, nh)| out_attrs.intern(a, nh)),
+                Some(r) => export(prefix, r, out_attrs),
+            };
+            let want = match exported {
+                Some((_, room)) if prefix_wire_len(prefix.prefix_len()) > room => {
+                    too_large.push(*prefix);
+                    None
+                }
+                e => e.map(|(id, _)| id),
             };
             match want {
                 Some(id) if id == had => {}
@@ -810,7 +1157,7 @@ impl Rib {
                     out.set(slot, 0);
                     out_attrs.release(had);
                     slot_mut(slots, slot).sent -= 1;
-                    release_slot(slots, index, free, slot, prefix);
+                    release_slot(slots, index, freed, slot, prefix);
                     withdraw.push(*prefix);
                 }
                 None => {}
@@ -820,6 +1167,7 @@ impl Rib {
         OutUpdate {
             announce: groups,
             withdraw,
+            too_large,
         }
     }
 
@@ -847,6 +1195,11 @@ impl Rib {
             .filter_map(|p| self.remove(*p, Some(peer)))
             .collect();
         (gone, changes)
+    }
+
+    /// Whether routes from `peer` are still marked stale.
+    pub fn has_stale(&self, peer: &IpAddr) -> bool {
+        self.stale.get(peer).is_some_and(|s| !s.is_empty())
     }
 
     /// Prefixes from `peer` still marked stale.
@@ -902,11 +1255,11 @@ mod tests {
             ..Default::default()
         };
         f(&mut a);
-        Route {
-            source: peer_src(last, ebgp),
-            attrs: Arc::new(a),
-            next_hop: NextHop::Ipv4(Ipv4Addr::new(198, 18, 0, last)),
-        }
+        Route::new(
+            peer_src(last, ebgp),
+            a,
+            NextHop::Ipv4(Ipv4Addr::new(198, 18, 0, last)),
+        )
     }
 
     fn better(a: &Route, b: &Route) {
@@ -1016,11 +1369,11 @@ mod tests {
         rib.insert(learned, route(3, false, |_| {}));
         rib.insert(
             own,
-            Route {
-                source: RouteSource::Local,
-                attrs: Arc::new(PathAttributes::default()),
-                next_hop: NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
-            },
+            Route::new(
+                RouteSource::Local,
+                PathAttributes::default(),
+                NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+            ),
         );
         let all = rib.best_paths();
         assert_eq!(all.len(), 1, "{all:?}");
@@ -1043,11 +1396,15 @@ mod tests {
         for p in &p4 {
             rib.insert(*p, route(2, false, |_| {}));
         }
-        let mut r6 = route(2, false, |_| {});
-        r6.next_hop = NextHop::Ipv6 {
-            global: "2001:db8::2".parse().unwrap(),
-            link_local: None,
-        };
+        let r4 = route(2, false, |_| {});
+        let r6 = Route::new(
+            r4.source.clone(),
+            r4.attrs.clone(),
+            NextHop::Ipv6 {
+                global: "2001:db8::2".parse().unwrap(),
+                link_local: None,
+            },
+        );
         rib.insert(p6, r6);
         // Only IPv4 is covered by the peer's graceful restart capability.
         let (gone, changes) = rib.peer_restarting(peer, &[Family::Ipv4Unicast]);
@@ -1091,6 +1448,12 @@ mod tests {
             local_v6: None,
             families: vec![Family::Ipv4Unicast],
             filters: Arc::from(Vec::new()),
+            encode: crate::packet::EncodeCxt {
+                four_octet_as: true,
+                extended_message: false,
+            },
+            transit: false,
+            enforce_first_as: true,
         }
     }
 
@@ -1107,22 +1470,11 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         for p in &ps[..2] {
-            rib.insert(
-                *p,
-                Route {
-                    source: RouteSource::Local,
-                    attrs: shared.clone(),
-                    next_hop: nh,
-                },
-            );
+            rib.insert(*p, Route::new(RouteSource::Local, (*shared).clone(), nh));
         }
         rib.insert(
             ps[2],
-            Route {
-                source: RouteSource::Local,
-                attrs: Arc::new(PathAttributes::default()),
-                next_hop: nh,
-            },
+            Route::new(RouteSource::Local, PathAttributes::default(), nh),
         );
         let peer = to_peer(2, 65001);
         let u = rib.sync_peer(&local(), &peer, None);
@@ -1143,10 +1495,10 @@ mod tests {
         assert!(u.announce.is_empty());
         assert_eq!(rib.adj_out(&peer.addr).unwrap().len(), 2);
         // Learned from the peer itself: not sent back.
-        let mut r = route(2, true, |_| {});
-        r.attrs = Arc::new(PathAttributes {
+        let r = route(2, true, |_| {});
+        let r = r.with_attrs(PathAttributes {
             local_pref: Some(1000),
-            ..(*r.attrs).clone()
+            ..r.attrs.clone()
         });
         rib.insert(ps[1], r);
         let u = rib.sync_peer(&local(), &peer, Some(&ps[1..2]));
@@ -1158,16 +1510,185 @@ mod tests {
     }
 
     #[test]
-    fn adj_rib_out_ids_widen_past_two_bytes() {
+    fn a_destination_costs_a_few_words() {
+        // What the RIB's memory per prefix rests on (issue 16: at most
+        // BIRD's RSS): one pointer per path, the slot with its counter.
+        assert_eq!(std::mem::size_of::<Route>(), 8);
+        assert!(
+            std::mem::size_of::<Slot>() <= 24,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    #[test]
+    fn prefix_index_orders_and_walks_as_ipnet_does() {
+        let mut all: Vec<IpNet> = [
+            "0.0.0.0/0",
+            "100.64.0.0/10",
+            "100.64.0.0/24",
+            "100.64.0.0/32",
+            "100.64.0.1/32",
+            "198.18.0.0/15",
+            "255.255.255.255/32",
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8::/64",
+            "2001:db8:1::/48",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let mut idx = PrefixIndex::default();
+        for (i, p) in all.iter().enumerate().rev() {
+            assert_eq!(idx.get_or_insert_with(*p, || i as u32), i as u32);
+        }
+        all.sort();
+        let order: Vec<IpNet> = idx.iter().map(|(p, _)| p).collect();
+        assert_eq!(order, all);
+        for (i, p) in all.iter().enumerate() {
+            assert_eq!(idx.get(p), Some(i as u32));
+        }
+        // Every walk (after, end) sees exactly the prefixes between.
+        let points: Vec<Option<IpNet>> = std::iter::once(None)
+            .chain(all.iter().copied().map(Some))
+            .collect();
+        for after in &points {
+            for end in &points {
+                let want: Vec<IpNet> = all
+                    .iter()
+                    .copied()
+                    .filter(|p| after.is_none_or(|a| *p > a) && end.is_none_or(|e| *p < e))
+                    .collect();
+                let got: Vec<IpNet> = idx.range(*after, *end).map(|(p, _)| p).collect();
+                assert_eq!(got, want, "after {after:?} end {end:?}");
+            }
+        }
+        for fam in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+            let w = Walk::over(Some(fam));
+            let got: Vec<IpNet> = idx.range(w.after, w.end).map(|(p, _)| p).collect();
+            let want: Vec<IpNet> = all
+                .iter()
+                .copied()
+                .filter(|p| family_of(p) == fam)
+                .collect();
+            assert_eq!(got, want);
+        }
+        idx.remove(&all[3]);
+        assert_eq!(idx.get(&all[3]), None);
+        assert_eq!(idx.iter().count(), all.len() - 1);
+    }
+
+    #[test]
+    fn adj_rib_in_is_counted_per_peer_and_family() {
+        let mut rib = Rib::new();
+        let peer: IpAddr = "198.18.0.2".parse().unwrap();
+        let p: Vec<IpNet> = ["100.64.0.0/26", "100.64.0.64/26"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for x in &p {
+            rib.insert(*x, route(2, false, |_| {}));
+        }
+        // A replacement is not a new prefix; another peer's path does not count.
+        rib.insert(p[0], route(2, false, |a| a.med = Some(1)));
+        rib.insert(p[0], route(3, false, |_| {}));
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 2);
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv6Unicast), 0);
+        rib.remove(p[1], Some(peer));
+        rib.remove(p[1], Some(peer));
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 1);
+        rib.remove_peer(peer);
+        assert_eq!(rib.adj_in_count(&peer, Family::Ipv4Unicast), 0);
+        let other: IpAddr = "198.18.0.3".parse().unwrap();
+        assert_eq!(rib.adj_in_count(&other, Family::Ipv4Unicast), 1);
+    }
+
+    #[test]
+    fn sync_in_chunks_covers_the_table_once_and_refresh_resends_a_family() {
+        let mut rib = Rib::new();
+        let mut peer = to_peer(2, 65001);
+        peer.families = vec![Family::Ipv4Unicast, Family::Ipv6Unicast];
+        peer.local_v6 = Some("2001:db8::1".parse().unwrap());
+        let local_route = |v4: bool| {
+            Route::new(
+                RouteSource::Local,
+                PathAttributes::default(),
+                if v4 {
+                    NextHop::Ipv4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    NextHop::Ipv6 {
+                        global: std::net::Ipv6Addr::UNSPECIFIED,
+                        link_local: None,
+                    }
+                },
+            )
+        };
+        let v4: Vec<IpNet> = (0..10u32)
+            .map(|i| {
+                IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0x6440_0000 + (i << 8)), 24).unwrap())
+            })
+            .collect();
+        let v6: Vec<IpNet> = (0..5u16)
+            .map(|i| format!("2001:db8:{i:x}::/48").parse().unwrap())
+            .collect();
+        for p in &v4 {
+            rib.insert(*p, local_route(true));
+        }
+        for p in &v6 {
+            rib.insert(*p, local_route(false));
+        }
+        // Walk everything 4 at a time: every prefix announced exactly once.
+        let mut seen = Vec::new();
+        let mut walk = Some(Walk::over(None));
+        let mut steps = 0;
+        while let Some(w) = walk {
+            let (out, next) = rib.sync_peer_chunk(&local(), &peer, w, 4);
+            seen.extend(out.announce.iter().flat_map(|a| a.prefixes.clone()));
+            walk = next;
+            steps += 1;
+        }
+        assert_eq!(steps, 4, "15 prefixes in steps of 4");
+        let mut all = v4.clone();
+        all.extend(&v6);
+        assert_eq!(seen, all);
+        // Walking again sends nothing; one family walked after a reset
+        // sends that family only.
+        let (out, _) = rib.sync_peer_chunk(&local(), &peer, Walk::over(None), 100);
+        assert!(out.is_empty());
+        rib.reset_adj_out_family(&peer.addr, Family::Ipv6Unicast);
+        assert_eq!(rib.adj_out(&peer.addr).unwrap().len(), 10);
+        let (out, next) =
+            rib.sync_peer_chunk(&local(), &peer, Walk::over(Some(Family::Ipv6Unicast)), 100);
+        assert_eq!(next, None);
+        let again: Vec<IpNet> = out
+            .announce
+            .iter()
+            .flat_map(|a| a.prefixes.clone())
+            .collect();
+        assert_eq!(again, v6);
+        let (out, _) =
+            rib.sync_peer_chunk(&local(), &peer, Walk::over(Some(Family::Ipv4Unicast)), 100);
+        assert!(out.is_empty(), "IPv4 was not reset: {out:?}");
+    }
+
+    #[test]
+    fn adj_rib_out_ids_widen_from_one_byte_to_four() {
         let mut c = IdChunk::default();
         assert_eq!(c.set(3, 0), 0);
         assert!(matches!(c, IdChunk::Empty), "clearing allocates nothing");
         assert_eq!(c.set(3, 7), 0);
+        assert!(matches!(c, IdChunk::Tiny(_)));
+        assert_eq!(c.set(4, 300), 0);
         assert!(matches!(c, IdChunk::Narrow(_)));
         assert_eq!(c.set(5, 70_000), 0);
         assert!(matches!(c, IdChunk::Wide(_)));
-        assert_eq!((c.get(3), c.get(5), c.get(4)), (7, 70_000, 0));
+        assert_eq!(
+            (c.get(3), c.get(4), c.get(5), c.get(6)),
+            (7, 300, 70_000, 0)
+        );
         assert_eq!(c.set(5, 1), 70_000);
+        assert!(matches!(c, IdChunk::Wide(_)), "never narrows");
     }
 
     #[test]
@@ -1179,11 +1700,11 @@ mod tests {
         let local = |rib: &mut Rib, p| {
             rib.insert(
                 p,
-                Route {
-                    source: RouteSource::Local,
-                    attrs: Arc::new(PathAttributes::default()),
-                    next_hop: NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
-                },
+                Route::new(
+                    RouteSource::Local,
+                    PathAttributes::default(),
+                    NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+                ),
             )
         };
         local(&mut rib, a);
@@ -1199,9 +1720,27 @@ mod tests {
             rib.adj_out(&peer.addr).unwrap().keys().collect::<Vec<_>>(),
             vec![&b]
         );
-        // Withdrawn everywhere: the slot is free and reused.
-        local(&mut rib, a);
+        // Withdrawn everywhere: the slot is free, reused once another sync
+        // has passed (until then slots from `insert_at` stay valid).
+        assert!(rib.sync_peer(&local_info(), &peer, Some(&[])).is_empty());
+        let (slot_a, _) = rib.insert_at(
+            a,
+            Route::new(
+                RouteSource::Local,
+                PathAttributes::default(),
+                NextHop::Ipv4(Ipv4Addr::UNSPECIFIED),
+            ),
+        );
         assert_eq!(rib.slots.iter().map(Vec::len).sum::<usize>(), 2);
+        rib.remove(a, None);
+        local(&mut rib, "100.64.0.2/32".parse().unwrap());
+        assert_ne!(
+            rib.index.get(&"100.64.0.2/32".parse().unwrap()),
+            Some(slot_a),
+            "a slot freed in this batch is not reused before the sync"
+        );
+        rib.remove("100.64.0.2/32".parse().unwrap(), None);
+        local(&mut rib, a);
         assert_eq!(
             rib.sync_peer(&local_info(), &peer, None).announce[0].prefixes,
             vec![a]
@@ -1217,6 +1756,6 @@ mod tests {
             rib.out_attrs.entries.iter().all(Option::is_none),
             "released"
         );
-        assert_eq!(rib.prefixes().collect::<Vec<_>>(), vec![&a, &b]);
+        assert_eq!(rib.prefixes().collect::<Vec<_>>(), vec![a, b]);
     }
 }

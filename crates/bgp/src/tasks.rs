@@ -7,6 +7,11 @@
 //!  instance ─> writer(peer) ─> TCP
 //! ```
 //! Socket options (source address, TCP MD5, TTL, GTSM) are applied here.
+//! What is queued for a writer is counted in bytes ([`SendState`]): the
+//! instance stops producing output for a peer above [`SEND_QUEUE_HIGH`] and
+//! the writer tells it when the queue is back under [`SEND_QUEUE_LOW`]; a
+//! writer that cannot write anything for the send hold time (RFC 9687)
+//! reports it and exits, freeing its queue.
 
 use crate::neighbor::fsm::Timer;
 use crate::packet::error::DecodeError;
@@ -14,6 +19,8 @@ use crate::packet::message::Message;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -35,17 +42,43 @@ pub enum IoEvent {
         /// The stream, or why it failed.
         result: io::Result<TcpStream>,
     },
-    /// A complete message frame (header included), or a framing error.
-    Frame {
+    /// Complete message frames (headers included) back to back, as many
+    /// as one read brought in: one event and one buffer for all of them.
+    Frames {
         /// Peer address.
         peer: IpAddr,
         /// Connection id.
         conn: u64,
-        /// Raw message bytes or header error.
-        frame: Result<Vec<u8>, DecodeError>,
+        /// The frames, each checked by [`Message::frame_len_max`].
+        frames: Vec<u8>,
+    },
+    /// A frame whose header is broken: the session must be reset.
+    FrameError {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+        /// The header error.
+        error: DecodeError,
     },
     /// The connection was closed by the peer or failed.
     Closed {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+    },
+    /// The writer's queue fell under [`SEND_QUEUE_LOW`] after the instance
+    /// asked to hear about it ([`SendState::want_drain`]).
+    Drained {
+        /// Peer address.
+        peer: IpAddr,
+        /// Connection id.
+        conn: u64,
+    },
+    /// The writer could not write anything for the send hold time; it has
+    /// exited and dropped its queue.
+    SendStalled {
         /// Peer address.
         peer: IpAddr,
         /// Connection id.
@@ -203,50 +236,68 @@ pub fn spawn_connect(
     })
 }
 
-/// Reads frames from the socket until it closes or breaks framing.
+/// Bytes read per system call at most (what stays allocated per reader).
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Reads frames from the socket until it closes or breaks framing. Frames
+/// may be up to `max_len` bytes, read before each frame: the instance raises
+/// it to 65535 once extended messages are negotiated (RFC 8654), before the
+/// peer can send a long one.
 pub fn spawn_reader(
     peer: IpAddr,
     conn: u64,
     mut rd: OwnedReadHalf,
+    max_len: Arc<AtomicUsize>,
     tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 16384];
+        // One buffer: frames are cut from its front, reads land in its spare
+        // capacity.
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut start = 0;
         loop {
-            // Hand out every complete frame already buffered.
+            // Hand out every complete frame already buffered, together.
+            let mut end = start;
+            let mut error = None;
+            let max = max_len.load(Ordering::Acquire);
             loop {
-                match Message::frame_len(&buf) {
-                    Ok(Some(len)) if buf.len() >= len => {
-                        let frame: Vec<u8> = buf.drain(..len).collect();
-                        let ev = IoEvent::Frame {
-                            peer,
-                            conn,
-                            frame: Ok(frame),
-                        };
-                        if tx.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
+                match Message::frame_len_max(&buf[end..], max) {
+                    Ok(Some(len)) if buf.len() - end >= len => end += len,
                     Ok(_) => break,
                     Err(e) => {
-                        let _ = tx
-                            .send(IoEvent::Frame {
-                                peer,
-                                conn,
-                                frame: Err(e),
-                            })
-                            .await;
-                        return;
+                        error = Some(e);
+                        break;
                     }
                 }
             }
-            match rd.read(&mut chunk).await {
+            if end > start {
+                let frames = buf[start..end].to_vec();
+                start = end;
+                if tx
+                    .send(IoEvent::Frames { peer, conn, frames })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(error) = error {
+                let _ = tx.send(IoEvent::FrameError { peer, conn, error }).await;
+                return;
+            }
+            buf.drain(..start);
+            start = 0;
+            // A long frame grew it: give the memory back once it is read.
+            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+                buf = Vec::with_capacity(READ_CHUNK);
+            }
+            buf.reserve(READ_CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => {
                     let _ = tx.send(IoEvent::Closed { peer, conn }).await;
                     return;
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             }
         }
     })
@@ -256,42 +307,109 @@ pub fn spawn_reader(
 /// the same UPDATE.
 pub type Bytes = std::sync::Arc<[u8]>;
 
-/// How much queued output one write gathers.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes queued for one peer above which the instance produces no more
+/// output for it (what is owed is remembered, not queued).
+pub const SEND_QUEUE_HIGH: usize = 4 << 20;
 
-/// Writes queued messages, several per system call when they are queued
-/// together; closing the queue flushes and shuts the socket.
+/// Bytes queued under which a writer asked to ([`SendState::want_drain`])
+/// tells the instance to produce more.
+pub const SEND_QUEUE_LOW: usize = SEND_QUEUE_HIGH / 4;
+
+/// Send hold time when the session has no hold timer (RFC 9687 section 3:
+/// 8 minutes).
+pub const SEND_HOLD_WITHOUT_HOLD_TIMER: u32 = 480;
+
+/// What the instance and a writer share about its queue.
+#[derive(Debug)]
+pub struct SendState {
+    /// Bytes handed to the writer and not yet written.
+    pub queued: AtomicUsize,
+    /// The instance holds back output: report [`IoEvent::Drained`] once
+    /// `queued` is at most [`SEND_QUEUE_LOW`].
+    pub want_drain: AtomicBool,
+    /// Seconds without any byte written before the writer gives up.
+    pub send_hold_secs: AtomicU32,
+}
+
+impl SendState {
+    /// A fresh state with the send hold time `secs`.
+    pub fn new(secs: u32) -> Arc<SendState> {
+        Arc::new(SendState {
+            queued: AtomicUsize::new(0),
+            want_drain: AtomicBool::new(false),
+            send_hold_secs: AtomicU32::new(secs),
+        })
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// Most queued messages handed to one `writev`.
+const WRITE_SLICES: usize = 64;
+
+/// Writes queued messages with `writev`, several per system call and
+/// straight from the (possibly shared) encoded buffers; closing the queue
+/// flushes and shuts the socket. Every message handed over must have been
+/// counted in `state.queued`. When no byte can be written for the send hold
+/// time it reports [`IoEvent::SendStalled`] and exits, dropping the queue.
 pub fn spawn_writer(
+    peer: IpAddr,
+    conn: u64,
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
+    state: Arc<SendState>,
+    tx: mpsc::Sender<IoEvent>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(bytes) = rx.recv().await {
-            match rx.try_recv() {
-                // The common case of a lone message: no copy.
+        let mut pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        // Bytes of the first pending message already written.
+        let mut offset = 0;
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(b) => pending.push_back(b),
+                    None => break,
+                }
+            }
+            while pending.len() < WRITE_SLICES {
+                match rx.try_recv() {
+                    Ok(b) => pending.push_back(b),
+                    Err(_) => break,
+                }
+            }
+            let slices: Vec<std::io::IoSlice<'_>> = pending
+                .iter()
+                .enumerate()
+                .map(|(i, b)| std::io::IoSlice::new(if i == 0 { &b[offset..] } else { b }))
+                .collect();
+            let hold = Duration::from_secs(u64::from(state.send_hold_secs.load(Ordering::Relaxed)));
+            let n = match tokio::time::timeout(hold, wr.write_vectored(&slices)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) => return,
                 Err(_) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        return;
-                    }
+                    let _ = tx.send(IoEvent::SendStalled { peer, conn }).await;
+                    // Dropping the receiver frees everything still queued.
+                    return;
                 }
-                Ok(next) => {
-                    buf.clear();
-                    buf.extend_from_slice(&bytes);
-                    buf.extend_from_slice(&next);
-                    while buf.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => buf.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    if wr.write_all(&buf).await.is_err() {
-                        return;
-                    }
-                    if buf.capacity() > 2 * WRITE_BATCH {
-                        buf = Vec::new();
-                    }
+            };
+            drop(slices);
+            let mut left = n;
+            while let Some(first) = pending.front() {
+                let rest = first.len() - offset;
+                if left < rest {
+                    offset += left;
+                    break;
                 }
+                left -= rest;
+                offset = 0;
+                pending.pop_front();
+            }
+            let queued = state.queued.fetch_sub(n, Ordering::AcqRel) - n;
+            if queued <= SEND_QUEUE_LOW && state.want_drain.swap(false, Ordering::AcqRel) {
+                let _ = tx.send(IoEvent::Drained { peer, conn }).await;
             }
         }
         let _ = wr.shutdown().await;

@@ -28,6 +28,7 @@ async fn read_msg(s: &mut TcpStream) -> Option<Message> {
             &buf,
             &DecodeCxt {
                 four_octet_as: true,
+                extended_message: false,
             },
         )
         .expect("valid message"),

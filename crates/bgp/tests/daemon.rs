@@ -238,6 +238,49 @@ fn check_validates_and_names_the_field() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("originate[0].communities"), "{err}");
+    // Fails closed: an unreadable MD5 password file, or a filter rule that
+    // cannot be applied, fails the check; a readable one passes.
+    let check = |yaml: &str| {
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&f)
+            .arg("--check")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let peer = |extra: &str| {
+        format!(
+            "routerId: 127.0.4.3\nasn: 64512\npeers:\n  - address: 127.0.4.4\n    remoteAs: 64512\n{extra}"
+        )
+    };
+    let missing = dir.path().join("missing-md5");
+    let (ok, err) = check(&peer(&format!("    passwordFile: {}\n", missing.display())));
+    assert!(!ok, "unreadable password file accepted");
+    assert!(
+        err.contains("peers[0].passwordFile") && err.contains("missing-md5"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty-md5");
+    std::fs::write(&empty, "\n").unwrap();
+    let (ok, err) = check(&peer(&format!("    passwordFile: {}\n", empty.display())));
+    assert!(!ok && err.contains("empty"), "{err}");
+    let key = dir.path().join("md5");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    let (ok, err) = check(&peer(&format!("    passwordFile: {}\n", key.display())));
+    assert!(ok, "{err}");
+    let (ok, err) = check(&peer(
+        "    filters:\n      - name: f\n        importV4:\n          - {action: Reject, interface: eth0}\n",
+    ));
+    assert!(!ok && err.contains("interface"), "{err}");
+    let (ok, err) = check(&peer("    maxPrefixesRestartSecs: 0\n"));
+    assert!(!ok && err.contains("maxPrefixesRestartSecs"), "{err}");
 }
 
 fn route_is(v: &Value, prefix: &str, next_hops: Value) -> bool {

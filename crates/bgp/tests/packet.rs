@@ -19,15 +19,19 @@ use tabby_bgp::packet::{AS_TRANS, DecodeCxt, EncodeCxt};
 
 const AS4: DecodeCxt = DecodeCxt {
     four_octet_as: true,
+    extended_message: false,
 };
 const AS2: DecodeCxt = DecodeCxt {
     four_octet_as: false,
+    extended_message: false,
 };
 const E4: EncodeCxt = EncodeCxt {
     four_octet_as: true,
+    extended_message: false,
 };
 const E2: EncodeCxt = EncodeCxt {
     four_octet_as: false,
+    extended_message: false,
 };
 
 fn golden_dir() -> PathBuf {
@@ -68,6 +72,7 @@ fn roundtrip(bytes: &[u8], cxt: &DecodeCxt) -> Message {
     let m = Message::decode(bytes, cxt).expect("decodes");
     let e = EncodeCxt {
         four_octet_as: cxt.four_octet_as,
+        extended_message: cxt.extended_message,
     };
     assert_eq!(m.encode(&e), bytes, "re-encoding {m:?}");
     m
@@ -400,7 +405,8 @@ fn as4_path_reconstruction_on_two_octet_session() {
         NextHop::Ipv4(Ipv4Addr::new(198, 18, 0, 1)),
         &["100.64.0.0/24".parse().unwrap()],
         &E2,
-    );
+    )
+    .unwrap();
     let bytes = Message::Update(msgs[0].clone()).encode(&E2);
     let back = decode_update(&bytes, &AS2);
     assert_eq!(back.routes(false).attrs.as_path, pa.as_path);
@@ -581,7 +587,8 @@ fn announce_and_withdraw_split_at_4096_bytes() {
         NextHop::Ipv4(Ipv4Addr::new(198, 18, 0, 1)),
         &prefixes,
         &E4,
-    );
+    )
+    .unwrap();
     assert!(msgs.len() > 1);
     let mut seen = Vec::new();
     for m in &msgs {
@@ -834,8 +841,8 @@ proptest! {
         // Values are generated with 4-octet AS numbers; on a 2-octet
         // session only those that fit are meaningful (checked below).
         let m = seed;
-        let cxt = DecodeCxt { four_octet_as: four };
-        let ecxt = EncodeCxt { four_octet_as: four };
+        let cxt = DecodeCxt { four_octet_as: four, extended_message: false };
+        let ecxt = EncodeCxt { four_octet_as: four, extended_message: false };
         let bytes = m.encode(&ecxt);
         prop_assume!(bytes.len() <= MAX_MESSAGE_LEN);
         let fits_two = |p: &AsPath| !p.needs_four_octets();
@@ -884,11 +891,11 @@ proptest! {
             aggregator: aggr.map(|(asn, a)| Aggregator { asn, address: Ipv4Addr::from(a) }),
             ..Default::default()
         };
-        let e = EncodeCxt { four_octet_as: four };
+        let e = EncodeCxt { four_octet_as: four, extended_message: false };
         let msgs = UpdateMsg::announce(&pa, NextHop::Ipv4(Ipv4Addr::new(198, 18, 0, 1)),
-            &["100.64.0.0/24".parse().unwrap()], &e);
+            &["100.64.0.0/24".parse().unwrap()], &e).unwrap();
         let bytes = Message::Update(msgs[0].clone()).encode(&e);
-        let back = decode_update(&bytes, &DecodeCxt { four_octet_as: four });
+        let back = decode_update(&bytes, &DecodeCxt { four_octet_as: four, extended_message: false });
         prop_assert!(back.errors.is_empty());
         prop_assert_eq!(back.routes(four).attrs, pa);
     }
@@ -898,7 +905,7 @@ proptest! {
         let bytes = msg(ty, &data);
         for cxt in [AS2, AS4] {
             if let Ok(m) = Message::decode(&bytes, &cxt) {
-                let e = EncodeCxt { four_octet_as: cxt.four_octet_as };
+                let e = EncodeCxt { four_octet_as: cxt.four_octet_as, extended_message: false };
                 prop_assert_eq!(Message::decode(&m.encode(&e), &cxt).expect("re-decodes"), m);
             }
         }

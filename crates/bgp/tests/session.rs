@@ -250,10 +250,13 @@ async fn twenty_thousand_prefixes_converge_quickly() {
     let b = speaker(b_ip, 65001).await;
     let c = speaker(c_ip, 65002).await;
     let mut c_routes = c.subscribe_routes();
-    // A -> B -> C: B has to import, select and re-export every prefix.
+    // A -> B -> C: B has to import, select and re-export every prefix,
+    // transit between two eBGP peers, which B must be told to be.
     a.add_peer(peer_of(a_ip, &b, 65001)).await.unwrap();
     b.add_peer(peer_of(b_ip, &a, 64512)).await.unwrap();
-    b.add_peer(peer_of(b_ip, &c, 65002)).await.unwrap();
+    let mut to_c = peer_of(b_ip, &c, 65002);
+    to_c.transit = true;
+    b.add_peer(to_c).await.unwrap();
     c.add_peer(peer_of(c_ip, &b, 65001)).await.unwrap();
     wait_state(&b, a_ip, "Established").await;
     wait_state(&b, c_ip, "Established").await;

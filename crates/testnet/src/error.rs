@@ -59,6 +59,14 @@ pub enum Error {
         /// How long we waited.
         secs: f64,
     },
+    /// A socket or system call made for a test failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The requested feature is not offered by this daemon.
     #[error("{daemon} does not support {feature}")]
     Unsupported {

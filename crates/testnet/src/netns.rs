@@ -133,6 +133,55 @@ impl Netns {
         self.sysctl("net.ipv6.conf.default.forwarding", "1")
     }
 
+    /// Runs `f` on a new thread that has entered this namespace, and
+    /// returns its result. Sockets `f` opens belong to the namespace and
+    /// can then be used from any thread: how a test talks BGP from inside
+    /// a namespace without a helper process.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = std::path::PathBuf::from("/run/netns").join(self.name());
+        let what = format!("in namespace {}", self.name());
+        let joined = std::thread::spawn(move || -> std::io::Result<T> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            f()
+        })
+        .join();
+        match joined {
+            Ok(r) => r.map_err(|source| Error::Io { what, source }),
+            Err(_) => Err(Error::Io {
+                what,
+                source: std::io::Error::other("the thread panicked"),
+            }),
+        }
+    }
+
+    /// A TCP connection from `source` (any address when `None`) in this
+    /// namespace to `to`, with `timeout` for the handshake.
+    pub fn connect_tcp(
+        &self,
+        source: Option<IpAddr>,
+        to: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<std::net::TcpStream> {
+        self.run_in(move || {
+            let domain = if to.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+            if let Some(src) = source {
+                s.bind(&std::net::SocketAddr::new(src, 0).into())?;
+            }
+            s.connect_timeout(&to.into(), timeout)?;
+            Ok(s.into())
+        })
+    }
+
     /// True if `count` pings to `to` get at least one answer (1 s per reply at most).
     pub fn ping(&self, to: &str, count: u32) -> bool {
         let Ok(target) = addr::parse_addr("ping target", to) else {

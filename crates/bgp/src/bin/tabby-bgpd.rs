@@ -2,7 +2,11 @@
 //! YAML file. Logs go to stderr; with `--events`, one JSON line per peer
 //! state change and per best-path change goes to stdout. SIGINT stops with
 //! Cease NOTIFICATIONs; SIGTERM, when graceful restart is on, leaves
-//! without them so peers keep our routes while we restart.
+//! without them so peers keep our routes while we restart, and
+//! `--restarted` on the next start says so in the graceful restart
+//! capability. The configuration check fails closed: a peer whose TCP MD5
+//! password file cannot be read fails it, as does a filter rule that
+//! cannot be applied.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -11,7 +15,7 @@ use serde::Deserialize;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use tabby_bgp::api::{InstanceConfig, OriginAttrs, PeerConfig};
+use tabby_bgp::api::{InstanceConfig, OriginAttrs, PeerConfig, RestartState};
 use tabby_bgp::packet::attribute::LargeCommunity;
 use tabby_bgp::policy::parse_community;
 
@@ -27,6 +31,12 @@ struct Args {
     /// Print peer and route events as JSON lines on stdout.
     #[arg(long)]
     events: bool,
+    /// This start follows a graceful stop (SIGTERM): set the Restart State
+    /// and Forwarding State bits, so peers keep our routes until our
+    /// End-of-RIB (a reflector's routes point at other routers, so their
+    /// forwarding never depended on us).
+    #[arg(long)]
+    restarted: bool,
 }
 
 fn default_hold() -> u16 {
@@ -57,6 +67,14 @@ struct DaemonConfig {
     idle_hold_secs: u64,
     #[serde(default = "default_gr")]
     graceful_restart_time: u16,
+    /// Prefix limit per family for peers that set none (`maxPrefixes`
+    /// per peer overrides it; 0 = no limit).
+    #[serde(default)]
+    max_prefixes: Option<u32>,
+    /// Wait before reconnecting to a peer closed for too many prefixes, for
+    /// peers that set none.
+    #[serde(default)]
+    max_prefixes_restart_secs: Option<u32>,
     #[serde(default)]
     peers: Vec<PeerConfig>,
     #[serde(default)]
@@ -93,8 +111,14 @@ fn parse_large(s: &str) -> Option<LargeCommunity> {
 fn load(path: &Path) -> Result<(InstanceConfig, DaemonConfig)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: DaemonConfig =
+    let mut cfg: DaemonConfig =
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for p in &mut cfg.peers {
+        p.max_prefixes = p.max_prefixes.or(cfg.max_prefixes);
+        p.max_prefixes_restart_secs = p
+            .max_prefixes_restart_secs
+            .or(cfg.max_prefixes_restart_secs);
+    }
     let inst = InstanceConfig {
         router_id: cfg.router_id,
         asn: cfg.asn,
@@ -111,6 +135,9 @@ fn load(path: &Path) -> Result<(InstanceConfig, DaemonConfig)> {
     for (i, p) in cfg.peers.iter().enumerate() {
         p.validate()
             .with_context(|| format!("{}: peers[{i}]", path.display()))?;
+        // Fails closed: no session at all rather than one without MD5.
+        p.md5_key()
+            .with_context(|| format!("{}: peers[{i}].passwordFile", path.display()))?;
         if !seen.insert(p.address) {
             bail!(
                 "{}: peers[{i}].address: {} is listed twice",
@@ -169,6 +196,14 @@ async fn main() -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let graceful_restart = inst.graceful_restart_time > 0;
     let handle = tabby_bgp::start(inst).await?;
+    if args.restarted {
+        handle
+            .set_restart_state(RestartState {
+                restarted: true,
+                forwarding_preserved: true,
+            })
+            .await?;
+    }
     if let Some(addr) = handle.local_addr() {
         tracing::info!(%addr, "listening");
     }

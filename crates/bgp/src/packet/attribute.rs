@@ -644,6 +644,15 @@ impl PathAttr {
         }
     }
 
+    /// Bytes the attribute takes on the wire, header included, as
+    /// [`PathAttr::encode`] writes it.
+    pub fn wire_len(&self, cxt: &EncodeCxt) -> usize {
+        let mut value = Vec::new();
+        self.value.encode(cxt, &mut value);
+        let extended = self.flags & flags::EXTENDED_LENGTH != 0 || value.len() > 255;
+        value.len() + if extended { 4 } else { 3 }
+    }
+
     /// Appends the attribute. The extended-length bit is kept as given and
     /// forced on when the value does not fit in one octet.
     pub fn encode(&self, cxt: &EncodeCxt, out: &mut Vec<u8>) {
@@ -896,6 +905,11 @@ impl PathAttributes {
             }
         }
         pa
+    }
+
+    /// Bytes the attributes of [`PathAttributes::to_wire`] take once encoded.
+    pub fn wire_len(&self, cxt: &EncodeCxt) -> usize {
+        self.to_wire(cxt).iter().map(|a| a.wire_len(cxt)).sum()
     }
 
     /// Wire attributes in type-code order, without NEXT_HOP/MP attributes.

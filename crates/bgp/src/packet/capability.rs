@@ -1,7 +1,8 @@
 //! BGP capabilities carried in the OPEN message (RFC 5492): multiprotocol
 //! (RFC 4760), route refresh (RFC 2918), enhanced route refresh (RFC 7313),
-//! graceful restart (RFC 4724) and 4-octet AS (RFC 6793). Anything else, or a
-//! known capability with a malformed value, is kept verbatim.
+//! extended messages (RFC 8654), graceful restart (RFC 4724) and 4-octet AS
+//! (RFC 6793). Anything else, or a known capability with a malformed value,
+//! is kept verbatim.
 
 use super::{AFI_IPV4, AFI_IPV6, SAFI_UNICAST};
 
@@ -11,6 +12,8 @@ pub mod code {
     pub const MULTIPROTOCOL: u8 = 1;
     /// Route refresh (RFC 2918).
     pub const ROUTE_REFRESH: u8 = 2;
+    /// Extended messages, up to 65535 bytes (RFC 8654).
+    pub const EXTENDED_MESSAGE: u8 = 6;
     /// Graceful restart (RFC 4724).
     pub const GRACEFUL_RESTART: u8 = 64;
     /// 4-octet AS numbers (RFC 6793).
@@ -72,6 +75,8 @@ pub enum Capability {
     RouteRefresh,
     /// Enhanced route refresh (code 70).
     EnhancedRouteRefresh,
+    /// Extended messages (code 6, RFC 8654).
+    ExtendedMessage,
     /// 4-octet AS number of the speaker.
     FourOctetAs(u32),
     /// Graceful restart.
@@ -100,6 +105,7 @@ impl Capability {
             Capability::MultiProtocol { .. } => code::MULTIPROTOCOL,
             Capability::RouteRefresh => code::ROUTE_REFRESH,
             Capability::EnhancedRouteRefresh => code::ENHANCED_ROUTE_REFRESH,
+            Capability::ExtendedMessage => code::EXTENDED_MESSAGE,
             Capability::FourOctetAs(_) => code::FOUR_OCTET_AS,
             Capability::GracefulRestart { .. } => code::GRACEFUL_RESTART,
             Capability::Unknown { code, .. } => *code,
@@ -122,6 +128,7 @@ impl Capability {
             },
             code::ROUTE_REFRESH if data.is_empty() => Capability::RouteRefresh,
             code::ENHANCED_ROUTE_REFRESH if data.is_empty() => Capability::EnhancedRouteRefresh,
+            code::EXTENDED_MESSAGE if data.is_empty() => Capability::ExtendedMessage,
             code::FOUR_OCTET_AS if data.len() == 4 => {
                 Capability::FourOctetAs(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
             }
@@ -155,7 +162,9 @@ impl Capability {
                 out.push(0);
                 out.push(*safi);
             }
-            Capability::RouteRefresh | Capability::EnhancedRouteRefresh => {}
+            Capability::RouteRefresh
+            | Capability::EnhancedRouteRefresh
+            | Capability::ExtendedMessage => {}
             Capability::FourOctetAs(asn) => out.extend_from_slice(&asn.to_be_bytes()),
             Capability::GracefulRestart {
                 flags,
@@ -186,6 +195,9 @@ pub struct Negotiated {
     pub four_octet_as: bool,
     /// Both sides support route refresh.
     pub route_refresh: bool,
+    /// Both sides announced extended messages (RFC 8654): UPDATE,
+    /// NOTIFICATION and ROUTE-REFRESH may be up to 65535 bytes.
+    pub extended_message: bool,
     /// Families both sides announced. When neither side sends any MP
     /// capability, IPv4 unicast is implied (RFC 4760 section 8).
     pub families: Vec<Family>,
@@ -252,6 +264,7 @@ pub fn negotiate(ours: &[Capability], theirs: &[Capability]) -> Negotiated {
     Negotiated {
         four_octet_as: has(ours, code::FOUR_OCTET_AS) && has(theirs, code::FOUR_OCTET_AS),
         route_refresh: has(ours, code::ROUTE_REFRESH) && has(theirs, code::ROUTE_REFRESH),
+        extended_message: has(ours, code::EXTENDED_MESSAGE) && has(theirs, code::EXTENDED_MESSAGE),
         families,
         peer_graceful_restart,
     }
@@ -277,6 +290,7 @@ mod tests {
         );
         assert_eq!(roundtrip(&[2, 0]), Capability::RouteRefresh);
         assert_eq!(roundtrip(&[70, 0]), Capability::EnhancedRouteRefresh);
+        assert_eq!(roundtrip(&[6, 0]), Capability::ExtendedMessage);
         assert_eq!(
             roundtrip(&[65, 4, 0, 0, 0xfc, 0]),
             Capability::FourOctetAs(64512)
@@ -327,6 +341,7 @@ mod tests {
             Capability::MultiProtocol { afi: 2, safi: 1 },
             Capability::FourOctetAs(65000),
             Capability::RouteRefresh,
+            Capability::ExtendedMessage,
         ];
         let theirs = vec![
             Capability::MultiProtocol { afi: 2, safi: 1 },
@@ -344,6 +359,7 @@ mod tests {
         let n = negotiate(&ours, &theirs);
         assert!(n.four_octet_as);
         assert!(!n.route_refresh);
+        assert!(!n.extended_message, "only one side offered it");
         assert_eq!(n.families, vec![Family::Ipv6Unicast]);
         assert_eq!(
             n.peer_graceful_restart,
@@ -353,6 +369,8 @@ mod tests {
                 families: vec![(Family::Ipv6Unicast, true)]
             })
         );
+        let both = negotiate(&ours, &[Capability::ExtendedMessage]);
+        assert!(both.extended_message);
         // No MP capability at all on the peer: IPv4 unicast implied.
         let n = negotiate(&ours, &[]);
         assert_eq!(n.families, vec![Family::Ipv4Unicast]);

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-/// NOTIFICATION error code (RFC 4271 section 4.5, RFC 7313 for ROUTE-REFRESH).
+/// NOTIFICATION error code (RFC 4271 section 4.5, RFC 7313 for ROUTE-REFRESH,
+/// RFC 9687 for the send hold timer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// 1: Message Header Error.
@@ -21,6 +22,8 @@ pub enum ErrorCode {
     Cease,
     /// 7: ROUTE-REFRESH Message Error (RFC 7313).
     RouteRefreshMessage,
+    /// 8: Send Hold Timer Expired (RFC 9687): the peer stopped reading.
+    SendHoldTimerExpired,
     /// Any code this implementation does not know, kept verbatim.
     Other(u8),
 }
@@ -36,6 +39,7 @@ impl ErrorCode {
             ErrorCode::FiniteStateMachine => 5,
             ErrorCode::Cease => 6,
             ErrorCode::RouteRefreshMessage => 7,
+            ErrorCode::SendHoldTimerExpired => 8,
             ErrorCode::Other(v) => v,
         }
     }
@@ -50,6 +54,7 @@ impl ErrorCode {
             5 => ErrorCode::FiniteStateMachine,
             6 => ErrorCode::Cease,
             7 => ErrorCode::RouteRefreshMessage,
+            8 => ErrorCode::SendHoldTimerExpired,
             other => ErrorCode::Other(other),
         }
     }
@@ -65,6 +70,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::FiniteStateMachine => "finite state machine error",
             ErrorCode::Cease => "cease",
             ErrorCode::RouteRefreshMessage => "ROUTE-REFRESH message error",
+            ErrorCode::SendHoldTimerExpired => "send hold timer expired",
             ErrorCode::Other(v) => return write!(f, "error code {v}"),
         };
         f.write_str(name)
@@ -201,6 +207,24 @@ impl DecodeError {
             reason: reason.into(),
         }
     }
+}
+
+/// An UPDATE that cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The path attributes (as exported, next hop included) leave no room
+    /// for the prefix within the largest message the session allows.
+    #[error(
+        "{prefix}: path attributes of {attrs_len} bytes leave no room for it in a {max}-byte message"
+    )]
+    AttributesTooLarge {
+        /// A prefix that does not fit.
+        prefix: ipnet::IpNet,
+        /// Bytes the UPDATE takes without its NLRI.
+        attrs_len: usize,
+        /// The session's message size limit.
+        max: usize,
+    },
 }
 
 /// What RFC 7606 says to do with an UPDATE carrying a bad attribute.

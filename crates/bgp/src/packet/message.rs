@@ -1,6 +1,8 @@
 //! BGP messages (RFC 4271 section 4): header framing, OPEN, UPDATE,
 //! NOTIFICATION, KEEPALIVE and ROUTE-REFRESH (RFC 2918/7313), End-of-RIB
-//! markers (RFC 4724), and builders that split announcements into UPDATEs.
+//! markers (RFC 4724), and builders that split announcements into UPDATEs
+//! of at most the session's message size (4096 bytes, or 65535 with RFC 8654
+//! extended messages), counting every attribute export added.
 
 use super::attribute::{
     AttrValue, MpReach, MpUnreach, NextHop, PathAttr, PathAttributes, decode_path_attrs, flags,
@@ -8,8 +10,8 @@ use super::attribute::{
 };
 use super::capability::{Capability, Family};
 use super::error::{
-    AttrError, DecodeError, ErrorAction, ErrorCode, MessageHeaderError, OpenMessageError,
-    UpdateMessageError,
+    AttrError, DecodeError, EncodeError, ErrorAction, ErrorCode, MessageHeaderError,
+    OpenMessageError, UpdateMessageError,
 };
 use super::{
     AFI_IPV6, AS_TRANS, DecodeCxt, EncodeCxt, decode_prefixes_v4, encode_prefix_v4, prefix_wire_len,
@@ -19,8 +21,36 @@ use std::net::Ipv4Addr;
 
 /// Size of the fixed header: marker, length, type.
 pub const HEADER_LEN: usize = 19;
-/// Largest message without the extended message capability (RFC 8654).
+/// Largest message without the extended message capability (RFC 8654),
+/// and always for OPEN and KEEPALIVE.
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Largest message once both sides negotiated extended messages (RFC 8654).
+pub const MAX_EXTENDED_MESSAGE_LEN: usize = 65535;
+
+/// Bytes of an UPDATE announcing routes with `attrs` and `next_hop`, all but
+/// the NLRI: header, both length fields, the attributes as
+/// [`PathAttributes::to_wire`] encodes them, and NEXT_HOP (IPv4) or the
+/// MP_REACH_NLRI header (IPv6, always with a 2-octet length).
+pub fn announce_overhead(attrs: &PathAttributes, next_hop: NextHop, cxt: &EncodeCxt) -> usize {
+    let next_hop_len = match next_hop {
+        // Flags, type, length, address.
+        NextHop::Ipv4(_) => 3 + 4,
+        // Flags, type, 2-octet length, AFI, SAFI, next hop length, next
+        // hop, reserved.
+        NextHop::Ipv6 { link_local, .. } => {
+            4 + 2 + 1 + 1 + 16 + 1 + 16 * usize::from(link_local.is_some())
+        }
+    };
+    HEADER_LEN + 2 + 2 + attrs.wire_len(cxt) + next_hop_len
+}
+
+/// Room left for NLRI in one UPDATE announcing routes with `attrs` and
+/// `next_hop` within the session's size limit; `None` when the attributes
+/// alone do not fit. A prefix of length `l` takes `1 + ceil(l / 8)` bytes.
+pub fn nlri_room(attrs: &PathAttributes, next_hop: NextHop, cxt: &EncodeCxt) -> Option<usize> {
+    cxt.max_message_len()
+        .checked_sub(announce_overhead(attrs, next_hop, cxt))
+}
 
 /// Message type codes.
 pub mod msg_type {
@@ -307,24 +337,30 @@ impl UpdateMsg {
     }
 
     /// Builds UPDATEs announcing `prefixes` (all of the next hop's family)
-    /// with `attrs`, each at most [`MAX_MESSAGE_LEN`] bytes.
+    /// with `attrs`, each within the session's message size limit
+    /// ([`EncodeCxt::max_message_len`]) once NEXT_HOP or MP_REACH_NLRI is
+    /// added. Prefixes that do not fit in one message go in further ones; if
+    /// the attributes leave no room for some prefix, nothing is built and
+    /// the error names it (such a route cannot be sent to this peer).
     pub fn announce(
         attrs: &PathAttributes,
         next_hop: NextHop,
         prefixes: &[IpNet],
         cxt: &EncodeCxt,
-    ) -> Vec<UpdateMsg> {
-        let base = attrs.to_wire(cxt);
-        let mut base_len = 0;
-        let mut scratch = Vec::new();
-        for a in &base {
-            scratch.clear();
-            a.encode(cxt, &mut scratch);
-            base_len += scratch.len();
+    ) -> Result<Vec<UpdateMsg>, EncodeError> {
+        let overhead = announce_overhead(attrs, next_hop, cxt);
+        let room = cxt.max_message_len().saturating_sub(overhead);
+        if let Some(p) = prefixes
+            .iter()
+            .find(|p| prefix_wire_len(p.prefix_len()) > room)
+        {
+            return Err(EncodeError::AttributesTooLarge {
+                prefix: *p,
+                attrs_len: overhead,
+                max: cxt.max_message_len(),
+            });
         }
-        // Header, two length fields, and room for the NEXT_HOP or the MP_REACH
-        // header (4-octet attribute header + AFI/SAFI/len + 32 + reserved).
-        let budget = MAX_MESSAGE_LEN - HEADER_LEN - 4 - base_len - 4 - 4 - 32 - 1;
+        let base = attrs.to_wire(cxt);
         let mut out = Vec::new();
         let mut chunk: Vec<IpNet> = Vec::new();
         let mut used = 0;
@@ -367,7 +403,7 @@ impl UpdateMsg {
         };
         for p in prefixes {
             let l = prefix_wire_len(p.prefix_len());
-            if used + l > budget {
+            if used + l > room {
                 flush(&mut chunk, &mut out);
                 used = 0;
             }
@@ -375,7 +411,7 @@ impl UpdateMsg {
             used += l;
         }
         flush(&mut chunk, &mut out);
-        out
+        Ok(out)
     }
 
     /// Builds UPDATEs withdrawing `prefixes` (IPv4 in the withdrawn field,
@@ -554,11 +590,14 @@ impl NotificationMsg {
 }
 
 impl From<&DecodeError> for NotificationMsg {
+    /// The NOTIFICATION for a decode error. Its data (often the offending
+    /// field) is cut to what fits in 4096 bytes, whatever the peer sent.
     fn from(e: &DecodeError) -> Self {
+        let fits = MAX_MESSAGE_LEN - HEADER_LEN - 2;
         NotificationMsg {
             code: e.code,
             subcode: e.subcode,
-            data: e.data.clone(),
+            data: e.data[..e.data.len().min(fits)].to_vec(),
         }
     }
 }
@@ -595,6 +634,12 @@ impl Message {
     /// Checks the header at the start of `buf` and returns the length of the
     /// whole message, or `None` if fewer than 19 bytes are buffered.
     pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        Message::frame_len_max(buf, MAX_MESSAGE_LEN)
+    }
+
+    /// [`Message::frame_len`] with a limit of `max` bytes: 65535 once both
+    /// sides negotiated extended messages.
+    pub fn frame_len_max(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -606,11 +651,11 @@ impl Message {
             ));
         }
         let len = u16::from_be_bytes([buf[16], buf[17]]);
-        if usize::from(len) < HEADER_LEN || usize::from(len) > MAX_MESSAGE_LEN {
+        if usize::from(len) < HEADER_LEN || usize::from(len) > max {
             return Err(DecodeError::header(
                 MessageHeaderError::BadMessageLength,
                 len.to_be_bytes().to_vec(),
-                format!("message header length {len} is outside 19..=4096"),
+                format!("message header length {len} is outside 19..={max}"),
             ));
         }
         Ok(Some(usize::from(len)))
@@ -618,7 +663,7 @@ impl Message {
 
     /// Decodes exactly one message (header included) from `buf`.
     pub fn decode(buf: &[u8], cxt: &DecodeCxt) -> Result<Message, DecodeError> {
-        let Some(len) = Message::frame_len(buf)? else {
+        let Some(len) = Message::frame_len_max(buf, cxt.max_message_len())? else {
             return Err(DecodeError::header(
                 MessageHeaderError::BadMessageLength,
                 (buf.len() as u16).to_be_bytes().to_vec(),
@@ -646,7 +691,8 @@ impl Message {
         };
         Ok(match ty {
             msg_type::OPEN => {
-                if len < 29 {
+                // Extended messages never apply to OPEN (RFC 8654 section 3).
+                if !(29..=MAX_MESSAGE_LEN).contains(&len) {
                     return Err(bad_len());
                 }
                 Message::Open(OpenMsg::decode(body)?)

@@ -20,18 +20,46 @@ pub const SAFI_UNICAST: u8 = 1;
 pub const AS_TRANS: u32 = 23456;
 
 /// Decoding context: what was negotiated on the session.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecodeCxt {
     /// Both sides announced the 4-octet AS capability, so AS_PATH and
     /// AGGREGATOR carry 4-octet AS numbers.
     pub four_octet_as: bool,
+    /// Both sides announced extended messages (RFC 8654): messages other
+    /// than OPEN and KEEPALIVE may be up to 65535 bytes.
+    pub extended_message: bool,
+}
+
+impl DecodeCxt {
+    /// The longest message the peer may send.
+    pub fn max_message_len(&self) -> usize {
+        max_message_len(self.extended_message)
+    }
 }
 
 /// Encoding context, mirroring [`DecodeCxt`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EncodeCxt {
     /// Encode AS numbers with 4 octets.
     pub four_octet_as: bool,
+    /// Both sides announced extended messages (RFC 8654).
+    pub extended_message: bool,
+}
+
+impl EncodeCxt {
+    /// The longest UPDATE we may send: 4096 bytes (RFC 4271) unless both
+    /// sides negotiated extended messages (RFC 8654).
+    pub fn max_message_len(&self) -> usize {
+        max_message_len(self.extended_message)
+    }
+}
+
+fn max_message_len(extended: bool) -> usize {
+    if extended {
+        message::MAX_EXTENDED_MESSAGE_LEN
+    } else {
+        message::MAX_MESSAGE_LEN
+    }
 }
 
 /// Decodes a run of (length, prefix) NLRI entries for IPv4. `None` if a
@@ -88,7 +116,7 @@ pub(crate) fn encode_prefix_v6(p: &Ipv6Net, out: &mut Vec<u8>) {
     out.extend_from_slice(&p.network().octets()[..usize::from(len).div_ceil(8)]);
 }
 
-/// Encoded size of an IPv4 or IPv6 prefix.
-pub(crate) fn prefix_wire_len(len: u8) -> usize {
+/// Encoded size of an IPv4 or IPv6 prefix of length `len` in NLRI.
+pub fn prefix_wire_len(len: u8) -> usize {
     1 + usize::from(len).div_ceil(8)
 }
