@@ -441,13 +441,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .set_all(&host_sysctls())
         .context("set the host sysctls")?;
     let ipip_supported = probe_ipip(nl.as_ref()).await;
-    if !nl
+    let routes_at_start = nl
         .routes(tabby_dataplane::Family::V4)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let forwarding_preserved = routes_at_start
         .iter()
-        .any(|r| r.dst.prefix_len() == 0)
-    {
+        .any(|r| r.protocol == tabby_dataplane::TABBY_ROUTE_PROTOCOL);
+    if !routes_at_start.iter().any(|r| r.dst.prefix_len() == 0) {
         warn!(
             "no IPv4 default route: proxy ARP will not answer pods for their 169.254.1.1 gateway until there is one"
         );
@@ -540,6 +541,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ipip_supported,
         host_mtu,
     );
+    agent.set_forwarding_preserved(forwarding_preserved);
     let mut speaker: Option<Arc<dyn Speaker>> = None;
     loop {
         let first = tokio::select! {

@@ -133,10 +133,11 @@ pub struct KernelView {
     pub subnets: Vec<IpNet>,
 }
 
-/// The metric of routes learned over BGP. The host's connected, static and boot
-/// routes have 0, so a learned prefix (a default route included) goes in beside
-/// them and never replaces them; BIRD's kernel protocol uses 32 for the same reason.
-pub const LEARNED_METRIC: u32 = 32;
+/// The metric of routes learned over BGP: above every metric the host's own routes
+/// get by default (IPv4 0; IPv6 connected 256, static and kernel 1024), so a learned
+/// prefix, a default route included, goes in beside them and never replaces or
+/// outranks them. BIRD gives its routes a metric of its own for the same reason.
+pub const LEARNED_METRIC: u32 = 2048;
 
 /// The desired VXLAN device and its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -392,15 +393,21 @@ impl RouteCtx<'_> {
         {
             return Ok(None);
         }
-        if let Some(s) = self.kernel.subnets.iter().find(|s| s.contains(&prefix)) {
-            return Err(format!(
-                "BGP route {prefix}: not installed: it is inside this node's own subnet {s}"
-            ));
-        }
-        if prefix.prefix_len() == prefix.max_prefix_len() && (self.is_node_address)(prefix.addr()) {
-            return Err(format!(
-                "BGP route {prefix}: not installed: it is a node address of the cluster"
-            ));
+        let node = (prefix.prefix_len() == prefix.max_prefix_len()
+            && (self.is_node_address)(prefix.addr()))
+        .then_some(prefix.addr());
+        match tabby_bgp::fib::install_conflict(&prefix, &self.kernel.subnets, node.as_slice()) {
+            Some(tabby_bgp::fib::InstallConflict::Connected { subnet, .. }) => {
+                return Err(format!(
+                    "BGP route {prefix}: not installed: it is inside this node's own subnet {subnet}"
+                ));
+            }
+            Some(tabby_bgp::fib::InstallConflict::NodeAddress { .. }) => {
+                return Err(format!(
+                    "BGP route {prefix}: not installed: it is a node address of the cluster"
+                ));
+            }
+            None => {}
         }
         let mine: Vec<IpAddr> = [self.me.ipv4, self.me.ipv6]
             .iter()

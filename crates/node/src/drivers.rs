@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use tabby_bgp::api::{ApiError, OriginAttrs, PeerStatus};
+use tabby_bgp::api::{ApiError, OriginAttrs, PeerStatus, RestartState};
 use tabby_bgp::{BestPathChange, BgpHandle, InstanceConfig, PeerConfig};
 use tabby_dataplane::tc::TrafficControl;
 use tabby_dataplane::{Netlink, Sysctl};
@@ -38,6 +38,9 @@ pub trait Speaker: Send + Sync {
     fn subscribe_routes(&self) -> broadcast::Receiver<BestPathChange>;
     /// Peer state changes.
     fn subscribe_peers(&self) -> broadcast::Receiver<PeerStatus>;
+    /// Graceful-restart bits for the OPENs from now on (R: we restarted; F: our
+    /// forwarding state survived).
+    async fn set_restart_state(&self, state: RestartState) -> Result<(), ApiError>;
     /// Stops every session with a Cease.
     async fn shutdown(&self) -> Result<(), ApiError>;
     /// Stops without notifications (graceful restart).
@@ -79,6 +82,9 @@ impl Speaker for BgpHandle {
     }
     fn subscribe_peers(&self) -> broadcast::Receiver<PeerStatus> {
         BgpHandle::subscribe_peers(self)
+    }
+    async fn set_restart_state(&self, state: RestartState) -> Result<(), ApiError> {
+        BgpHandle::set_restart_state(self, state).await
     }
     async fn shutdown(&self) -> Result<(), ApiError> {
         BgpHandle::shutdown(self).await
@@ -123,6 +129,7 @@ struct FakeState {
     dead: bool,
     established: bool,
     calls: usize,
+    restart_state: Option<RestartState>,
 }
 
 /// An in-memory speaker for tests: records instances, peers and exports; learned
@@ -168,6 +175,11 @@ impl FakeBgp {
     /// The originated prefixes.
     pub fn exports(&self) -> BTreeMap<IpNet, OriginAttrs> {
         self.st().exports.clone()
+    }
+
+    /// The graceful-restart bits last set.
+    pub fn restart_state(&self) -> Option<RestartState> {
+        self.st().restart_state
     }
 
     /// Calls made to the running speaker.
@@ -313,6 +325,10 @@ impl Speaker for FakeBgp {
     }
     fn subscribe_peers(&self) -> broadcast::Receiver<PeerStatus> {
         self.peer_events.subscribe()
+    }
+    async fn set_restart_state(&self, state: RestartState) -> Result<(), ApiError> {
+        self.live()?.restart_state = Some(state);
+        Ok(())
     }
     async fn shutdown(&self) -> Result<(), ApiError> {
         self.st().dead = true;

@@ -174,6 +174,9 @@ pub struct Agent {
     retry_at: Option<Instant>,
     backoff: Duration,
     last_speaker_check: Option<Instant>,
+    /// Whether routes of ours were in the kernel at start (a restart that kept the
+    /// forwarding state), and so whether a started speaker says so to its peers.
+    forwarding_preserved: bool,
 }
 
 impl Agent {
@@ -224,6 +227,7 @@ impl Agent {
             retry_at: None,
             backoff: Duration::from_secs(1),
             last_speaker_check: None,
+            forwarding_preserved: false,
             cfg,
             drivers,
             client,
@@ -232,6 +236,12 @@ impl Agent {
             ipv4,
             uplink,
         }
+    }
+
+    /// Tells the agent its routes were in the kernel at start, so the BGP speaker
+    /// advertises a restart with its forwarding state kept (RFC 4724 R and F bits).
+    pub fn set_forwarding_preserved(&mut self, kept: bool) {
+        self.forwarding_preserved = kept;
     }
 
     /// The local view of the store.
@@ -1133,6 +1143,18 @@ impl Agent {
         if self.bgp.is_none() {
             match self.drivers.bgp.start(instance.clone()).await {
                 Ok(speaker) => {
+                    // Our routes survived in the kernel (a restart of the agent or of
+                    // a dead speaker): peers keep ours until our End-of-RIB.
+                    if self.forwarding_preserved
+                        && let Err(e) = speaker
+                            .set_restart_state(tabby_bgp::api::RestartState {
+                                restarted: true,
+                                forwarding_preserved: true,
+                            })
+                            .await
+                    {
+                        pass.errors.push(format!("BGP graceful-restart state: {e}"));
+                    }
                     *self.shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(speaker.clone());
                     self.bgp = Some(BgpState {
@@ -1203,6 +1225,8 @@ impl Agent {
     /// and export, and the learned table is rebuilt from its best paths.
     fn speaker_died(&mut self) {
         self.bgp = None;
+        // The kernel keeps our routes while the speaker is away.
+        self.forwarding_preserved = true;
         *self.shared.bgp.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.shared.metrics.inc_bgp_restarts();
         self.dirty.peers = true;

@@ -494,6 +494,23 @@ impl<'n> Ctx<'_, 'n> {
             Ok(p) => pc.password = p,
             Err(()) => return false,
         }
+        // Tabby's extensions ride on annotations so manifests stay Calico's:
+        // bgp.tabby.dev/{max-prefixes,max-prefixes-restart-secs,max-stale-secs,transit}.
+        let peers = self.inputs.peers;
+        if let Some(r) = peers
+            .iter()
+            .find(|r| r.kind() == Kind::BGPPeer && r.name() == name)
+        {
+            let annotations = r
+                .metadata
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            if let Err(e) = pc.apply_annotations(annotations) {
+                self.warn(format!("{what}: {e}; no session until it is fixed"));
+                return false;
+            }
+        }
         if spec.source_address == Some(SourceAddress::None) {
             pc.source_address = None;
         }

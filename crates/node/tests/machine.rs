@@ -661,12 +661,16 @@ async fn routes_tabby_does_not_own_are_never_replaced() {
         .collect();
     assert_eq!(defaults.len(), 2, "ours beside the host's: {defaults:?}");
     assert!(defaults.contains(&host_default), "the host's default stays");
-    assert!(defaults.iter().any(|r| r.metric == 32));
+    assert!(
+        defaults
+            .iter()
+            .any(|r| r.metric == tabby_node::desired::LEARNED_METRIC)
+    );
     assert!(rig.route("198.18.0.0/24").is_none());
     assert!(rig.route("198.18.0.3/32").is_none());
     assert!(rig.route("198.19.9.9/32").is_none());
-    // n1's block: the operator's route at the same metric... ours is at 32, so it
-    // goes in beside; the operator's is untouched.
+    // n1's block: ours goes in at the learned metric, beside the operator's route,
+    // which is untouched.
     let at_block: Vec<Route> = rig
         .routes()
         .into_iter()
@@ -737,5 +741,47 @@ async fn a_foreign_route_at_our_place_wins_until_it_goes() {
             .problems()
             .iter()
             .any(|p| p.contains(&block_of(2))),
+    );
+}
+
+#[tokio::test]
+async fn bgppeer_annotations_and_the_restart_bits_reach_the_speaker() {
+    let mut rig = Rig::new(|c| c.bgp = true);
+    rig.agent.set_forwarding_preserved(true);
+    rig.snapshot("Never");
+    let mut tor = resource(
+        "BGPPeer",
+        "tor",
+        None,
+        json!({"peerIP": "198.18.0.200", "asNumber": 65100}),
+        json!({}),
+    );
+    tor["metadata"]["annotations"] =
+        json!({"bgp.tabby.dev/max-prefixes": "1000", "bgp.tabby.dev/transit": "true"});
+    rig.put(&tor);
+    let pass = rig.agent.execute().await;
+    assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+    let restart = rig.bgp.restart_state().expect("set at start");
+    assert!(restart.restarted && restart.forwarding_preserved);
+    let peers = rig.bgp.peers();
+    let p = &peers[&"198.18.0.200".parse::<IpAddr>().unwrap()];
+    assert_eq!(p.max_prefixes, Some(1000));
+    assert!(p.transit);
+    // A bad value: no session, reported naming the annotation.
+    tor["metadata"]["annotations"] = json!({"bgp.tabby.dev/max-prefixes": "lots"});
+    rig.put(&tor);
+    rig.agent.execute().await;
+    assert!(
+        !rig.bgp
+            .peers()
+            .contains_key(&"198.18.0.200".parse::<IpAddr>().unwrap())
+    );
+    assert!(
+        rig.agent
+            .problems()
+            .iter()
+            .any(|p| p.contains("bgp.tabby.dev/max-prefixes")),
+        "{:?}",
+        rig.agent.problems()
     );
 }
