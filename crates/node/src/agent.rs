@@ -707,6 +707,23 @@ fn spawn_kernel_feed(
 /// and after `refresh` when given).
 fn spawn_learned_feed(s: Arc<dyn Speaker>, tx: mpsc::Sender<Input>, refresh: Option<Duration>) {
     let mut routes = s.subscribe_routes();
+    // Paths learned before the subscription (a session may be up within the pass
+    // that started the speaker): the table now, then every change. A replacement
+    // for a dead speaker only adds to what the agent kept until `refresh`.
+    {
+        let (s, tx) = (s.clone(), tx.clone());
+        let replace = refresh.is_none();
+        tokio::spawn(async move {
+            if let Ok(all) = s.best_paths().await {
+                let input = if replace {
+                    Input::LearnedTable(all)
+                } else {
+                    Input::Learned(all)
+                };
+                let _ = tx.send(input).await;
+            }
+        });
+    }
     if let Some(after) = refresh {
         let (s, tx) = (s.clone(), tx.clone());
         tokio::spawn(async move {

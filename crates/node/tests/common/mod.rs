@@ -72,6 +72,8 @@ pub struct Cluster {
     pub etcd: Option<tabby_store::etcd_harness::EtcdCluster>,
     /// Host end of the veth into the fabric, for [`Store::Etcd`].
     host_veth: Option<String>,
+    /// The nodes' bridge, for [`Layout::OneSubnet`] (to attach more hosts to it).
+    pub fabric: Option<tabby_testnet::testnet::Segment>,
 }
 
 /// Which datastore the agents share.
@@ -99,6 +101,7 @@ impl Cluster {
         let dir = net.temp_dir("node").unwrap();
         let mut nodes = Vec::new();
         let mut names = Vec::new();
+        let mut fabric = None;
         for i in 0..n {
             names.push(format!("n{}", i + 1));
         }
@@ -116,7 +119,7 @@ impl Cluster {
                 for (m, a) in made.iter().zip(&addr_refs) {
                     ends.push(End::new(&m.1, "eth0", a));
                 }
-                net.segment("fab", &ends).unwrap();
+                fabric = Some(net.segment("fab", &ends).unwrap());
                 for (name, ns, ip) in made {
                     // Hosts have a default route; proxy ARP for the pods' 169.254.1.1
                     // gateway answers only for addresses the host can route.
@@ -227,6 +230,7 @@ impl Cluster {
             workloads: Vec::new(),
             etcd,
             host_veth,
+            fabric,
         }
     }
 
