@@ -210,7 +210,7 @@ impl Ruleset {
 impl NamedSet {
     /// The `add` command of the set or map with its elements.
     pub(crate) fn with_elems(&self) -> Value {
-        add_set(self.map, &self.decl, &self.elems)
+        add_set(self.map, &self.decl, self.elems.clone())
     }
 }
 
@@ -219,15 +219,10 @@ fn kind(map: bool) -> &'static str {
 }
 
 /// The `add` command of a set or map declaration with its elements.
-pub(crate) fn add_set<'a>(
-    map: bool,
-    decl: &Value,
-    elems: impl IntoIterator<Item = &'a Value>,
-) -> Value {
+pub(crate) fn add_set(map: bool, decl: &Value, elems: Vec<Value>) -> Value {
     let mut d = decl.clone();
-    let elems: Vec<&Value> = elems.into_iter().collect();
     if !elems.is_empty() {
-        d["elem"] = json!(elems);
+        d["elem"] = Value::Array(elems);
     }
     json!({"add": {kind(map): d}})
 }
@@ -425,7 +420,7 @@ fn diff_table(old: &Table, new: &Table) -> Vec<Value> {
             chains.insert(name.clone(), c);
         }
     }
-    delta_commands(new.family, &sets, &chains)
+    delta_commands(new.family, sets, &chains)
 }
 
 /// The update commands for the changes of one table, in the order a transaction
@@ -434,7 +429,7 @@ fn diff_table(old: &Table, new: &Table) -> Vec<Value> {
 /// have their rules), and last what is gone (maps, then chains, then sets).
 pub(crate) fn delta_commands(
     f: Family,
-    sets: &BTreeMap<String, SetChange>,
+    sets: BTreeMap<String, SetChange>,
     chains: &BTreeMap<String, ChainChange<'_>>,
 ) -> Vec<Value> {
     let mut deletes_first = Vec::new();
@@ -444,6 +439,7 @@ pub(crate) fn delta_commands(
     let mut rules = Vec::new();
     let mut map_elems = Vec::new();
     let mut gone = Vec::new();
+    let mut gone_sets = Vec::new();
     for (name, c) in sets {
         match c {
             SetChange::Elements {
@@ -451,25 +447,25 @@ pub(crate) fn delta_commands(
                 removed,
                 added,
             } => {
-                let out = if *map { &mut map_elems } else { &mut elems };
+                let out = if map { &mut map_elems } else { &mut elems };
                 if !removed.is_empty() {
-                    out.push(element_cmd("delete", f, name, removed.clone()));
+                    out.push(element_cmd("delete", f, &name, removed));
                 }
                 if !added.is_empty() {
-                    out.push(element_cmd("add", f, name, added.clone()));
+                    out.push(element_cmd("add", f, &name, added));
                 }
             }
             SetChange::Added { replaced, map, add } => {
                 if let Some(old_map) = replaced {
-                    deletes_first.push(json!({"delete": {kind(*old_map): obj_ref(f, name)}}));
+                    deletes_first.push(json!({"delete": {kind(old_map): obj_ref(f, &name)}}));
                 }
-                if *map {
-                    maps.push(add.clone());
+                if map {
+                    maps.push(add);
                 } else {
-                    adds.push(add.clone());
+                    adds.push(add);
                 }
             }
-            SetChange::Gone { .. } => {}
+            SetChange::Gone { map } => gone_sets.push((name, map)),
         }
     }
     for (name, c) in chains {
@@ -489,10 +485,8 @@ pub(crate) fn delta_commands(
             ChainChange::Gone => {}
         }
     }
-    for (name, c) in sets {
-        if matches!(c, SetChange::Gone { map: true }) {
-            gone.push(json!({"delete": {"map": obj_ref(f, name)}}));
-        }
+    for (name, _) in gone_sets.iter().filter(|(_, map)| *map) {
+        gone.push(json!({"delete": {"map": obj_ref(f, name)}}));
     }
     let gone_chains: Vec<&String> = chains
         .iter()
@@ -505,10 +499,8 @@ pub(crate) fn delta_commands(
     for name in &gone_chains {
         gone.push(json!({"delete": {"chain": obj_ref(f, name)}}));
     }
-    for (name, c) in sets {
-        if matches!(c, SetChange::Gone { map: false }) {
-            gone.push(json!({"delete": {"set": obj_ref(f, name)}}));
-        }
+    for (name, _) in gone_sets.iter().filter(|(_, map)| !*map) {
+        gone.push(json!({"delete": {"set": obj_ref(f, name)}}));
     }
     let mut cmds = deletes_first;
     cmds.extend(adds);
