@@ -335,7 +335,7 @@ impl Engine {
     /// equal to `nft::diff(&ruleset_at_last_mark, &ruleset())`, built from the
     /// objects that changed; then marks the current state.
     pub fn take_update(&mut self) -> Vec<Value> {
-        let order = self.interface_order();
+        let order = || self.interface_order();
         let mut cmds = Vec::new();
         for f in &self.fams {
             cmds.extend(f.update(&self.reg, &order));

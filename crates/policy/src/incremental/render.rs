@@ -531,9 +531,14 @@ impl FamilyState {
         Some((false, slot_decl(reg, id, self.f)))
     }
 
-    fn current_elems(&self, reg: &Registry, name: &str, order: &[(bool, String)]) -> Vec<Value> {
+    fn current_elems(
+        &self,
+        reg: &Registry,
+        name: &str,
+        order: &dyn Fn() -> Vec<(bool, String)>,
+    ) -> Vec<Value> {
         if let Some(i) = STATICS.iter().position(|(n, _)| *n == name) {
-            return self.static_elems(i, order);
+            return self.static_elems(i, &order());
         }
         reg.by_name
             .get(name)
@@ -541,8 +546,13 @@ impl FamilyState {
             .unwrap_or_default()
     }
 
-    /// The update commands since the last mark.
-    pub(crate) fn update(&self, reg: &Registry, order: &[(bool, String)]) -> Vec<Value> {
+    /// The update commands since the last mark; `order` gives the interface
+    /// owners in endpoint order (only needed when a map is added whole).
+    pub(crate) fn update(
+        &self,
+        reg: &Registry,
+        order: &dyn Fn() -> Vec<(bool, String)>,
+    ) -> Vec<Value> {
         let mut sets = BTreeMap::new();
         for (name, rec) in &self.journal.sets {
             let change = match (&rec.at_mark, self.current_set(reg, name)) {

@@ -121,21 +121,24 @@ impl Slot {
         }
     }
 
-    fn matches(&mut self, world: &World, v: &View<'_>) -> bool {
-        let ns_ok = match self.scope_selector() {
-            Some(s) => {
-                let key = v.ns.cloned();
-                match self.ns_cache.get(&key) {
-                    Some(ok) => *ok,
-                    None => {
-                        let ok = world.namespace_matches(s, v.ns.map(|n| &**n));
-                        self.ns_cache.insert(key, ok);
-                        ok
-                    }
-                }
-            }
-            None => true,
+    /// Whether the namespace scope admits namespace `ns` (remembered).
+    fn ns_ok(&mut self, world: &World, ns: Option<&Sym>) -> bool {
+        let Some(s) = self.scope_selector() else {
+            return true;
         };
+        let key = ns.cloned();
+        match self.ns_cache.get(&key) {
+            Some(ok) => *ok,
+            None => {
+                let ok = world.namespace_matches(s, ns.map(|n| &**n));
+                self.ns_cache.insert(key, ok);
+                ok
+            }
+        }
+    }
+
+    fn matches(&mut self, world: &World, v: &View<'_>) -> bool {
+        let ns_ok = self.ns_ok(world, v.ns);
         self.matches_with(v, ns_ok)
     }
 }
@@ -181,8 +184,8 @@ enum Hook {
     Ns(String),
     Eq(String, String),
     Has(String),
-    /// Any entity of a namespace its namespaceSelector matches (indexed as
-    /// [`Hook::Any`]; a new slot is filled namespace by namespace).
+    /// Any entity of a namespace its namespaceSelector matches (indexed by
+    /// the namespaces it matches; a new slot is filled namespace by namespace).
     NsSelector,
     Any,
 }
@@ -229,6 +232,9 @@ fn hooks(kind: &SlotKind) -> Vec<Hook> {
 #[derive(Debug, Default)]
 struct SlotIndex {
     ns: HashMap<String, Vec<u32>>,
+    /// [`Hook::NsSelector`] slots by the namespaces they select (namespaces
+    /// in [`Registry::known_ns`] only).
+    ns_hits: HashMap<Option<Sym>, Vec<u32>>,
     eq: HashMap<String, HashMap<String, Vec<u32>>>,
     has: HashMap<String, Vec<u32>>,
     any: Vec<u32>,
@@ -253,7 +259,8 @@ impl SlotIndex {
                     .or_default()
                     .push(id),
                 Hook::Has(k) => self.has.entry(k.clone()).or_default().push(id),
-                Hook::NsSelector | Hook::Any => self.any.push(id),
+                Hook::NsSelector => {}
+                Hook::Any => self.any.push(id),
             }
         }
     }
@@ -290,13 +297,17 @@ impl SlotIndex {
                         }
                     }
                 }
-                Hook::NsSelector | Hook::Any => drop_id(&mut self.any, id),
+                Hook::NsSelector => {}
+                Hook::Any => drop_id(&mut self.any, id),
             }
         }
     }
 
     fn candidates(&self, v: &View<'_>, out: &mut Vec<u32>) {
         out.extend(&self.any);
+        if let Some(x) = self.ns_hits.get(&v.ns.cloned()) {
+            out.extend(x);
+        }
         if let Some(ns) = v.ns
             && let Some(x) = self.ns.get(&**ns)
         {
@@ -327,6 +338,10 @@ pub(crate) struct Registry {
     index: SlotIndex,
     /// Slots with a namespaceSelector scope.
     ns_scoped: BTreeSet<u32>,
+    /// Slots found by namespace selector only ([`Hook::NsSelector`]).
+    ns_sel: BTreeSet<u32>,
+    /// Namespaces every [`Hook::NsSelector`] slot has decided (and indexed).
+    known_ns: std::collections::HashSet<Option<Sym>>,
     /// Published slot by set name.
     pub by_name: HashMap<String, u32>,
     /// Element changes of published slots not yet journaled.
@@ -412,17 +427,20 @@ impl Registry {
                         .flat_map(|m| m.values().flatten()),
                 ),
                 Hook::NsSelector => {
-                    // The namespaces first (each evaluated once), then their idents.
-                    let sel = slot.scope_selector().expect("scoped").clone();
+                    // The namespaces first (each evaluated once), then their
+                    // idents; the namespaces already known are indexed.
                     for (ns, ids) in &world.by_ns {
-                        let ok = world.namespace_matches(&sel, Some(ns));
-                        slot.ns_cache.insert(Some(ns.clone()), ok);
-                        if ok {
+                        if slot.ns_ok(world, Some(ns)) {
                             idents.extend(ids);
                         }
                     }
-                    if world.namespace_matches(&sel, None) {
+                    if slot.ns_ok(world, None) {
                         idents.extend(&world.no_ns);
+                    }
+                    for ns in &self.known_ns {
+                        if slot.ns_ok(world, ns.as_ref()) {
+                            self.index.ns_hits.entry(ns.clone()).or_default().push(id);
+                        }
                     }
                 }
                 Hook::Any => idents.extend(
@@ -498,6 +516,9 @@ impl Registry {
         if slot.scope_selector().is_some() {
             self.ns_scoped.insert(id);
         }
+        if hooks.contains(&Hook::NsSelector) {
+            self.ns_sel.insert(id);
+        }
         self.slots[id as usize] = Some(slot);
         self.ids.insert(key, id);
         self.created.push(id);
@@ -509,6 +530,13 @@ impl Registry {
         let slot = self.slots[id as usize].take().expect("live slot");
         self.index.remove(id, &slot.hooks);
         self.ns_scoped.remove(&id);
+        if self.ns_sel.remove(&id) {
+            for (ns, ok) in &slot.ns_cache {
+                if *ok && let Some(v) = self.index.ns_hits.get_mut(ns) {
+                    drop_id(v, id);
+                }
+            }
+        }
         self.ids.remove(&slot.key);
         self.by_name.remove(&slot.name);
         self.touched.remove(&id);
@@ -519,6 +547,9 @@ impl Registry {
     /// Updates members for an entity that changed (`None`: absent before or
     /// after). Each candidate slot is evaluated once per side.
     pub(crate) fn update(&mut self, world: &World, old: Option<&Side<'_>>, new: Option<&Side<'_>>) {
+        for (v, _) in old.iter().chain(new.iter()).copied() {
+            self.learn_ns(world, v.ns);
+        }
         let mut cands = Vec::new();
         for (v, _) in old.iter().chain(new.iter()).copied() {
             self.index.candidates(v, &mut cands);
@@ -547,6 +578,21 @@ impl Registry {
         }
     }
 
+    /// Decides every [`Hook::NsSelector`] slot for a namespace not seen yet.
+    fn learn_ns(&mut self, world: &World, ns: Option<&Sym>) {
+        let key = ns.cloned();
+        if self.known_ns.contains(&key) {
+            return;
+        }
+        for id in &self.ns_sel {
+            let slot = self.slots[*id as usize].as_mut().expect("indexed slot");
+            if slot.ns_ok(world, ns) {
+                self.index.ns_hits.entry(key.clone()).or_default().push(*id);
+            }
+        }
+        self.known_ns.insert(key);
+    }
+
     /// The labels of namespace `ns` changed: slots scoped by a
     /// namespaceSelector gain or lose the entities of `ns` they select.
     pub(crate) fn namespace_changed(&mut self, world: &World, ns: &Sym, entities: &[Side<'_>]) {
@@ -562,7 +608,15 @@ impl Registry {
             if was == is {
                 continue;
             }
-            slot.ns_cache.insert(key, is);
+            slot.ns_cache.insert(key.clone(), is);
+            if self.ns_sel.contains(&id) && self.known_ns.contains(&key) {
+                let hits = self.index.ns_hits.entry(key).or_default();
+                if is {
+                    hits.push(id);
+                } else {
+                    drop_id(hits, id);
+                }
+            }
             for (v, m) in entities {
                 if slot.matches_with(v, true) {
                     contribute(slot, id, v, m, is, &mut self.changes);
