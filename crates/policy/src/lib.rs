@@ -7,6 +7,10 @@
 //! state as one nftables JSON batch ([`nft::render_commands`]) or the change from
 //! the previous state ([`nft::update_commands`]). No I/O here.
 //!
+//! [`incremental::Engine`] is the same for one node, kept up to date one
+//! resource change at a time with work proportional to the change: its state
+//! always equals the full path's, and its update equals [`nft::diff`]'s.
+//!
 //! A node agent applies it like this:
 //!
 //! ```
@@ -22,9 +26,26 @@
 //! let update = nft::update_commands(&first, &next); // keeps the table; may be empty
 //! # assert!(update.is_empty());
 //! ```
+//!
+//! Or incrementally, one watch event at a time:
+//!
+//! ```
+//! # use tabby_policy::incremental::Engine;
+//! let mut engine = Engine::new("node1");
+//! // engine.put(&resource)? / engine.delete(kind, namespace, name) per event
+//! let full = engine.ruleset().commands(); // first apply: replaces the tables
+//! engine.mark();
+//! // ... more events ...
+//! if engine.is_dirty() {
+//!     let update = engine.take_update(); // one batch; marks the new state
+//!     # let _ = update;
+//! }
+//! # let _ = full;
+//! ```
 
 pub mod compile;
 pub mod explain;
+pub mod incremental;
 pub mod model;
 pub mod nft;
 
@@ -33,4 +54,5 @@ pub use explain::{
     DecidedBy, Flow, Peer, Verdict, VerdictAction, explain, explain_between, explain_compiled,
     explain_flow,
 };
+pub use incremental::{Engine, EngineStats};
 pub use model::{Model, PolicyError};

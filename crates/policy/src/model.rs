@@ -80,7 +80,7 @@ impl Endpoint {
 }
 
 /// A named port of an endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     /// The name rules use.
     pub name: String,
@@ -411,13 +411,6 @@ impl Failsafe {
     }
 }
 
-fn res_id(r: &Resource) -> String {
-    match &r.metadata.namespace {
-        Some(ns) => format!("{}/{ns}/{}", r.spec.kind(), r.metadata.name),
-        None => format!("{}/{}", r.spec.kind(), r.metadata.name),
-    }
-}
-
 struct Ctx<'a> {
     resource: &'a str,
     namespace: Option<&'a str>,
@@ -627,6 +620,242 @@ impl EntityMatch {
     }
 }
 
+/// One resource as the model sees it: what [`convert`] makes of it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Item {
+    /// A workload or host endpoint, with its own labels only (profiles'
+    /// `labelsToApply` are merged in by the model, which knows the profiles).
+    Endpoint(Endpoint),
+    /// A (Global)NetworkPolicy.
+    Policy(Policy),
+    /// A (Global)NetworkSet.
+    NetworkSet(NetworkSet),
+    /// A Profile.
+    Profile(Profile),
+    /// The `default` FelixConfiguration.
+    Felix(Failsafe, EndpointToHost),
+    /// A Tier.
+    Tier(Tier),
+    /// Anything else (other kinds, FelixConfigurations other than `default`).
+    Ignored,
+}
+
+/// `Kind/namespace/name` or `Kind/name`, how errors name a resource.
+pub(crate) fn res_id(r: &Resource) -> String {
+    match &r.metadata.namespace {
+        Some(ns) => format!("{}/{ns}/{}", r.spec.kind(), r.metadata.name),
+        None => format!("{}/{}", r.spec.kind(), r.metadata.name),
+    }
+}
+
+/// The `default` tier as it is when no Tier resource overrides it.
+pub(crate) fn default_tier() -> Tier {
+    Tier {
+        name: DEFAULT_TIER.to_string(),
+        order: Some(DEFAULT_TIER_ORDER),
+        default_action: TierAction::Deny,
+    }
+}
+
+/// Converts one resource with Calico's defaults applied and every selector parsed;
+/// errors name the resource and the field.
+pub(crate) fn convert(r: &Resource) -> Result<Item, PolicyError> {
+    let id = res_id(r);
+    let name = r.metadata.name.clone();
+    let ns = r.metadata.namespace.clone().filter(|n| !n.is_empty());
+    let mut labels = r.metadata.labels.clone();
+    let cx = Ctx {
+        resource: &id,
+        namespace: None,
+    };
+    let named_ports = |ports: Vec<(&String, Option<&Protocol>, u16)>| {
+        ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, protocol, port))| {
+                Ok(NamedPort {
+                    name: name.clone(),
+                    protocol: cx
+                        .protocol(&format!("spec.ports[{i}].protocol"), protocol)?
+                        .unwrap_or(6),
+                    port,
+                })
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()
+    };
+    if let Some(s) = r.spec.as_workload_endpoint() {
+        if let Some(ns) = &ns {
+            labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
+        }
+        Ok(Item::Endpoint(Endpoint {
+            name,
+            namespace: ns,
+            host: false,
+            labels,
+            profiles: s.profiles.clone(),
+            ips: s.ip_networks.clone(),
+            interface: s.interface_name.clone(),
+            named_ports: named_ports(
+                s.ports
+                    .iter()
+                    .map(|p| (&p.name, p.protocol.as_ref(), p.port))
+                    .collect(),
+            )?,
+            service_account: s.service_account_name.clone(),
+            node: s.node.clone().filter(|n| !n.is_empty()),
+        }))
+    } else if let Some(s) = r.spec.as_host_endpoint() {
+        let mut ips = Vec::new();
+        for (i, ip) in s.expected_ips.iter().enumerate() {
+            let addr: std::net::IpAddr = ip.parse().map_err(|_| {
+                cx.invalid(
+                    &format!("spec.expectedIPs[{i}]"),
+                    format!("{ip:?} is not an IP"),
+                )
+            })?;
+            ips.push(IpNet::from(addr));
+        }
+        Ok(Item::Endpoint(Endpoint {
+            name,
+            namespace: None,
+            host: true,
+            labels,
+            profiles: s.profiles.clone(),
+            ips,
+            interface: s.interface_name.clone(),
+            named_ports: named_ports(
+                s.ports
+                    .iter()
+                    .map(|p| (&p.name, p.protocol.as_ref(), p.port))
+                    .collect(),
+            )?,
+            service_account: None,
+            node: s.node.clone().filter(|n| !n.is_empty()),
+        }))
+    } else if let Some(s) = r.spec.as_network_policy() {
+        let ns = ns.unwrap_or_else(|| "default".to_string());
+        let cx = Ctx {
+            resource: &id,
+            namespace: Some(&ns),
+        };
+        Ok(Item::Policy(Policy {
+            name,
+            namespace: Some(ns.clone()),
+            tier: s.effective_tier().to_string(),
+            order: s.order,
+            selector: cx
+                .selector("spec.selector", s.selector.as_ref())?
+                .unwrap_or_default(),
+            namespace_selector: None,
+            service_account_selector: cx
+                .selector(
+                    "spec.serviceAccountSelector",
+                    s.service_account_selector.as_ref(),
+                )?
+                .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+            types: s.effective_types(),
+            ingress: cx.rules("spec.ingress", &s.ingress)?,
+            egress: cx.rules("spec.egress", &s.egress)?,
+            unsupported: None,
+        }))
+    } else if let Some(s) = r.spec.as_global_network_policy() {
+        let unsupported = if s.pre_dnat == Some(true) {
+            Some(format!("{id}: spec.preDNAT is not supported"))
+        } else if s.do_not_track == Some(true) {
+            Some(format!("{id}: spec.doNotTrack is not supported"))
+        } else {
+            None
+        };
+        Ok(Item::Policy(Policy {
+            name,
+            namespace: None,
+            tier: s.effective_tier().to_string(),
+            order: s.order,
+            selector: cx
+                .selector("spec.selector", s.selector.as_ref())?
+                .unwrap_or_default(),
+            namespace_selector: cx
+                .selector("spec.namespaceSelector", s.namespace_selector.as_ref())?
+                .map(|s| namespace_selector(&s)),
+            service_account_selector: cx
+                .selector(
+                    "spec.serviceAccountSelector",
+                    s.service_account_selector.as_ref(),
+                )?
+                .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+            types: s.effective_types(),
+            ingress: cx.rules("spec.ingress", &s.ingress)?,
+            egress: cx.rules("spec.egress", &s.egress)?,
+            unsupported,
+        }))
+    } else if let Some(s) = r
+        .spec
+        .as_network_set()
+        .or_else(|| r.spec.as_global_network_set())
+    {
+        let ns = if r.spec.as_network_set().is_some() {
+            ns
+        } else {
+            None
+        };
+        if let Some(ns) = &ns {
+            labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
+        }
+        Ok(Item::NetworkSet(NetworkSet {
+            name,
+            namespace: ns,
+            labels,
+            nets: s.nets.clone(),
+        }))
+    } else if let Some(s) = r.spec.as_profile() {
+        Ok(Item::Profile(Profile {
+            name,
+            ingress: cx.rules("spec.ingress", &s.ingress)?,
+            egress: cx.rules("spec.egress", &s.egress)?,
+            labels_to_apply: s.labels_to_apply.clone(),
+        }))
+    } else if let Some(s) = r.spec.as_felix_configuration() {
+        if r.metadata.name == "default" {
+            Ok(Item::Felix(
+                Failsafe::from_felix(&id, s)?,
+                EndpointToHost::from_felix(s),
+            ))
+        } else {
+            Ok(Item::Ignored)
+        }
+    } else if let Some(s) = r.spec.as_tier() {
+        let mut s: TierSpec = s.clone();
+        s.apply_defaults(&name);
+        Ok(Item::Tier(Tier {
+            name,
+            order: s.order,
+            default_action: s.default_action.unwrap_or(TierAction::Deny),
+        }))
+    } else {
+        Ok(Item::Ignored)
+    }
+}
+
+/// An endpoint's labels: the `labelsToApply` of its profiles that exist, in
+/// order (a later profile wins), under its own labels (which win).
+pub(crate) fn merged_labels<'p>(
+    own: &BTreeMap<String, String>,
+    profiles: impl IntoIterator<Item = &'p Profile>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for p in profiles {
+        labels.extend(p.labels_to_apply.clone());
+    }
+    labels.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
+}
+
+/// How endpoints are ordered (the order programs are compiled and interfaces
+/// claimed in): by key, workloads before host endpoints of the same key.
+pub(crate) fn endpoint_order(a: &Endpoint, b: &Endpoint) -> std::cmp::Ordering {
+    a.key().cmp(&b.key()).then(a.host.cmp(&b.host))
+}
+
 impl Model {
     /// Builds the model from resources of any kinds (other kinds are ignored).
     /// Endpoint labels get the namespace label and the profiles' `labelsToApply`
@@ -634,184 +863,24 @@ impl Model {
     /// synthesized as Calico's Kubernetes backend does (allow all).
     pub fn from_resources(resources: &[Resource]) -> Result<Model, PolicyError> {
         let mut m = Model::default();
-        m.tiers.insert(
-            DEFAULT_TIER.to_string(),
-            Tier {
-                name: DEFAULT_TIER.to_string(),
-                order: Some(DEFAULT_TIER_ORDER),
-                default_action: TierAction::Deny,
-            },
-        );
+        m.tiers.insert(DEFAULT_TIER.to_string(), default_tier());
         let mut raw_endpoints = Vec::new();
         for r in resources {
-            let id = res_id(r);
-            let name = r.metadata.name.clone();
-            let ns = r.metadata.namespace.clone().filter(|n| !n.is_empty());
-            let mut labels = r.metadata.labels.clone();
-            let cx = Ctx {
-                resource: &id,
-                namespace: None,
-            };
-            if let Some(s) = r.spec.as_workload_endpoint() {
-                if let Some(ns) = &ns {
-                    labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
+            match convert(r)? {
+                Item::Endpoint(e) => raw_endpoints.push(e),
+                Item::Policy(p) => m.policies.push(p),
+                Item::NetworkSet(s) => m.network_sets.push(s),
+                Item::Profile(p) => {
+                    m.profiles.insert(p.name.clone(), p);
                 }
-                let mut named_ports = Vec::new();
-                for (i, p) in s.ports.iter().enumerate() {
-                    named_ports.push(NamedPort {
-                        name: p.name.clone(),
-                        protocol: cx
-                            .protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_ref())?
-                            .unwrap_or(6),
-                        port: p.port,
-                    });
+                Item::Felix(failsafe, endpoint_to_host) => {
+                    m.failsafe = failsafe;
+                    m.endpoint_to_host = endpoint_to_host;
                 }
-                raw_endpoints.push(Endpoint {
-                    name,
-                    namespace: ns,
-                    host: false,
-                    labels,
-                    profiles: s.profiles.clone(),
-                    ips: s.ip_networks.clone(),
-                    interface: s.interface_name.clone(),
-                    named_ports,
-                    service_account: s.service_account_name.clone(),
-                    node: s.node.clone().filter(|n| !n.is_empty()),
-                });
-            } else if let Some(s) = r.spec.as_host_endpoint() {
-                let mut ips = Vec::new();
-                for (i, ip) in s.expected_ips.iter().enumerate() {
-                    let addr: std::net::IpAddr = ip.parse().map_err(|_| {
-                        cx.invalid(
-                            &format!("spec.expectedIPs[{i}]"),
-                            format!("{ip:?} is not an IP"),
-                        )
-                    })?;
-                    ips.push(IpNet::from(addr));
+                Item::Tier(t) => {
+                    m.tiers.insert(t.name.clone(), t);
                 }
-                let mut named_ports = Vec::new();
-                for (i, p) in s.ports.iter().enumerate() {
-                    named_ports.push(NamedPort {
-                        name: p.name.clone(),
-                        protocol: cx
-                            .protocol(&format!("spec.ports[{i}].protocol"), p.protocol.as_ref())?
-                            .unwrap_or(6),
-                        port: p.port,
-                    });
-                }
-                raw_endpoints.push(Endpoint {
-                    name,
-                    namespace: None,
-                    host: true,
-                    labels,
-                    profiles: s.profiles.clone(),
-                    ips,
-                    interface: s.interface_name.clone(),
-                    named_ports,
-                    service_account: None,
-                    node: s.node.clone().filter(|n| !n.is_empty()),
-                });
-            } else if let Some(s) = r.spec.as_network_policy() {
-                let ns = ns.unwrap_or_else(|| "default".to_string());
-                let cx = Ctx {
-                    resource: &id,
-                    namespace: Some(&ns),
-                };
-                m.policies.push(Policy {
-                    name,
-                    namespace: Some(ns.clone()),
-                    tier: s.effective_tier().to_string(),
-                    order: s.order,
-                    selector: cx
-                        .selector("spec.selector", s.selector.as_ref())?
-                        .unwrap_or_default(),
-                    namespace_selector: None,
-                    service_account_selector: cx
-                        .selector(
-                            "spec.serviceAccountSelector",
-                            s.service_account_selector.as_ref(),
-                        )?
-                        .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
-                    types: s.effective_types(),
-                    ingress: cx.rules("spec.ingress", &s.ingress)?,
-                    egress: cx.rules("spec.egress", &s.egress)?,
-                    unsupported: None,
-                });
-            } else if let Some(s) = r.spec.as_global_network_policy() {
-                let unsupported = if s.pre_dnat == Some(true) {
-                    Some(format!("{id}: spec.preDNAT is not supported"))
-                } else if s.do_not_track == Some(true) {
-                    Some(format!("{id}: spec.doNotTrack is not supported"))
-                } else {
-                    None
-                };
-                m.policies.push(Policy {
-                    name,
-                    namespace: None,
-                    tier: s.effective_tier().to_string(),
-                    order: s.order,
-                    selector: cx
-                        .selector("spec.selector", s.selector.as_ref())?
-                        .unwrap_or_default(),
-                    namespace_selector: cx
-                        .selector("spec.namespaceSelector", s.namespace_selector.as_ref())?
-                        .map(|s| namespace_selector(&s)),
-                    service_account_selector: cx
-                        .selector(
-                            "spec.serviceAccountSelector",
-                            s.service_account_selector.as_ref(),
-                        )?
-                        .map(|s| s.with_label_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
-                    types: s.effective_types(),
-                    ingress: cx.rules("spec.ingress", &s.ingress)?,
-                    egress: cx.rules("spec.egress", &s.egress)?,
-                    unsupported,
-                });
-            } else if let Some(s) = r
-                .spec
-                .as_network_set()
-                .or_else(|| r.spec.as_global_network_set())
-            {
-                let ns = if r.spec.as_network_set().is_some() {
-                    ns
-                } else {
-                    None
-                };
-                if let Some(ns) = &ns {
-                    labels.insert(NAMESPACE_LABEL.to_string(), ns.clone());
-                }
-                m.network_sets.push(NetworkSet {
-                    name,
-                    namespace: ns,
-                    labels,
-                    nets: s.nets.clone(),
-                });
-            } else if let Some(s) = r.spec.as_profile() {
-                m.profiles.insert(
-                    name.clone(),
-                    Profile {
-                        name,
-                        ingress: cx.rules("spec.ingress", &s.ingress)?,
-                        egress: cx.rules("spec.egress", &s.egress)?,
-                        labels_to_apply: s.labels_to_apply.clone(),
-                    },
-                );
-            } else if let Some(s) = r.spec.as_felix_configuration() {
-                if r.metadata.name == "default" {
-                    m.failsafe = Failsafe::from_felix(&id, s)?;
-                    m.endpoint_to_host = EndpointToHost::from_felix(s);
-                }
-            } else if let Some(s) = r.spec.as_tier() {
-                let mut s: TierSpec = s.clone();
-                s.apply_defaults(&name);
-                m.tiers.insert(
-                    name.clone(),
-                    Tier {
-                        name,
-                        order: s.order,
-                        default_action: s.default_action.unwrap_or(TierAction::Deny),
-                    },
-                );
+                Item::Ignored => {}
             }
         }
         for e in &raw_endpoints {
@@ -823,17 +892,13 @@ impl Model {
             }
         }
         for mut e in raw_endpoints {
-            let mut labels = BTreeMap::new();
-            for p in &e.profiles {
-                if let Some(p) = m.profiles.get(p) {
-                    labels.extend(p.labels_to_apply.clone());
-                }
-            }
-            labels.extend(std::mem::take(&mut e.labels));
-            e.labels = labels;
+            e.labels = merged_labels(
+                &e.labels,
+                e.profiles.iter().filter_map(|p| m.profiles.get(p)),
+            );
             m.endpoints.push(e);
         }
-        m.endpoints.sort_by_key(Endpoint::key);
+        m.endpoints.sort_by(endpoint_order);
         Ok(m)
     }
 

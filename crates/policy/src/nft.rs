@@ -24,7 +24,9 @@
 //! - [`update_commands`] / [`diff`]: the change from one state to the next, never
 //!   deleting the table: set and map elements added and removed, changed chains
 //!   flushed and refilled, new objects added and gone ones deleted. Objects the
-//!   renderer does not know (the caller's own chains) are left alone.
+//!   renderer does not know (the caller's own chains) are left alone. The
+//!   commands are built from per-object changes, so [`crate::incremental`]
+//!   builds the same commands from the objects it knows changed.
 //!
 //! Hooks: `forward` dispatches traffic from and to workload interfaces (egress
 //! program of the source, then ingress program of the destination); `input` and
@@ -48,8 +50,10 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::policy::{Action, TierAction};
 
-use crate::compile::{Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, stable_hash};
-use crate::model::{EndpointToHost, FailsafePort};
+use crate::compile::{
+    Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, Program, stable_hash,
+};
+use crate::model::{EndpointToHost, Failsafe, FailsafePort};
 
 /// The table name in both families.
 pub const TABLE: &str = "tabby";
@@ -204,17 +208,23 @@ impl Ruleset {
 }
 
 impl NamedSet {
-    fn kind(&self) -> &'static str {
-        if self.map { "map" } else { "set" }
+    /// The `add` command of the set or map with its elements.
+    pub(crate) fn with_elems(&self) -> Value {
+        add_set(self.map, &self.decl, self.elems.clone())
     }
+}
 
-    fn with_elems(&self) -> Value {
-        let mut d = self.decl.clone();
-        if !self.elems.is_empty() {
-            d["elem"] = json!(self.elems);
-        }
-        json!({"add": {self.kind(): d}})
+fn kind(map: bool) -> &'static str {
+    if map { "map" } else { "set" }
+}
+
+/// The `add` command of a set or map declaration with its elements.
+pub(crate) fn add_set(map: bool, decl: &Value, elems: Vec<Value>) -> Value {
+    let mut d = decl.clone();
+    if !elems.is_empty() {
+        d["elem"] = Value::Array(elems);
     }
+    json!({"add": {kind(map): d}})
 }
 
 impl Table {
@@ -251,7 +261,9 @@ impl Table {
     }
 }
 
-fn elem_key(map: bool, e: &Value) -> String {
+/// The key an element is compared by: the whole element in a set, the key
+/// of a map element.
+pub(crate) fn elem_key(map: bool, e: &Value) -> String {
     if map { e[0].to_string() } else { e.to_string() }
 }
 
@@ -284,101 +296,211 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Vec<Value> {
     cmds
 }
 
+/// How one set or map differs between two states of a table.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum SetChange {
+    /// In both with the same declaration: the elements that went (for a map,
+    /// their keys) and came, each in [`elem_key`] order.
+    Elements {
+        /// A verdict map.
+        map: bool,
+        /// Elements (map keys) to delete.
+        removed: Vec<Value>,
+        /// Elements to add.
+        added: Vec<Value>,
+    },
+    /// New, or replacing an object of the same name with another declaration.
+    Added {
+        /// Whether the replaced object was a map (`None`: nothing replaced).
+        replaced: Option<bool>,
+        /// Whether the new object is a map.
+        map: bool,
+        /// Its `add` command with its elements.
+        add: Value,
+    },
+    /// Gone.
+    Gone {
+        /// Whether it was a map.
+        map: bool,
+    },
+}
+
+/// How one chain differs between two states of a table.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ChainChange<'a> {
+    /// Same declaration, other rules.
+    Refilled(&'a Chain),
+    /// New, or replacing a chain with another declaration.
+    Added {
+        /// Whether a chain of that name was there.
+        replaced: bool,
+        /// The new chain.
+        chain: &'a Chain,
+    },
+    /// Gone.
+    Gone,
+}
+
+/// The element changes between two element lists of a set (or map) with the
+/// same declaration.
+pub(crate) fn elements_change<'a>(
+    map: bool,
+    before: impl IntoIterator<Item = &'a Value>,
+    after: impl IntoIterator<Item = &'a Value>,
+) -> SetChange {
+    let before: BTreeMap<String, &Value> =
+        before.into_iter().map(|e| (elem_key(map, e), e)).collect();
+    let after: BTreeMap<String, &Value> =
+        after.into_iter().map(|e| (elem_key(map, e), e)).collect();
+    let removed: Vec<Value> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(_, v)| if map { v[0].clone() } else { (*v).clone() })
+        .collect();
+    let added: Vec<Value> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(_, v)| (*v).clone())
+        .collect();
+    SetChange::Elements {
+        map,
+        removed,
+        added,
+    }
+}
+
+/// How a set differs between two states (`None`: not at all, or absent from both).
+pub(crate) fn set_change(old: Option<&NamedSet>, new: Option<&NamedSet>) -> Option<SetChange> {
+    match (old, new) {
+        (Some(o), Some(n)) if o.decl == n.decl => Some(elements_change(n.map, &o.elems, &n.elems)),
+        (o, Some(n)) => Some(SetChange::Added {
+            replaced: o.map(|o| o.map),
+            map: n.map,
+            add: n.with_elems(),
+        }),
+        (Some(o), None) => Some(SetChange::Gone { map: o.map }),
+        (None, None) => None,
+    }
+}
+
+/// How a chain differs between two states (`None`: not at all).
+pub(crate) fn chain_change<'a>(
+    old: Option<&Chain>,
+    new: Option<&'a Chain>,
+) -> Option<ChainChange<'a>> {
+    match (old, new) {
+        (Some(o), Some(n)) if o.decl == n.decl => {
+            (o.rules != n.rules).then_some(ChainChange::Refilled(n))
+        }
+        (o, Some(n)) => Some(ChainChange::Added {
+            replaced: o.is_some(),
+            chain: n,
+        }),
+        (Some(_), None) => Some(ChainChange::Gone),
+        (None, None) => None,
+    }
+}
+
 fn diff_table(old: &Table, new: &Table) -> Vec<Value> {
-    let f = new.family;
+    let mut sets = BTreeMap::new();
+    for name in old.sets.keys().chain(new.sets.keys()) {
+        if sets.contains_key(name) {
+            continue;
+        }
+        if let Some(c) = set_change(old.sets.get(name), new.sets.get(name)) {
+            sets.insert(name.clone(), c);
+        }
+    }
+    let mut chains = BTreeMap::new();
+    for name in old.chains.keys().chain(new.chains.keys()) {
+        if chains.contains_key(name) {
+            continue;
+        }
+        if let Some(c) = chain_change(old.chains.get(name), new.chains.get(name)) {
+            chains.insert(name.clone(), c);
+        }
+    }
+    delta_commands(new.family, sets, &chains)
+}
+
+/// The update commands for the changes of one table, in the order a transaction
+/// needs them: replaced objects deleted first, then new sets and chains, set
+/// elements, new maps, chain rules, map elements (maps jump to chains that must
+/// have their rules), and last what is gone (maps, then chains, then sets).
+pub(crate) fn delta_commands(
+    f: Family,
+    sets: BTreeMap<String, SetChange>,
+    chains: &BTreeMap<String, ChainChange<'_>>,
+) -> Vec<Value> {
+    let mut deletes_first = Vec::new();
     let mut adds = Vec::new();
     let mut elems = Vec::new();
     let mut maps = Vec::new();
     let mut rules = Vec::new();
     let mut map_elems = Vec::new();
     let mut gone = Vec::new();
-    // A declaration that changed (a base chain's hook, a set's type) is replaced.
-    let replaced_set = |name: &String| {
-        old.sets
-            .get(name)
-            .is_some_and(|o| new.sets.get(name).is_some_and(|n| n.decl != o.decl))
-    };
-    let replaced_chain = |name: &String| {
-        old.chains
-            .get(name)
-            .is_some_and(|o| new.chains.get(name).is_some_and(|n| n.decl != o.decl))
-    };
-    let mut deletes_first = Vec::new();
-    for (name, s) in &new.sets {
-        match old.sets.get(name) {
-            Some(o) if !replaced_set(name) => {
-                let before: BTreeMap<String, &Value> =
-                    o.elems.iter().map(|e| (elem_key(s.map, e), e)).collect();
-                let after: BTreeMap<String, &Value> =
-                    s.elems.iter().map(|e| (elem_key(s.map, e), e)).collect();
-                let removed: Vec<Value> = before
-                    .iter()
-                    .filter(|(k, v)| after.get(*k) != Some(*v))
-                    .map(|(_, v)| if s.map { v[0].clone() } else { (*v).clone() })
-                    .collect();
-                let added: Vec<Value> = after
-                    .iter()
-                    .filter(|(k, v)| before.get(*k) != Some(*v))
-                    .map(|(_, v)| (*v).clone())
-                    .collect();
-                let out = if s.map { &mut map_elems } else { &mut elems };
+    let mut gone_sets = Vec::new();
+    for (name, c) in sets {
+        match c {
+            SetChange::Elements {
+                map,
+                removed,
+                added,
+            } => {
+                let out = if map { &mut map_elems } else { &mut elems };
                 if !removed.is_empty() {
-                    out.push(element_cmd("delete", f, name, removed));
+                    out.push(element_cmd("delete", f, &name, removed));
                 }
                 if !added.is_empty() {
-                    out.push(element_cmd("add", f, name, added));
+                    out.push(element_cmd("add", f, &name, added));
                 }
             }
-            other => {
-                if let Some(o) = other {
-                    deletes_first.push(json!({"delete": {o.kind(): obj_ref(f, name)}}));
+            SetChange::Added { replaced, map, add } => {
+                if let Some(old_map) = replaced {
+                    deletes_first.push(json!({"delete": {kind(old_map): obj_ref(f, &name)}}));
                 }
-                if s.map {
-                    maps.push(s.with_elems());
+                if map {
+                    maps.push(add);
                 } else {
-                    adds.push(s.with_elems());
+                    adds.push(add);
                 }
             }
+            SetChange::Gone { map } => gone_sets.push((name, map)),
         }
     }
-    for (name, c) in &new.chains {
-        match old.chains.get(name) {
-            Some(o) if !replaced_chain(name) => {
-                if o.rules != c.rules {
-                    rules.push(json!({"flush": {"chain": obj_ref(f, name)}}));
-                    rules.extend(c.rules.iter().map(|r| json!({"add": {"rule": r}})));
-                }
+    for (name, c) in chains {
+        match c {
+            ChainChange::Refilled(chain) => {
+                rules.push(json!({"flush": {"chain": obj_ref(f, name)}}));
+                rules.extend(chain.rules.iter().map(|r| json!({"add": {"rule": r}})));
             }
-            other => {
-                if other.is_some() {
+            ChainChange::Added { replaced, chain } => {
+                if *replaced {
                     deletes_first.push(json!({"flush": {"chain": obj_ref(f, name)}}));
                     deletes_first.push(json!({"delete": {"chain": obj_ref(f, name)}}));
                 }
-                adds.push(json!({"add": {"chain": c.decl}}));
-                rules.extend(c.rules.iter().map(|r| json!({"add": {"rule": r}})));
+                adds.push(json!({"add": {"chain": chain.decl}}));
+                rules.extend(chain.rules.iter().map(|r| json!({"add": {"rule": r}})));
             }
+            ChainChange::Gone => {}
         }
     }
-    let gone_chains: Vec<&String> = old
-        .chains
-        .keys()
-        .filter(|n| !new.chains.contains_key(*n))
+    for (name, _) in gone_sets.iter().filter(|(_, map)| *map) {
+        gone.push(json!({"delete": {"map": obj_ref(f, name)}}));
+    }
+    let gone_chains: Vec<&String> = chains
+        .iter()
+        .filter(|(_, c)| matches!(c, ChainChange::Gone))
+        .map(|(n, _)| n)
         .collect();
-    for (name, s) in &old.sets {
-        if !new.sets.contains_key(name) && s.map {
-            gone.push(json!({"delete": {"map": obj_ref(f, name)}}));
-        }
-    }
     for name in &gone_chains {
         gone.push(json!({"flush": {"chain": obj_ref(f, name)}}));
     }
     for name in &gone_chains {
         gone.push(json!({"delete": {"chain": obj_ref(f, name)}}));
     }
-    for (name, s) in &old.sets {
-        if !new.sets.contains_key(name) && !s.map {
-            gone.push(json!({"delete": {"set": obj_ref(f, name)}}));
-        }
+    for (name, _) in gone_sets.iter().filter(|(_, map)| !*map) {
+        gone.push(json!({"delete": {"set": obj_ref(f, name)}}));
     }
     let mut cmds = deletes_first;
     cmds.extend(adds);
@@ -433,84 +555,99 @@ fn meta_match(key: &str, right: Value) -> Value {
     json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": right}})
 }
 
-/// A table being built: chains keep their insertion order of rules.
+/// A chain declaration (a regular chain).
+fn chain_decl(f: Family, name: &str) -> Value {
+    obj_ref(f, name)
+}
+
+/// A base chain declaration on `hook`, accepting by default.
+fn base_chain_decl(f: Family, name: &str, hook: &str) -> Value {
+    let mut decl = obj_ref(f, name);
+    decl["type"] = json!("filter");
+    decl["hook"] = json!(hook);
+    decl["prio"] = json!(0);
+    decl["policy"] = json!("accept");
+    decl
+}
+
+/// A regular chain holding `rules`.
+pub(crate) fn rules_chain(f: Family, name: &str, rules: &RuleList) -> Chain {
+    Chain {
+        decl: chain_decl(f, name),
+        rules: rules
+            .iter()
+            .map(|(expr, comment)| rule_obj(f, name, expr.clone(), comment.as_deref()))
+            .collect(),
+    }
+}
+
+/// A set or map declaration: the object reference with the fields of `decl`.
+fn set_decl(f: Family, name: &str, decl: Value) -> Value {
+    let mut full = obj_ref(f, name);
+    if let Value::Object(o) = decl {
+        for (k, v) in o {
+            full[k] = v;
+        }
+    }
+    full
+}
+
+/// The declaration of the set of a label selection (or `notSelector`).
+pub(crate) fn ip_set_decl(f: Family, name: &str, description: &str) -> Value {
+    set_decl(
+        f,
+        name,
+        json!({"type": f.addr_type(), "flags": ["interval"],
+            "comment": description.chars().take(127).collect::<String>()}),
+    )
+}
+
+/// The declaration of a named-port set.
+pub(crate) fn port_set_decl(f: Family, name: &str, description: &str) -> Value {
+    set_decl(
+        f,
+        name,
+        json!({"type": [f.addr_type(), "inet_service"],
+            "comment": description.chars().take(127).collect::<String>()}),
+    )
+}
+
+/// The declaration of the set of local workload interfaces.
+pub(crate) fn interfaces_decl(f: Family) -> Value {
+    set_decl(f, WORKLOAD_INTERFACES, json!({"type": "ifname"}))
+}
+
+/// The declaration of a verdict map by interface.
+pub(crate) fn map_decl(f: Family, name: &str) -> Value {
+    set_decl(f, name, json!({"type": "ifname", "map": "verdict"}))
+}
+
+/// An element of an IP set.
+pub(crate) fn ip_elem(n: &IpNet) -> Value {
+    prefix(n)
+}
+
+/// An element of a named-port set.
+pub(crate) fn port_elem(n: &IpNet, port: u16) -> Value {
+    json!({"concat": [n.addr().to_string(), port]})
+}
+
+/// An element of a verdict map: workloads are jumped to, host endpoints gone to.
+pub(crate) fn vmap_elem(iface: &str, target: &str, host: bool) -> Value {
+    if host {
+        json!([iface, {"goto": {"target": target}}])
+    } else {
+        json!([iface, {"jump": {"target": target}}])
+    }
+}
+
+/// A table being built.
 struct Builder {
     f: Family,
     sets: BTreeMap<String, NamedSet>,
     chains: BTreeMap<String, Chain>,
     /// Program chain by the program's rendered content.
     programs: BTreeMap<String, String>,
-}
-
-impl Builder {
-    fn chain(&mut self, name: &str) {
-        self.chains.insert(
-            name.to_string(),
-            Chain {
-                decl: obj_ref(self.f, name),
-                rules: Vec::new(),
-            },
-        );
-    }
-
-    fn base_chain(&mut self, name: &str, hook: &str) {
-        let mut decl = obj_ref(self.f, name);
-        decl["type"] = json!("filter");
-        decl["hook"] = json!(hook);
-        decl["prio"] = json!(0);
-        decl["policy"] = json!("accept");
-        self.chains.insert(
-            name.to_string(),
-            Chain {
-                decl,
-                rules: Vec::new(),
-            },
-        );
-    }
-
-    /// A chain named `<prefix>-<hash of its rules>`, added unless one with the
-    /// same rules is there already.
-    fn shared_chain(&mut self, prefix: &str, rules: RuleList) -> String {
-        let body = serde_json::to_string(&rules).unwrap_or_default();
-        let name = format!("{prefix}-{:016x}", stable_hash(&body));
-        if !self.chains.contains_key(&name) {
-            self.chain(&name);
-            for (expr, comment) in rules {
-                self.rule(&name, expr, comment.as_deref());
-            }
-        }
-        name
-    }
-
-    /// A chain with a name its owner chose (unique per owner), and its rules.
-    fn owned_chain(&mut self, name: &str, rules: RuleList) -> String {
-        self.chain(name);
-        for (expr, comment) in rules {
-            self.rule(name, expr, comment.as_deref());
-        }
-        name.to_string()
-    }
-
-    fn rule(&mut self, chain: &str, expr: Vec<Value>, comment: Option<&str>) {
-        let r = rule_obj(self.f, chain, expr, comment);
-        self.chains
-            .get_mut(chain)
-            .expect("chains are declared before their rules")
-            .rules
-            .push(r);
-    }
-
-    fn set(&mut self, name: &str, map: bool, mut decl: Value, elems: Vec<Value>) {
-        if let Some(o) = decl.as_object_mut() {
-            let mut full = obj_ref(self.f, name);
-            for (k, v) in o.iter() {
-                full[k] = v.clone();
-            }
-            decl = full;
-        }
-        self.sets
-            .insert(name.to_string(), NamedSet { map, decl, elems });
-    }
 }
 
 /// Which host interface a host endpoint program is dispatched from.
@@ -527,13 +664,14 @@ fn table(c: &Compiled, f: Family) -> Table {
         programs: BTreeMap::new(),
     };
     for s in c.ip_sets.iter().filter(|s| !s.literal) {
-        let elems: Vec<Value> = s.members.iter().filter(|n| f.has(n)).map(prefix).collect();
-        b.set(
-            &s.name,
-            false,
-            json!({"type": f.addr_type(), "flags": ["interval"],
-                "comment": s.description.chars().take(127).collect::<String>()}),
-            elems,
+        let elems: Vec<Value> = s.members.iter().filter(|n| f.has(n)).map(ip_elem).collect();
+        b.sets.insert(
+            s.name.clone(),
+            NamedSet {
+                map: false,
+                decl: ip_set_decl(f, &s.name, &s.description),
+                elems,
+            },
         );
     }
     for s in &c.port_sets {
@@ -541,14 +679,15 @@ fn table(c: &Compiled, f: Family) -> Table {
             .members
             .iter()
             .filter(|(n, _)| f.has(n))
-            .map(|(n, p)| json!({"concat": [n.addr().to_string(), p]}))
+            .map(|(n, p)| port_elem(n, *p))
             .collect();
-        b.set(
-            &s.name,
-            false,
-            json!({"type": [f.addr_type(), "inet_service"],
-                "comment": s.description.chars().take(127).collect::<String>()}),
-            elems,
+        b.sets.insert(
+            s.name.clone(),
+            NamedSet {
+                map: false,
+                decl: port_set_decl(f, &s.name, &s.description),
+                elems,
+            },
         );
     }
     // One program per interface: the first endpoint naming it wins (compile per
@@ -585,11 +724,13 @@ fn table(c: &Compiled, f: Family) -> Table {
             }
         }
     }
-    b.set(
-        WORKLOAD_INTERFACES,
-        false,
-        json!({"type": "ifname"}),
-        workloads.iter().map(|(i, _)| json!(i)).collect(),
+    b.sets.insert(
+        WORKLOAD_INTERFACES.to_string(),
+        NamedSet {
+            map: false,
+            decl: interfaces_decl(f),
+            elems: workloads.iter().map(|(i, _)| json!(i)).collect(),
+        },
     );
     // The verdict maps send each interface straight to its (shared) program
     // chain: no chain per interface, so the kernel's chain count (which every
@@ -599,179 +740,187 @@ fn table(c: &Compiled, f: Family) -> Table {
     let vmap = |list: &[(&str, &EndpointProgram)], d: Direction, host: bool| -> Vec<Value> {
         list.iter()
             .filter(|(i, _)| *i != ALL_INTERFACES)
-            .map(|(i, e)| {
-                let target = &names[&(e.group, d, host)];
-                if host {
-                    json!([i, {"goto": {"target": target}}])
-                } else {
-                    json!([i, {"jump": {"target": target}}])
-                }
-            })
+            .map(|(i, e)| vmap_elem(i, &names[&(e.group, d, host)], host))
             .collect()
     };
-    let map_decl = json!({"type": "ifname", "map": "verdict"});
-    b.set(
-        FROM_ENDPOINT_MAP,
-        true,
-        map_decl.clone(),
-        vmap(&workloads, Direction::Egress, false),
-    );
-    b.set(
-        TO_ENDPOINT_MAP,
-        true,
-        map_decl.clone(),
-        vmap(&workloads, Direction::Ingress, false),
-    );
-    b.set(
-        FROM_HOST_ENDPOINT_MAP,
-        true,
-        map_decl.clone(),
-        vmap(&hosts, Direction::Ingress, true),
-    );
-    b.set(
-        TO_HOST_ENDPOINT_MAP,
-        true,
-        map_decl,
-        vmap(&hosts, Direction::Egress, true),
-    );
-
-    b.base_chain("forward", "forward");
-    b.rule(
-        "forward",
-        ct_state(json!(["established", "related"]), "accept"),
-        None,
-    );
-    b.rule("forward", ct_state(json!("invalid"), "drop"), None);
-    b.rule(
-        "forward",
-        vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
-        None,
-    );
-    b.rule(
-        "forward",
-        vec![json!({"vmap": {"key": {"meta": {"key": "oifname"}}, "data": format!("@{TO_ENDPOINT_MAP}")}})],
-        None,
-    );
-
+    for (map, list, d, host) in [
+        (FROM_ENDPOINT_MAP, &workloads, Direction::Egress, false),
+        (TO_ENDPOINT_MAP, &workloads, Direction::Ingress, false),
+        (FROM_HOST_ENDPOINT_MAP, &hosts, Direction::Ingress, true),
+        (TO_HOST_ENDPOINT_MAP, &hosts, Direction::Egress, true),
+    ] {
+        b.sets.insert(
+            map.to_string(),
+            NamedSet {
+                map: true,
+                decl: map_decl(f, map),
+                elems: vmap(list, d, host),
+            },
+        );
+    }
     // The host endpoint for all interfaces (`interfaceName: "*"`), if any: its
-    // program chain, gone to after the per-interface map.
+    // program chains, gone to after the per-interface map.
     let all = hosts
         .iter()
         .find(|(i, _)| *i == ALL_INTERFACES)
-        .map(|(_, e)| e.group);
-    for (hook, key, map, d) in [
-        (
-            "input",
-            "iifname",
-            FROM_HOST_ENDPOINT_MAP,
-            Direction::Ingress,
-        ),
-        ("output", "oifname", TO_HOST_ENDPOINT_MAP, Direction::Egress),
-    ] {
-        b.base_chain(hook, hook);
-        b.rule(
-            hook,
-            ct_state(json!(["established", "related"]), "accept"),
-            None,
-        );
-        b.rule(
-            hook,
-            vec![meta_match(key, json!("lo")), json!({"accept": null})],
-            None,
-        );
-        if hook == "input" {
-            b.rule(
-                hook,
-                vec![
-                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
-                    json!({"goto": {"target": WORKLOAD_TO_HOST}}),
-                ],
-                Some("Workload to host: egress policy, then DefaultEndpointToHostAction"),
-            );
-        } else {
-            b.rule(
-                hook,
-                vec![
-                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
-                    json!({"accept": null}),
-                ],
-                Some("Host to workload: always allowed"),
-            );
-        }
-        if f == Family::Ipv6 {
-            // Neighbour discovery and MLD must work whatever the policy says.
-            b.rule(
-                hook,
-                vec![
-                    json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-                        "right": {"set": [130, 131, 132, 133, 134, 135, 136, 143]}}}),
-                    json!({"accept": null}),
-                ],
-                Some("IPv6 neighbour discovery"),
-            );
-        }
-        b.rule(
-            hook,
-            vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
-            None,
-        );
-        if let Some(group) = all {
-            b.rule(
-                hook,
-                vec![json!({"goto": {"target": names[&(group, d, true)]}})],
-                Some("Host endpoint for all interfaces"),
-            );
-        }
-    }
-    // Felix's cali-wl-to-host: IPv6 router and neighbour discovery first (a
-    // workload must reach its router whatever its policy says), the workload's
-    // egress program, then the configured action. Failsafe ports and host
-    // endpoint programs do not apply.
-    b.chain(WORKLOAD_TO_HOST);
-    if f == Family::Ipv6 {
-        b.rule(
-            WORKLOAD_TO_HOST,
-            vec![
-                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-                    "right": {"set": [130, 131, 132, 133, 135, 136]}}}),
-                json!({"accept": null}),
-            ],
-            Some("IPv6 router and neighbour discovery"),
-        );
-    }
-    b.rule(
-        WORKLOAD_TO_HOST,
-        vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
-        None,
-    );
-    let action = match c.endpoint_to_host {
-        EndpointToHost::Drop => "drop",
-        EndpointToHost::Return => "return",
-        EndpointToHost::Accept => "accept",
-    };
-    b.rule(
-        WORKLOAD_TO_HOST,
-        vec![json!({action: null})],
-        Some(&format!(
-            "DefaultEndpointToHostAction {}",
-            c.endpoint_to_host.as_str()
-        )),
-    );
-    b.chain(FAILSAFE_IN);
-    b.chain(FAILSAFE_OUT);
-    for (chain, ports, peer) in [
-        (FAILSAFE_IN, &c.failsafe.inbound, "saddr"),
-        (FAILSAFE_OUT, &c.failsafe.outbound, "daddr"),
-    ] {
-        for expr in failsafe_rules(f, ports, peer) {
-            b.rule(chain, expr, Some("failsafe"));
-        }
-    }
+        .map(|(_, e)| {
+            [
+                names[&(e.group, Direction::Ingress, true)].as_str(),
+                names[&(e.group, Direction::Egress, true)].as_str(),
+            ]
+        });
+    b.chains
+        .extend(base_chains(f, all, c.endpoint_to_host, &c.failsafe));
     Table {
         family: f,
         sets: b.sets,
         chains: b.chains,
     }
+}
+
+/// The chains every table has: the `forward`, `input` and `output` base chains
+/// (with `all`, the input and output program chains of the host endpoint for
+/// all interfaces), `wl-to-host` and the failsafe chains.
+pub(crate) fn base_chains(
+    f: Family,
+    all: Option<[&str; 2]>,
+    endpoint_to_host: EndpointToHost,
+    failsafe: &Failsafe,
+) -> Vec<(String, Chain)> {
+    let mut out: Vec<(String, Chain)> = Vec::new();
+    let mut chain = |name: &str, decl: Value, rules: RuleList| {
+        out.push((
+            name.to_string(),
+            Chain {
+                decl,
+                rules: rules
+                    .into_iter()
+                    .map(|(expr, comment)| rule_obj(f, name, expr, comment.as_deref()))
+                    .collect(),
+            },
+        ));
+    };
+    chain(
+        "forward",
+        base_chain_decl(f, "forward", "forward"),
+        vec![
+            (ct_state(json!(["established", "related"]), "accept"), None),
+            (ct_state(json!("invalid"), "drop"), None),
+            (
+                vec![
+                    json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}}),
+                ],
+                None,
+            ),
+            (
+                vec![
+                    json!({"vmap": {"key": {"meta": {"key": "oifname"}}, "data": format!("@{TO_ENDPOINT_MAP}")}}),
+                ],
+                None,
+            ),
+        ],
+    );
+    for (hook, key, map, target) in [
+        (
+            "input",
+            "iifname",
+            FROM_HOST_ENDPOINT_MAP,
+            all.map(|a| a[0]),
+        ),
+        ("output", "oifname", TO_HOST_ENDPOINT_MAP, all.map(|a| a[1])),
+    ] {
+        let mut rules: RuleList = vec![
+            (ct_state(json!(["established", "related"]), "accept"), None),
+            (
+                vec![meta_match(key, json!("lo")), json!({"accept": null})],
+                None,
+            ),
+        ];
+        if hook == "input" {
+            rules.push((
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"goto": {"target": WORKLOAD_TO_HOST}}),
+                ],
+                Some(
+                    "Workload to host: egress policy, then DefaultEndpointToHostAction".to_string(),
+                ),
+            ));
+        } else {
+            rules.push((
+                vec![
+                    meta_match(key, json!(format!("@{WORKLOAD_INTERFACES}"))),
+                    json!({"accept": null}),
+                ],
+                Some("Host to workload: always allowed".to_string()),
+            ));
+        }
+        if f == Family::Ipv6 {
+            // Neighbour discovery and MLD must work whatever the policy says.
+            rules.push((
+                vec![
+                    json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                        "right": {"set": [130, 131, 132, 133, 134, 135, 136, 143]}}}),
+                    json!({"accept": null}),
+                ],
+                Some("IPv6 neighbour discovery".to_string()),
+            ));
+        }
+        rules.push((
+            vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{map}")}})],
+            None,
+        ));
+        if let Some(target) = target {
+            rules.push((
+                vec![json!({"goto": {"target": target}})],
+                Some("Host endpoint for all interfaces".to_string()),
+            ));
+        }
+        chain(hook, base_chain_decl(f, hook, hook), rules);
+    }
+    // Felix's cali-wl-to-host: IPv6 router and neighbour discovery first (a
+    // workload must reach its router whatever its policy says), the workload's
+    // egress program, then the configured action. Failsafe ports and host
+    // endpoint programs do not apply.
+    let mut rules: RuleList = Vec::new();
+    if f == Family::Ipv6 {
+        rules.push((
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                    "right": {"set": [130, 131, 132, 133, 135, 136]}}}),
+                json!({"accept": null}),
+            ],
+            Some("IPv6 router and neighbour discovery".to_string()),
+        ));
+    }
+    rules.push((
+        vec![json!({"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{FROM_ENDPOINT_MAP}")}})],
+        None,
+    ));
+    let action = match endpoint_to_host {
+        EndpointToHost::Drop => "drop",
+        EndpointToHost::Return => "return",
+        EndpointToHost::Accept => "accept",
+    };
+    rules.push((
+        vec![json!({action: null})],
+        Some(format!(
+            "DefaultEndpointToHostAction {}",
+            endpoint_to_host.as_str()
+        )),
+    ));
+    chain(WORKLOAD_TO_HOST, chain_decl(f, WORKLOAD_TO_HOST), rules);
+    for (name, ports, peer) in [
+        (FAILSAFE_IN, &failsafe.inbound, "saddr"),
+        (FAILSAFE_OUT, &failsafe.outbound, "daddr"),
+    ] {
+        let rules = failsafe_rules(f, ports, peer)
+            .into_iter()
+            .map(|expr| (expr, Some("failsafe".to_string())))
+            .collect();
+        chain(name, chain_decl(f, name), rules);
+    }
+    out
 }
 
 /// Accept rules for failsafe ports: one per protocol for the ports without a
@@ -810,51 +959,50 @@ fn failsafe_rules(f: Family, ports: &[FailsafePort], peer: &str) -> Vec<Vec<Valu
     out
 }
 
-type RuleList = Vec<(Vec<Value>, Option<String>)>;
+/// Rules (expressions and comment) in order.
+pub(crate) type RuleList = Vec<(Vec<Value>, Option<String>)>;
 
-/// Renders one direction of an endpoint's program as chains and returns the
-/// program chain's name. The program chain (`from-workload-`, `to-workload-`,
-/// `from-host-endpoint-`, `to-host-endpoint-`) and its tier chains (`tier-<tier>-`)
-/// are named by a hash of the owner, the first interface with this program, so a
-/// changed policy refills its tier chains in place; profile chains
-/// (`pro-<profile>-`) are named by a hash of their rules and shared by every
-/// program using the same profile.
-fn endpoint_chain(
-    b: &mut Builder,
-    c: &Compiled,
-    e: &EndpointProgram,
-    d: Direction,
-    host: bool,
-    owner: &str,
-) -> String {
-    let f = b.f;
-    let prog = e.program(d);
-    let mut main: RuleList = Vec::new();
-    let prefix = match (host, d) {
+/// One direction of a program rendered for one family, before its chains are
+/// named: what decides whether two programs share chains ([`Self::key`]) and
+/// what the chains hold.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ProgramRender {
+    /// `from-workload`, `to-workload`, `from-host-endpoint` or `to-host-endpoint`.
+    pub prefix: &'static str,
+    /// Per tier: its name and rules (with the tier's default drop).
+    pub tiers: Vec<(String, RuleList)>,
+    /// Per profile: its chain's name (`pro-<profile>-<hash of the rules>`) and rules.
+    pub profiles: Vec<(String, RuleList)>,
+    /// The rendered content: programs with the same key share chains.
+    pub key: String,
+}
+
+/// The program chain prefix of a direction of a workload or host endpoint.
+pub(crate) fn program_prefix(host: bool, d: Direction) -> &'static str {
+    match (host, d) {
         (false, Direction::Egress) => "from-workload",
         (false, Direction::Ingress) => "to-workload",
         (true, Direction::Ingress) => "from-host-endpoint",
         (true, Direction::Egress) => "to-host-endpoint",
-    };
-    // The owner's direction and kind are in the hash: its tier chains of the two
-    // directions must not share a name.
-    let owner_hash = format!("{:016x}", stable_hash(&format!("{prefix} {owner}")));
-    if host {
-        let failsafe = match d {
-            Direction::Ingress => FAILSAFE_IN,
-            Direction::Egress => FAILSAFE_OUT,
-        };
-        main.push((ct_state(json!("invalid"), "drop"), None));
-        main.push((vec![json!({"jump": {"target": failsafe}})], None));
     }
-    main.push((vec![clear_accept_mark()], None));
+}
+
+/// Renders one direction of a program for family `f`.
+pub(crate) fn render_program(
+    sets: &impl SetView,
+    f: Family,
+    prog: &Program,
+    d: Direction,
+    host: bool,
+) -> ProgramRender {
+    let prefix = program_prefix(host, d);
     let mut tiers: Vec<(String, RuleList)> = Vec::new();
     for t in &prog.tiers {
         let mut rules: RuleList = Vec::new();
         for p in &t.policies {
             for r in &p.rules {
                 let comment = format!("{} {} {}[{}]", t.tier, p.policy, d.as_str(), r.index);
-                for expr in rule_exprs(c, f, r) {
+                for expr in rule_exprs_in(sets, f, r) {
                     rules.push((expr, Some(comment.clone())));
                 }
             }
@@ -868,47 +1016,141 @@ fn endpoint_chain(
                 )),
             ));
         }
-        let tc = format!("tier-{}-{owner_hash}", t.tier);
-        main.push((vec![json!({"jump": {"target": tc}})], None));
-        main.push((return_if_accepted(), None));
-        tiers.push((tc, rules));
+        tiers.push((t.tier.clone(), rules));
     }
     let mut profiles = Vec::new();
     for pr in &prog.profiles {
         let mut rules: RuleList = Vec::new();
         for r in &pr.rules {
             let comment = format!("profile {} {}[{}]", pr.profile, d.as_str(), r.index);
-            for expr in rule_exprs(c, f, r) {
+            for expr in rule_exprs_in(sets, f, r) {
                 rules.push((expr, Some(comment.clone())));
             }
         }
-        let pc = b.shared_chain(&format!("pro-{}", pr.profile), rules);
-        main.push((vec![json!({"jump": {"target": pc.clone()}})], None));
+        let body = serde_json::to_string(&rules).unwrap_or_default();
+        let name = format!("pro-{}-{:016x}", pr.profile, stable_hash(&body));
+        profiles.push((name, rules));
+    }
+    let tier_rules: Vec<(&str, &RuleList)> = tiers.iter().map(|(t, r)| (t.as_str(), r)).collect();
+    let profile_names: Vec<&String> = profiles.iter().map(|(n, _)| n).collect();
+    let key = serde_json::to_string(&(prefix, &tier_rules, &profile_names)).unwrap_or_default();
+    ProgramRender {
+        prefix,
+        tiers,
+        profiles,
+        key,
+    }
+}
+
+/// The chains a rendered program owns when `owner` (the first interface with
+/// this program) names them: its tier chains and its program chain (returned
+/// first, with its name). Program and tier chains (`to-workload-<hash>`,
+/// `tier-<tier>-<hash>`, ...) are named by a hash of the owner, so a changed
+/// policy refills its tier chains in place; the owner's direction and kind are
+/// in the hash, so its tier chains of the two directions do not share a name.
+pub(crate) fn program_chains(
+    f: Family,
+    pr: &ProgramRender,
+    host: bool,
+    d: Direction,
+    owner: &str,
+) -> (String, Vec<(String, Chain)>) {
+    let owner_hash = format!("{:016x}", stable_hash(&format!("{} {owner}", pr.prefix)));
+    let mut main: RuleList = Vec::new();
+    if host {
+        let failsafe = match d {
+            Direction::Ingress => FAILSAFE_IN,
+            Direction::Egress => FAILSAFE_OUT,
+        };
+        main.push((ct_state(json!("invalid"), "drop"), None));
+        main.push((vec![json!({"jump": {"target": failsafe}})], None));
+    }
+    main.push((vec![clear_accept_mark()], None));
+    let mut chains = Vec::new();
+    for (tier, rules) in &pr.tiers {
+        let tc = format!("tier-{tier}-{owner_hash}");
+        main.push((vec![json!({"jump": {"target": tc}})], None));
         main.push((return_if_accepted(), None));
-        profiles.push(pc);
+        chains.push((tc.clone(), rules_chain(f, &tc, rules)));
+    }
+    for (pc, _) in &pr.profiles {
+        main.push((vec![json!({"jump": {"target": pc}})], None));
+        main.push((return_if_accepted(), None));
     }
     main.push((
         vec![json!({"drop": null})],
         Some("Drop if no profiles matched".to_string()),
     ));
-    // Programs that render the same in this family (replicas' groups, or every
-    // IPv4-only program in `ip6`) share the chains of the first.
-    let tier_rules: Vec<(&str, &RuleList)> = prog
-        .tiers
-        .iter()
-        .zip(&tiers)
-        .map(|(t, (_, r))| (t.tier.as_str(), r))
-        .collect();
-    let key = serde_json::to_string(&(prefix, &tier_rules, &profiles)).unwrap_or_default();
-    if let Some(name) = b.programs.get(&key) {
+    let name = format!("{}-{owner_hash}", pr.prefix);
+    chains.push((name.clone(), rules_chain(f, &name, &main)));
+    (name, chains)
+}
+
+/// Renders one direction of an endpoint's program as chains and returns the
+/// program chain's name. Programs that render the same in this family
+/// (replicas' groups, or every IPv4-only program in `ip6`) share the chains of
+/// the first; profile chains (`pro-<profile>-`) are named by a hash of their
+/// rules and shared by every program using the same profile.
+fn endpoint_chain(
+    b: &mut Builder,
+    c: &Compiled,
+    e: &EndpointProgram,
+    d: Direction,
+    host: bool,
+    owner: &str,
+) -> String {
+    let f = b.f;
+    let pr = render_program(c, f, e.program(d), d, host);
+    for (name, rules) in &pr.profiles {
+        if !b.chains.contains_key(name) {
+            b.chains.insert(name.clone(), rules_chain(f, name, rules));
+        }
+    }
+    if let Some(name) = b.programs.get(&pr.key) {
         return name.clone();
     }
-    for (name, rules) in tiers {
-        b.owned_chain(&name, rules);
-    }
-    let name = b.owned_chain(&format!("{prefix}-{owner_hash}"), main);
-    b.programs.insert(key, name.clone());
+    let (name, chains) = program_chains(f, &pr, host, d, owner);
+    b.chains.extend(chains);
+    b.programs.insert(pr.key, name.clone());
     name
+}
+
+/// How the renderer sees the sets rules name (by index): the sets of a
+/// [`Compiled`], or the incremental engine's active sets.
+pub(crate) trait SetView {
+    /// The members of literal IP set `i` (rendered inline), `None` for a named set.
+    fn literal(&self, i: usize) -> Option<&[IpNet]>;
+    /// The name of IP set `i`.
+    fn ip_set_name(&self, i: usize) -> &str;
+    /// Whether IP set `i` has members of family `f`.
+    fn ip_set_has(&self, i: usize, f: Family) -> bool;
+    /// The name of named-port set `i`.
+    fn port_set_name(&self, i: usize) -> &str;
+    /// Whether named-port set `i` has members of family `f`.
+    fn port_set_has(&self, i: usize, f: Family) -> bool;
+}
+
+impl SetView for Compiled {
+    fn literal(&self, i: usize) -> Option<&[IpNet]> {
+        let s = &self.ip_sets[i];
+        s.literal.then_some(s.members.as_slice())
+    }
+
+    fn ip_set_name(&self, i: usize) -> &str {
+        &self.ip_sets[i].name
+    }
+
+    fn ip_set_has(&self, i: usize, f: Family) -> bool {
+        self.ip_sets[i].members.iter().any(|n| f.has(n))
+    }
+
+    fn port_set_name(&self, i: usize) -> &str {
+        &self.port_sets[i].name
+    }
+
+    fn port_set_has(&self, i: usize, f: Family) -> bool {
+        self.port_sets[i].members.iter().any(|(n, _)| f.has(n))
+    }
 }
 
 fn proto_name(p: Option<u8>) -> &'static str {
@@ -942,7 +1184,7 @@ fn port_value(ranges: &[(u16, u16)]) -> Value {
 /// emitted once per combination of alternatives (nftables has no OR across
 /// different keys).
 fn port_alternatives(
-    c: &Compiled,
+    c: &impl SetView,
     f: Family,
     ports: &[IrPort],
     addr: &Value,
@@ -965,18 +1207,17 @@ fn port_alternatives(
         ]);
     }
     for p in ports {
-        if let IrPort::Set(i) = p {
-            let s = &c.port_sets[*i];
-            if s.members.iter().any(|(n, _)| f.has(n)) {
-                alts.push(vec![json!({"match": {"op": "==", "left": {"concat": [addr, port]}, "right": format!("@{}", s.name)}})]);
-            }
+        if let IrPort::Set(i) = p
+            && c.port_set_has(*i, f)
+        {
+            alts.push(vec![json!({"match": {"op": "==", "left": {"concat": [addr, port]}, "right": format!("@{}", c.port_set_name(*i))}})]);
         }
     }
     (!alts.is_empty()).then_some(alts)
 }
 
 fn entity_exprs(
-    c: &Compiled,
+    c: &impl SetView,
     f: Family,
     e: &IrEntity,
     field: &str,
@@ -987,18 +1228,21 @@ fn entity_exprs(
     let mut base = Vec::new();
     for (sets, op) in [(&e.in_sets, "=="), (&e.not_in_sets, "!=")] {
         for i in sets {
-            let s = &c.ip_sets[*i];
-            let members: Vec<&IpNet> = s.members.iter().filter(|n| f.has(n)).collect();
-            if members.is_empty() {
+            let right = match c.literal(*i) {
+                Some(members) => {
+                    let members: Vec<Value> =
+                        members.iter().filter(|n| f.has(n)).map(prefix).collect();
+                    (!members.is_empty()).then(|| json!({"set": members}))
+                }
+                None => c
+                    .ip_set_has(*i, f)
+                    .then(|| json!(format!("@{}", c.ip_set_name(*i)))),
+            };
+            let Some(right) = right else {
                 if op == "==" {
                     return None;
                 }
                 continue;
-            }
-            let right = if s.literal {
-                json!({"set": members.into_iter().map(prefix).collect::<Vec<_>>()})
-            } else {
-                json!(format!("@{}", s.name))
             };
             base.push(json!({"match": {"op": op, "left": addr, "right": right}}));
         }
@@ -1015,11 +1259,10 @@ fn entity_exprs(
         base.push(json!({"match": {"op": "!=", "left": port, "right": port_value(&ranges)}}));
     }
     for p in &e.not_ports {
-        if let IrPort::Set(i) = p {
-            let s = &c.port_sets[*i];
-            if s.members.iter().any(|(n, _)| f.has(n)) {
-                base.push(json!({"match": {"op": "!=", "left": {"concat": [addr, port]}, "right": format!("@{}", s.name)}}));
-            }
+        if let IrPort::Set(i) = p
+            && c.port_set_has(*i, f)
+        {
+            base.push(json!({"match": {"op": "!=", "left": {"concat": [addr, port]}, "right": format!("@{}", c.port_set_name(*i))}}));
         }
     }
     let alts = port_alternatives(c, f, &e.ports, &addr, &port)?;
@@ -1050,6 +1293,10 @@ fn icmp_match(f: Family, i: &crate::model::Icmp, op: &str) -> Value {
 /// The nftables rules (each a list of expressions) for one IR rule in a family;
 /// none when it cannot match there.
 pub fn rule_exprs(c: &Compiled, f: Family, r: &IrRule) -> Vec<Vec<Value>> {
+    rule_exprs_in(c, f, r)
+}
+
+fn rule_exprs_in(c: &impl SetView, f: Family, r: &IrRule) -> Vec<Vec<Value>> {
     if r.never.is_some() || r.ip_version.is_some_and(|v| v != f.version()) {
         return Vec::new();
     }
