@@ -3,8 +3,6 @@
 //! and applied as one `nft -j -f` transaction that replaces both tables at once.
 //! Everything here is pure; [`crate::nat::Nft`] applies the result.
 
-use std::collections::BTreeMap;
-
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tabby_api::{Kind, Resource};
@@ -43,122 +41,84 @@ pub fn is_policy_kind(kind: Kind) -> bool {
     kind == Kind::WorkloadEndpoint || POLICY_KINDS.contains(&kind)
 }
 
-/// The node's policy state, fed one resource change at a time: the compiled rules
-/// of the local endpoints (selectors over every endpoint) and their rendering, with
-/// the commands that bring the kernel from the last applied state to the current
-/// one. A model that does not compile keeps the last good rules.
-#[derive(Debug)]
+/// The node's policy state, fed one resource change at a time: the incremental
+/// engine of `tabby-policy` (selectors over every endpoint of the cluster, chains
+/// for the local endpoints only), and whether the kernel holds its state. A
+/// resource whose new version does not compile keeps its previous version in
+/// effect and is reported; nothing else waits for it.
 pub struct PolicyState {
-    node: String,
-    resources: BTreeMap<(Kind, Option<String>, String), Resource>,
-    compiled: Compiled,
-    marked: Option<Compiled>,
-    /// Resources changed since the last compile.
-    stale: bool,
-    /// The compiled rules differ from the marked ones.
-    changed: bool,
-    error: Option<String>,
+    engine: tabby_policy::Engine,
+    /// The kernel holds the engine's state as of its last mark.
+    marked: bool,
 }
 
 impl PolicyState {
     /// No resources yet; nothing applied.
     pub fn new(node: &str) -> PolicyState {
         PolicyState {
-            node: node.to_string(),
-            resources: BTreeMap::new(),
-            compiled: Compiled::default(),
-            marked: None,
-            stale: true,
-            changed: true,
-            error: None,
+            engine: tabby_policy::Engine::new(node),
+            marked: false,
         }
     }
 
     /// A resource was created or updated (kinds policy does not read are ignored).
     pub fn put(&mut self, r: &Resource) {
-        if is_policy_kind(r.kind()) {
-            let key = (
-                r.kind(),
-                r.namespace().map(str::to_string),
-                r.name().to_string(),
-            );
-            self.resources.insert(key, r.clone());
-            self.stale = true;
+        if let Err(e) = self.engine.put(r) {
+            tracing::warn!(error = %e, "network policy: keeping the previous version in effect");
+        }
+    }
+
+    /// Many resources at once (a snapshot): one compile instead of one per resource.
+    pub fn put_all<'a>(&mut self, rs: impl IntoIterator<Item = &'a Resource>) {
+        for e in self.engine.put_all(rs) {
+            tracing::warn!(error = %e, "network policy: keeping the previous version in effect");
         }
     }
 
     /// A resource was deleted.
     pub fn delete(&mut self, kind: Kind, namespace: Option<&str>, name: &str) {
-        let key = (kind, namespace.map(str::to_string), name.to_string());
-        if self.resources.remove(&key).is_some() {
-            self.stale = true;
-        }
+        self.engine.delete(kind, namespace, name);
     }
 
-    fn refresh(&mut self) {
-        if !self.stale {
-            return;
-        }
-        self.stale = false;
-        let all: Vec<Resource> = self.resources.values().cloned().collect();
-        match compile_local(&all, &self.node) {
-            Ok(c) => {
-                if c != self.compiled {
-                    self.compiled = c;
-                    self.changed = true;
-                }
-                self.error = None;
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if self.error.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(error = %text, "network policy: keeping the last good rules");
-                }
-                self.error = Some(text);
-            }
-        }
-    }
-
-    /// Whether the rules differ from the last mark.
+    /// Whether the rules differ from what the kernel holds.
     pub fn is_dirty(&mut self) -> bool {
-        self.refresh();
-        self.changed || self.marked.is_none()
+        !self.marked || self.engine.is_dirty()
     }
 
     /// The whole rendered state.
     pub fn ruleset(&mut self) -> tabby_policy::nft::Ruleset {
-        self.refresh();
-        tabby_policy::nft::ruleset(&self.compiled)
+        self.engine.ruleset()
     }
 
-    /// The commands from the marked state to the current one (the full state when
-    /// nothing is marked); marks the current state.
+    /// The commands from the marked state to the current one; marks the current
+    /// state. Only meaningful once a full state was applied and marked.
     pub fn take_update(&mut self) -> Vec<Value> {
-        self.refresh();
-        let cmds = match &self.marked {
-            Some(old) => tabby_policy::nft::update_commands(old, &self.compiled),
-            None => tabby_policy::nft::render_commands(&self.compiled),
-        };
-        self.marked = Some(self.compiled.clone());
-        self.changed = false;
-        cmds
+        self.engine.take_update()
     }
 
     /// The current state is in the kernel (after a full replacement).
     pub fn mark(&mut self) {
-        self.refresh();
-        self.marked = Some(self.compiled.clone());
-        self.changed = false;
+        self.engine.mark();
+        self.marked = true;
     }
 
-    /// Forgets what was applied (the next update must be a full replacement).
+    /// Forgets what was applied (the next apply must be a full replacement).
     pub fn unmark(&mut self) {
-        self.marked = None;
+        self.marked = false;
     }
 
-    /// Problems: resources that do not compile.
+    /// Problems: resources whose latest version does not compile.
     pub fn errors(&self) -> Vec<String> {
-        self.error.iter().cloned().collect()
+        self.engine
+            .errors()
+            .into_iter()
+            .map(|(_, e)| format!("{e}; its previous version stays in effect"))
+            .collect()
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> tabby_policy::EngineStats {
+        self.engine.stats()
     }
 }
 

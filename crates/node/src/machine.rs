@@ -282,8 +282,16 @@ impl Agent {
             Input::Snapshot { kvs, revision } => {
                 let changes = self.view.apply_snapshot(&kvs, revision);
                 self.shared.metrics.add_store_events(changes.len() as u64);
+                // The policy side of a snapshot goes in at once (one compile).
+                let mut puts = Vec::new();
                 for c in changes {
-                    self.on_change(c);
+                    match c {
+                        Change::PolicyPut(r) if self.cfg.policy => puts.push(r),
+                        other => self.on_change(other),
+                    }
+                }
+                if !puts.is_empty() {
+                    self.policy.put_all(puts.iter().map(|r| &**r));
                 }
                 self.have_snapshot = true;
                 self.store_up();
