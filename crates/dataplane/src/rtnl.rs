@@ -460,6 +460,10 @@ pub(crate) fn route_from(msg: &RouteMessage) -> Option<Route> {
         gateway = None;
         oif = None;
     }
+    // IPv6 gives a route added without a metric 1024: that is what 0 means here.
+    if msg.header.address_family == AddressFamily::Inet6 && metric == 1024 {
+        metric = 0;
+    }
     let plen = msg.header.destination_prefix_length;
     Some(Route {
         dst: IpNet::new(dst.unwrap_or(unspecified), plen).ok()?,
