@@ -14,7 +14,8 @@
 # Knobs (environment): SIZES (topology:nodes ...), PODS (per node, default 1),
 # MATRIX (for labs of more than SAMPLE_ABOVE nodes, default 50: sample:K, full or none;
 # default full: every pair, also at 100 nodes), PLANES_NODES (hosts of
-# the l2-planes lab, 0 to skip; default 20), PLANES (default 2), TIMEOUT (s, per wait).
+# the l2-planes lab, 0 to skip; default 20), PLANES (default 2), TIMEOUT (s, per wait),
+# IDLE (s of CPU sampling of all agents once a lab is up, default 20; 0 to skip).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
@@ -25,6 +26,7 @@ sample_above="${SAMPLE_ABOVE:-50}"
 planes_nodes="${PLANES_NODES:-20}"
 planes="${PLANES:-2}"
 timeout="${TIMEOUT:-180}"
+idle="${IDLE:-20}"
 [[ "$(id -u)" == 0 ]] || { echo "run as root (network namespaces)" >&2; exit 1; }
 cd "$root"
 cargo build --release -p tabbyctl -p tabby-node -p tabby-cni --bins >&2
@@ -60,6 +62,15 @@ agents_rss() {
   # shellcheck disable=SC2086
   ps -o rss= -p ${pids// /,} | awk '{ t += $1; n++ } END { printf "%.0f MiB (%.1f each)", t / 1024, t / 1024 / n }'
 }
+# CPU of all the lab's agents together over $idle s once the lab is up, % of one core.
+agents_idle() {
+  (( idle > 0 )) || { echo "-"; return; }
+  local pids
+  pids="$(python3 -c 'import json,sys; print(" ".join(str(p["pid"]) for p in json.load(open(sys.argv[1]))["processes"] if p["program"] == "tabby-node"))' "$TABBY_LAB_DIR/$1/lab.json")"
+  ticks() { local t=0 p f; for p in $pids; do f=($(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)); (( ${#f[@]} > 12 )) && t=$(( t + f[11] + f[12] )); done; echo "$t"; }
+  local a b; a="$(ticks)"; sleep "$idle"; b="$(ticks)"
+  awk -v a="$a" -v b="$b" -v s="$idle" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f%%", (b - a) / hz / s * 100 }'
+}
 matrix_for() { if (( $1 > sample_above )); then echo "$matrix"; else echo full; fi; }
 
 echo "# lab scale bench ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(free -g | awk '/^Mem:/ { print $2 }') GiB, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)); output in $out" >&2
@@ -78,7 +89,7 @@ run_up() { # name topology nodes [extra up args...]
   verdict="$(grep -q '^planner check: ok' "$out/$name.up.txt" && echo ok || echo FAILED)"
   reach="$(sed -n 's/^Reachability (\(.*\)):$/\1/p; s/^Reachability: \(.*\)$/\1/p' "$out/$name.up.txt" | head -1 | sed 's/sampled (--matrix sample:\([0-9]*\)): one ping from each pod to [0-9]* others, of \([0-9]*\) pairs, /sample:\1 of \2, /; s/one ping per pair, //')"
   echo "$topo $n: up $ok in $wall s (planner check $verdict; $reach)" >&2
-  rows+=("| $topo | $n | $pods | $(timing built "$out/$name.up.txt") | $(timing converged "$out/$name.up.txt") | $wall | $(totals "$out/$name.up.txt" | sed 's/ / | /g') | $verdict | $m: $reach | $(agents_rss "$name") |")
+  rows+=("| $topo | $n | $pods | $(timing built "$out/$name.up.txt") | $(timing converged "$out/$name.up.txt") | $wall | $(totals "$out/$name.up.txt" | sed 's/ / | /g') | $verdict | $m: $reach | $(agents_rss "$name") | $(agents_idle "$name") |")
   [[ "$ok" == yes ]]
 }
 run_fail() { # name target
@@ -120,8 +131,8 @@ fi
 echo
 echo "Lab builds (\`$ctl lab up --topology T --nodes N --pods-per-node $pods --matrix M\`; times in s since \`up\` started; lab/planner totals over every device):"
 echo
-echo "| topology | nodes | pods/node | built (s) | converged (s) | up wall (s) | sessions lab/plan | block routes lab/plan | pod routes lab/plan | planner check | reachability | agents RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| topology | nodes | pods/node | built (s) | converged (s) | up wall (s) | sessions lab/plan | block routes lab/plan | pod routes lab/plan | planner check | reachability | agents RSS | agents idle CPU (all, of one core, over ${idle} s) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "Failures (\`lab fail\`; times since the cut):"

@@ -148,7 +148,7 @@ impl AgentConfig {
             }),
             interface_prefix: "cali".into(),
             mtu: None,
-            resync: Duration::from_secs(30),
+            resync: Duration::from_secs(90),
             control_socket: PathBuf::from(crate::status::DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
             secrets_dir: None,
@@ -554,11 +554,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // Everything queued meanwhile is applied before the work is done once.
         let tick = matches!(first, Input::Tick);
         let mut busy = !tick;
+        let mut snapshot = matches!(first, Input::Snapshot { .. });
         agent.step(first);
         for _ in 0..4096 {
             match rx.try_recv() {
                 Ok(i) => {
                     busy |= !matches!(i, Input::Tick);
+                    snapshot |= matches!(i, Input::Snapshot { .. });
                     agent.step(i);
                 }
                 Err(_) => break,
@@ -566,6 +568,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         if busy || agent.wants_tick() {
             agent.execute().await;
+        }
+        if snapshot {
+            // A snapshot was decoded whole and mostly dropped (the view keeps
+            // compact records): give the freed heap back, or RSS stays at the peak.
+            tabby_sys::memory::trim_heap();
         }
         // A new speaker: follow its best paths. A replacement for a dead one gets
         // its whole table after the restart grace, dropping what nobody re-sent.

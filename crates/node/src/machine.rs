@@ -169,6 +169,8 @@ pub struct Agent {
     store_down_since: Option<Instant>,
     last_register: Option<Instant>,
     last_problems: Vec<String>,
+    /// Routes installed at the last count (None: not counted yet).
+    routes_counted: Option<u64>,
     peer_warnings: Vec<String>,
     /// Failures to retry, and when.
     retry_at: Option<Instant>,
@@ -223,6 +225,7 @@ impl Agent {
             store_down_since: None,
             last_register: None,
             last_problems: Vec::new(),
+            routes_counted: None,
             peer_warnings: Vec::new(),
             retry_at: None,
             backoff: Duration::from_secs(1),
@@ -716,18 +719,24 @@ impl Agent {
     fn finish(&mut self, pass: &mut Pass, start: Instant) {
         let secs = start.elapsed().as_secs_f64();
         self.shared.metrics.observe_reconcile(secs);
-        let installed = self
-            .routes
-            .routes()
-            .values()
-            .filter(|r| r.oif != Some(PENDING_VXLAN))
-            .count() as u64;
-        self.shared.metrics.set_routes_installed(installed);
-        *self
-            .shared
-            .routes_installed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = installed;
+        // Counting walks every route: only when routes changed.
+        if pass.route_ops > 0 || pass.full || self.routes_counted.is_none() {
+            let installed = self
+                .routes
+                .routes()
+                .values()
+                .filter(|r| r.oif != Some(PENDING_VXLAN))
+                .count() as u64;
+            if self.routes_counted != Some(installed) {
+                self.routes_counted = Some(installed);
+                self.shared.metrics.set_routes_installed(installed);
+                *self
+                    .shared
+                    .routes_installed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = installed;
+            }
+        }
         let problems = self.problems();
         if problems != self.last_problems {
             for p in problems.iter().filter(|p| !self.last_problems.contains(p)) {
@@ -1293,10 +1302,10 @@ impl Agent {
     fn sync_firewall(&mut self, pass: &mut Pass) {
         let nft = self.drivers.nft.as_ref();
         if self.dirty.nft_check {
-            // Someone may have flushed the table: look on resync passes only (each
-            // look costs a ruleset fetch).
+            // Someone may have deleted the table: look on resync passes only (a
+            // look lists the table names).
             self.dirty.nft_check = false;
-            if matches!(nft.list_table("ip"), Ok(None)) && self.fw_nat.is_some() {
+            if matches!(nft.has_table("ip"), Ok(false)) && self.fw_nat.is_some() {
                 warn!("the tabby nftables table is gone; putting it back");
                 self.fw_nat = None;
             }

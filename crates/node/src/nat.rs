@@ -140,6 +140,12 @@ pub trait Nft: Send + Sync {
     fn apply_json(&self, batch: &serde_json::Value) -> Result<(), NatError>;
     /// `nft -j list table <family> tabby`, or `None` if the table does not exist.
     fn list_table(&self, family: &str) -> Result<Option<serde_json::Value>, NatError>;
+    /// Whether the `tabby` table of `family` exists. Cheaper than
+    /// [`Nft::list_table`] where it lists table names only (not the table's sets and
+    /// their elements, which at cluster scale are most of the ruleset).
+    fn has_table(&self, family: &str) -> Result<bool, NatError> {
+        self.list_table(family).map(|t| t.is_some())
+    }
     /// Removes the `tabby` tables of both families (absent ones are fine).
     fn delete_tables(&self) -> Result<(), NatError>;
 }
@@ -274,6 +280,27 @@ impl Nft for NftCli {
     fn delete_tables(&self) -> Result<(), NatError> {
         self.apply(&delete_script())
     }
+
+    fn has_table(&self, family: &str) -> Result<bool, NatError> {
+        let out = self.run(&["-j", "list", "tables", family], "")?;
+        if !out.ok {
+            return Err(out.failed());
+        }
+        tables_hold_ours(&out.stdout, family).map_err(|reason| NatError::Parse {
+            cmd: out.cmd,
+            reason,
+        })
+    }
+}
+
+/// Whether `nft -j list tables <family>` output names the `tabby` table.
+fn tables_hold_ours(json: &str, family: &str) -> Result<bool, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(v["nftables"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i["table"]["name"] == TABLE && i["table"]["family"] == family)
+    }))
 }
 
 /// libnftables in this process: one context (one netlink socket) kept open for
@@ -340,6 +367,12 @@ impl Nft for NftLib {
 
     fn delete_tables(&self) -> Result<(), NatError> {
         self.apply(&delete_script())
+    }
+
+    fn has_table(&self, family: &str) -> Result<bool, NatError> {
+        let what = format!("nft -j list tables {family}");
+        let out = self.run(&what, &format!("list tables {family}"), true)?;
+        tables_hold_ours(&out, family).map_err(|reason| NatError::Parse { cmd: what, reason })
     }
 }
 
@@ -489,6 +522,18 @@ impl Nft for FakeNft {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn table_names_are_read_from_list_tables() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "filter", "handle": 1}},
+            {"table": {"family": "ip", "name": "tabby", "handle": 2}}]}"#;
+        assert_eq!(tables_hold_ours(json, "ip"), Ok(true));
+        assert_eq!(tables_hold_ours(json, "ip6"), Ok(false));
+        let none = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#;
+        assert_eq!(tables_hold_ours(none, "ip"), Ok(false));
+        assert!(tables_hold_ours("not json", "ip").is_err());
+    }
+
     use super::*;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {

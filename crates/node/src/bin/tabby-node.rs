@@ -59,8 +59,9 @@ struct Args {
     /// Pod MTU (default: host MTU minus encapsulation overhead).
     #[arg(long, env = "TABBY_MTU")]
     mtu: Option<u32>,
-    /// Full resync period, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Full resync period, seconds (Calico's routeRefreshInterval default). Drift is
+    /// repaired on the netlink event; the resync is the safety net.
+    #[arg(long, default_value_t = 90)]
     resync_secs: u64,
     /// Control socket for `tabbyctl node status`.
     #[arg(long, env = "TABBY_NODE_SOCKET", default_value = tabby_node::status::DEFAULT_CONTROL_SOCKET)]
