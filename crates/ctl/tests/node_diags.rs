@@ -149,13 +149,13 @@ fn diags_archive_holds_the_hosts_state() {
     ];
     let argv: Vec<&str> = node_argv.iter().map(String::as_str).collect();
     net.spawn(&host, &argv).unwrap();
-    // Up when the agent answers and has programmed its pool's blackhole route.
+    // Up when the agent answers and has written its nftables table.
     let converged = wait_until(Duration::from_secs(30), || {
         let s = ctl_in(&ns, &["node", "status", "--socket", socket.to_str().unwrap()]);
         s.status.success()
             && host
-                .ip(&["route", "show", "proto", "80"])
-                .is_ok_and(|r| r.contains("blackhole 100.64."))
+                .try_output(&["nft", "list", "table", "ip", "tabby"])
+                .is_ok_and(|o| o.status.success())
     });
     assert!(
         converged,
@@ -203,10 +203,7 @@ fn diags_archive_holds_the_hosts_state() {
     assert!(read(&top, "ip-4-addr.txt").contains("198.18.0.1/24"));
     assert!(read(&top, "ip-6-addr.txt").contains("2001:db8::1/64"));
     let routes = read(&top, "ip-4-route.txt");
-    assert!(
-        routes.contains("blackhole 100.64.") && routes.contains("proto 80"),
-        "{routes}"
-    );
+    assert!(routes.contains("default via 198.18.0.254"), "{routes}");
     assert!(read(&top, "ip-6-route.txt").contains("2001:db8::/64"));
     assert!(read(&top, "ip-4-rule.txt").contains("lookup main"));
     assert!(read(&top, "ip-6-rule.txt").contains("lookup main"));
