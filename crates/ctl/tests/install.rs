@@ -1,6 +1,6 @@
 //! docs/install.md followed on three "hosts" made of network namespaces (prefix
 //! `mh<pid>`, on one bridge, 198.18.0.1-3): a 3-member etcd cluster, one member per
-//! host, with the guide's flags; `tabbyctl` with a CalicoAPIConfig file applies the
+//! host, with the guide's `/etc/default/etcd` read from docs/install.md; `tabbyctl` with a CalicoAPIConfig file applies the
 //! pool, the BGP settings and the nodes; each host's `tabby-node` starts with the
 //! `ExecStart` of packaging/systemd/tabby-node.service and an environment file made
 //! from packaging/etc/tabby-node.env (so the test fails when they drift); a pod per
@@ -102,34 +102,43 @@ struct Host {
     dir: PathBuf,
 }
 
-fn etcd_argv(i: usize, dir: &Path) -> Vec<String> {
-    // The flags of docs/install.md, "A 3-member etcd cluster".
-    let ip = host_addr(i);
-    let cluster: Vec<String> = (1..=HOSTS)
-        .map(|j| format!("etcd{j}=http://{}:2380", host_addr(j)))
+/// Host 1's `/etc/default/etcd` from docs/install.md: its `ETCD_*` lines.
+fn guide_etcd_env() -> Vec<(String, String)> {
+    let guide = std::fs::read_to_string(repo().join("docs/install.md")).unwrap();
+    let vars: Vec<(String, String)> = guide
+        .lines()
+        .skip_while(|l| !l.starts_with("ETCD_NAME=etcd1"))
+        .take_while(|l| l.starts_with("ETCD_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    [
-        "etcd".to_string(),
-        "--name".into(),
-        format!("etcd{i}"),
-        "--data-dir".into(),
-        dir.join("etcd").display().to_string(),
-        "--listen-client-urls".into(),
-        format!("http://{ip}:2379,http://127.0.0.1:2379"),
-        "--advertise-client-urls".into(),
-        format!("http://{ip}:2379"),
-        "--listen-peer-urls".into(),
-        format!("http://{ip}:2380"),
-        "--initial-advertise-peer-urls".into(),
-        format!("http://{ip}:2380"),
-        "--initial-cluster".into(),
-        cluster.join(","),
-        "--initial-cluster-token".into(),
-        "tabby-etcd".into(),
-        "--initial-cluster-state".into(),
-        "new".into(),
-    ]
-    .to_vec()
+    assert!(
+        vars.len() >= 8,
+        "docs/install.md has no /etc/default/etcd block for etcd1: {vars:?}"
+    );
+    vars
+}
+
+/// etcd member `i` as the guide configures it: host 1's settings with its name and
+/// address replaced, except the cluster list, which is the same everywhere.
+fn etcd_argv(i: usize, dir: &Path) -> Vec<String> {
+    let mut argv = vec![
+        "env".to_string(),
+        "-i".into(),
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    ];
+    for (k, v) in guide_etcd_env() {
+        let v = match k.as_str() {
+            "ETCD_INITIAL_CLUSTER" => v,
+            "ETCD_DATA_DIR" => dir.join("etcd").display().to_string(),
+            _ => v
+                .replace("198.18.0.1", &host_addr(i))
+                .replace("etcd1", &format!("etcd{i}")),
+        };
+        argv.push(format!("{k}={v}"));
+    }
+    argv.push("etcd".into());
+    argv
 }
 
 /// Runs the `tabby` plugin (ADD) in `host` for pod namespace `pod`, with the
@@ -378,6 +387,14 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
             report.push_str(&String::from_utf8_lossy(&status.stdout));
         }
         panic!("the hosts did not learn each other's blocks:\n{report}");
+    }
+
+    for h in &hosts {
+        eprintln!(
+            "{} routes:\n{}",
+            h.name,
+            h.ns.ip(&["-4", "route", "show"]).unwrap_or_default()
+        );
     }
 
     // Pod to pod across hosts.
