@@ -2,7 +2,7 @@
 # Builds the Debian package `tabby` (tabbyctl, tabby-node, tabby-bgpd, the CNI plugins
 # tabby and tabby-ipam, the systemd units, /etc/tabby/tabby-node.env and
 # /etc/cni/net.d/10-tabby.conflist) into target/debian/. Installs cargo-deb when it
-# is missing. The package metadata is [package.metadata.deb] in crates/ctl/Cargo.toml.
+# is missing. The package metadata is [package.metadata.deb] in crates/package/Cargo.toml.
 # PROFILE=release (default) or any Cargo profile, e.g. PROFILE=dev for a quick check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
 
 cargo build --profile "$profile" -p tabbyctl -p tabby-node -p tabby-cni \
   -p tabby-bgp --bin tabbyctl --bin tabby-node --bin tabby-bgpd --bin tabby --bin tabby-ipam
-args=(-p tabbyctl --no-build)
+args=(-p tabby-package --no-build)
 if [ "$profile" != "release" ]; then
   # The assets name target/release/; cargo-deb maps them to the profile's folder.
   args+=(--profile "$profile")
