@@ -156,8 +156,14 @@ const KERNEL: &[(&str, &[&str])] = &[
     ("ip-link.txt", &["ip", "-d", "link", "show"]),
     ("ip-4-addr.txt", &["ip", "-d", "-4", "addr", "show"]),
     ("ip-6-addr.txt", &["ip", "-d", "-6", "addr", "show"]),
-    ("ip-4-route.txt", &["ip", "-d", "-4", "route", "show", "table", "all"]),
-    ("ip-6-route.txt", &["ip", "-d", "-6", "route", "show", "table", "all"]),
+    (
+        "ip-4-route.txt",
+        &["ip", "-d", "-4", "route", "show", "table", "all"],
+    ),
+    (
+        "ip-6-route.txt",
+        &["ip", "-d", "-6", "route", "show", "table", "all"],
+    ),
     ("ip-4-rule.txt", &["ip", "-d", "-4", "rule", "show"]),
     ("ip-6-rule.txt", &["ip", "-d", "-6", "rule", "show"]),
     ("nft-ruleset.txt", &["nft", "list", "ruleset"]),
@@ -416,7 +422,10 @@ mod tests {
         g.push(
             "c.txt",
             Duration::ZERO,
-            run_command(&["sh", "-c", "echo oops >&2; exit 3"], Duration::from_secs(5)),
+            run_command(
+                &["sh", "-c", "echo oops >&2; exit 3"],
+                Duration::from_secs(5),
+            ),
         );
         g.push(
             "d.txt",
@@ -433,7 +442,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         g.write_to(dir.path()).unwrap();
         let c = std::fs::read_to_string(dir.path().join("c.txt")).unwrap();
-        assert!(c.starts_with("# collector failed") && c.contains("oops"), "{c}");
+        assert!(
+            c.starts_with("# collector failed") && c.contains("oops"),
+            "{c}"
+        );
     }
 
     #[test]

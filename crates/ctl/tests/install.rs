@@ -151,10 +151,7 @@ fn cni_add(host: &Host, pod: &Netns, conf: &serde_json::Value) -> String {
         .env("CNI_CONTAINERID", format!("mh-{}", pod.name()))
         .env("CNI_NETNS", format!("/run/netns/{}", pod.name()))
         .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_PATH",
-            format!("{}:/usr/lib/cni", bin_dir().display()),
-        )
+        .env("CNI_PATH", format!("{}:/usr/lib/cni", bin_dir().display()))
         .env(
             "CNI_ARGS",
             format!(
@@ -175,7 +172,9 @@ fn cni_add(host: &Host, pod: &Netns, conf: &serde_json::Value) -> String {
         .unwrap();
     let out = check(child.wait_with_output().unwrap(), "tabby ADD");
     let result: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let addr = result["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("{out}"));
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"));
     addr.split('/').next().unwrap().to_string()
 }
 
@@ -183,13 +182,16 @@ fn cni_add(host: &Host, pod: &Netns, conf: &serde_json::Value) -> String {
 fn install_guide_three_hosts_on_a_three_member_etcd() {
     tabby_testnet::require_root();
     assert!(
-        Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
+        Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
         "this test needs etcd on PATH (Debian: apt-get install etcd-server)"
     );
     ensure_binaries();
 
-    let unit = std::fs::read_to_string(repo().join("packaging/systemd/tabby-node.service"))
-        .unwrap();
+    let unit =
+        std::fs::read_to_string(repo().join("packaging/systemd/tabby-node.service")).unwrap();
     assert_eq!(
         unit_setting(&unit, "EnvironmentFile"),
         "/etc/tabby/tabby-node.env",
@@ -218,7 +220,9 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
             dir,
         });
     }
-    let addrs: Vec<String> = (1..=HOSTS).map(|i| format!("{}/24", host_addr(i))).collect();
+    let addrs: Vec<String> = (1..=HOSTS)
+        .map(|i| format!("{}/24", host_addr(i)))
+        .collect();
     let ends: Vec<[&str; 1]> = addrs.iter().map(|a| [a.as_str()]).collect();
     let members: Vec<End<'_>> = hosts
         .iter()
@@ -238,7 +242,9 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         net.spawn(&h.ns, &argv).unwrap();
     }
-    let endpoints: Vec<String> = (1..=HOSTS).map(|i| format!("{}:2379", host_addr(i))).collect();
+    let endpoints: Vec<String> = (1..=HOSTS)
+        .map(|i| format!("{}:2379", host_addr(i)))
+        .collect();
     let store = format!("etcd://{}", endpoints.join(","));
 
     // tabbyctl's config file, as the guide writes /etc/tabby/tabbyctl.yaml; it
@@ -318,7 +324,11 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
 
         let mut argv = expand_exec(&exec, &parse_env_file(&env_file));
         argv[0] = bin_dir().join("tabby-node").display().to_string();
-        let mut full = vec!["env".to_string(), "-i".into(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
+        let mut full = vec![
+            "env".to_string(),
+            "-i".into(),
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ];
         full.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
         full.extend(argv);
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
@@ -348,7 +358,10 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
     }
 
     // Labels from TABBY_NODE_ARGS reached the store: the unit's $TABBY_NODE_ARGS works.
-    let nodes = check(ctl_in(&["get", "nodes", "-l", "host == 'h2'", "-o", "name"]), "get nodes");
+    let nodes = check(
+        ctl_in(&["get", "nodes", "-l", "host == 'h2'", "-o", "name"]),
+        "get nodes",
+    );
     assert!(nodes.contains("mh-h2"), "{nodes}");
 
     // Every host learns the other hosts' blocks over BGP, via their addresses.
@@ -366,8 +379,11 @@ fn install_guide_three_hosts_on_a_three_member_etcd() {
                 let via = format!("via {}", host_addr(j + 1));
                 let b = blocks_of(j);
                 !b.is_empty()
-                    && b.iter()
-                        .all(|blk| routes.lines().any(|l| l.starts_with(blk.as_str()) && l.contains(&via)))
+                    && b.iter().all(|blk| {
+                        routes
+                            .lines()
+                            .any(|l| l.starts_with(blk.as_str()) && l.contains(&via))
+                    })
             })
         })
     });

@@ -53,7 +53,11 @@ fn ok(out: &Output) -> String {
 /// Unpacks `archive` into `into`; returns the archive's member names (without the
 /// top folder) and that folder.
 fn unpack(archive: &Path, into: &Path) -> (Vec<String>, PathBuf) {
-    let list = Command::new("tar").arg("-tzf").arg(archive).output().unwrap();
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(archive)
+        .output()
+        .unwrap();
     let listing = ok(&list);
     let tops: Vec<&str> = listing
         .lines()
@@ -79,8 +83,7 @@ fn unpack(archive: &Path, into: &Path) -> (Vec<String>, PathBuf) {
 }
 
 fn read(dir: &Path, member: &str) -> String {
-    std::fs::read_to_string(dir.join(member))
-        .unwrap_or_else(|e| panic!("{member}: {e}"))
+    std::fs::read_to_string(dir.join(member)).unwrap_or_else(|e| panic!("{member}: {e}"))
 }
 
 const MEMBERS: [&str; 14] = [
@@ -151,7 +154,10 @@ fn diags_archive_holds_the_hosts_state() {
     net.spawn(&host, &argv).unwrap();
     // Up when the agent answers and has written its nftables table.
     let converged = wait_until(Duration::from_secs(30), || {
-        let s = ctl_in(&ns, &["node", "status", "--socket", socket.to_str().unwrap()]);
+        let s = ctl_in(
+            &ns,
+            &["node", "status", "--socket", socket.to_str().unwrap()],
+        );
         s.status.success()
             && host
                 .try_output(&["nft", "list", "table", "ip", "tabby"])
@@ -199,7 +205,10 @@ fn diags_archive_holds_the_hosts_state() {
     assert!(failed.is_empty(), "{summary}");
 
     assert!(read(&top, "ip-link.txt").contains("eth0"));
-    assert!(read(&top, "ip-link.txt").contains("veth"), "ip -d shows the kind");
+    assert!(
+        read(&top, "ip-link.txt").contains("veth"),
+        "ip -d shows the kind"
+    );
     assert!(read(&top, "ip-4-addr.txt").contains("198.18.0.1/24"));
     assert!(read(&top, "ip-6-addr.txt").contains("2001:db8::1/64"));
     let routes = read(&top, "ip-4-route.txt");
@@ -227,7 +236,12 @@ fn diags_archive_holds_the_hosts_state() {
     assert!(logs.contains("dg-h1"), "the agent's own log lines: {logs}");
 
     let versions = read(&top, "versions.txt");
-    for v in ["tabbyctl v", "kernel: Linux", "nft: nftables", "ip: ip utility"] {
+    for v in [
+        "tabbyctl v",
+        "kernel: Linux",
+        "nft: nftables",
+        "ip: ip utility",
+    ] {
         assert!(versions.contains(v), "{v}: {versions}");
     }
 }
