@@ -24,7 +24,8 @@ PURE_TESTS=(
   tabby-bgp/collision tabby-bgp/daemon tabby-bgp/message_size tabby-bgp/packet
   tabby-bgp/peer_limits tabby-bgp/session
   tabby-client/concurrency tabby-client/lenient
-  tabbyctl/cli tabbyctl/ipam tabbyctl/node_status tabbyctl/plan tabbyctl/policy
+  tabbyctl/cli tabbyctl/ipam tabbyctl/node_status tabbyctl/packaging tabbyctl/plan
+  tabbyctl/policy
   tabby-ipam/behaviour tabby-ipam/concurrency tabby-ipam/conformance
   tabby-lab/plan
   tabby-node/cli tabby-node/machine tabby-node/metrics_status
