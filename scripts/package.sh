@@ -3,7 +3,8 @@
 # tabby and tabby-ipam, the systemd units, /etc/tabby/tabby-node.env and
 # /etc/cni/net.d/10-tabby.conflist) into target/debian/. Installs cargo-deb when it
 # is missing. The package metadata is [package.metadata.deb] in crates/package/Cargo.toml.
-# PROFILE=release (default) or any Cargo profile, e.g. PROFILE=dev for a quick check.
+# PROFILE=release (default) or another Cargo profile; PROFILE=dev makes a quick check
+# of the metadata (cargo-deb warns that it will refuse dev builds one day).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
