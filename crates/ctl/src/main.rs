@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod connect;
 mod datastore;
+mod diags;
 mod ipam;
 mod lab;
 mod label;
@@ -73,7 +74,7 @@ enum Command {
     /// Back up, restore or move the whole datastore: `datastore export -o FILE`,
     /// `datastore import -f FILE`, `datastore migrate --from URL --to URL`.
     Datastore(datastore::DatastoreArgs),
-    /// Ask the local tabby-node agent: `node status`.
+    /// Ask the local tabby-node agent: `node status`; `node diags` for a bug report.
     Node(node::NodeArgs),
     /// Size a cluster's BGP topology: sessions and routes per device for each model.
     Plan(plan::PlanArgs),
@@ -163,7 +164,7 @@ async fn run(opts: Opts, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Config(args) => config::run(&conn, &args, out).await,
         Command::Ipam(args) => ipam::run(&conn, &args, out).await,
         Command::Datastore(args) => datastore::run(&conn, &args, out).await,
-        Command::Node(args) => node::run(&args, out).await,
+        Command::Node(args) => node::run(&conn, &args, out).await,
         Command::Plan(args) => plan::run(&args, out),
         Command::Policy(args) => policy::run(&conn, &args, out).await,
         Command::Lab(args) => lab::run(&args, out).await,

@@ -1,6 +1,7 @@
 //! `tabbyctl node status`: asks the local tabby-node over its control socket and
 //! prints the answer in `calicoctl node status`'s layout (or as JSON). When the agent
 //! cannot be reached it says so on stderr and exits 1, as calicoctl does.
+//! `tabbyctl node diags` (in `diags`) gathers a node's state into one archive.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ pub struct NodeArgs {
 enum Action {
     /// Show whether tabby-node runs and the state of its BGP sessions.
     Status(StatusArgs),
+    /// Write one .tar.gz with the agent's logs, links, addresses, routes, rules,
+    /// nftables ruleset, BGP state, datastore check and versions.
+    Diags(crate::diags::DiagsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -37,9 +41,14 @@ enum Format {
     Json,
 }
 
-pub async fn run(args: &NodeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run(
+    conn: &crate::connect::Connection,
+    args: &NodeArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match &args.action {
         Action::Status(a) => node_status(a, out).await,
+        Action::Diags(a) => crate::diags::run(conn, a, out).await,
     }
 }
 
