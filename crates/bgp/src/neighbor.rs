@@ -1165,7 +1165,10 @@ pub mod fsm {
             };
             assert_eq!((n.code, n.subcode), (ErrorCode::Cease, 10));
             assert!(a.contains(&Action::Disconnect));
-            assert!(a.iter().any(|x| matches!(x, Action::SessionDown(r) if r.contains("BFD"))));
+            assert!(
+                a.iter()
+                    .any(|x| matches!(x, Action::SessionDown(r) if r.contains("BFD")))
+            );
             // Not back after the ordinary back-off while BFD is down...
             assert!(f.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
             assert_eq!(f.state(), State::Idle);

@@ -248,9 +248,11 @@ pub fn spawn_bfd_client(
                     have.insert(peer, (local, opts));
                     // The state now: a peer configured again finds its
                     // session already Up.
-                    let now = h.sessions().await.ok().and_then(|all| {
-                        all.into_iter().find(|s| s.peer == peer)
-                    });
+                    let now = h
+                        .sessions()
+                        .await
+                        .ok()
+                        .and_then(|all| all.into_iter().find(|s| s.peer == peer));
                     if let Some(s) = now {
                         let ev = IoEvent::BfdState {
                             peer,
