@@ -132,6 +132,8 @@ pub struct FabricRouter {
     pub originate_default: bool,
     /// Its BGP neighbours.
     pub neighbors: Vec<Neighbor>,
+    /// BFD on every session ([`LabSpec::bfd`]).
+    pub bfd: bool,
 }
 
 /// A point-to-point veth between a ToR and a spine router.
@@ -318,6 +320,7 @@ pub fn layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> FabricLayout {
             originate_default: false,
             neighbors,
             name,
+            bfd: spec.bfd,
         });
     }
     for s in 1..=spines {
@@ -343,6 +346,7 @@ pub fn layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> FabricLayout {
             originate_default: t == Topology::DownwardDefault,
             neighbors,
             name,
+            bfd: spec.bfd,
         });
     }
     FabricLayout {

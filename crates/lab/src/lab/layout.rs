@@ -736,7 +736,31 @@ spec: {{node: rr{k}, peerIP: \"{}\", asNumber: {ASN}, reversePeering: Manual}}
         }
     }
     y.push_str(&fabric_peers);
+    if spec.bfd {
+        y = with_bfd(&y);
+    }
     y
+}
+
+/// The annotation turning BFD on, 300 ms x 3 (`lab up --bfd`).
+pub const BFD_ANNOTATION: &str = "tabby.dev/bfd: \"on\"";
+
+/// `resources` with BFD on every BGP session: the annotation on the
+/// BGPConfiguration (the mesh) and on every BGPPeer.
+fn with_bfd(yaml: &str) -> String {
+    yaml.split_inclusive("---\n")
+        .map(|doc| {
+            if doc.contains("kind: BGPConfiguration\n") || doc.contains("kind: BGPPeer\n") {
+                doc.replacen(
+                    "metadata: {name: ",
+                    &format!("metadata: {{annotations: {{{BFD_ANNOTATION}}}, name: "),
+                    1,
+                )
+            } else {
+                doc.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The planner's question for this lab: the workload nodes (dedicated reflectors are
@@ -995,6 +1019,35 @@ mod tests {
         assert!(y.contains("peerSelector: route-reflector == 'true'"), "{y}");
         let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
         assert_eq!(docs.len(), 3);
+    }
+
+    #[test]
+    fn bfd_annotates_the_bgp_configuration_and_every_bgppeer() {
+        for t in [
+            Topology::Mesh,
+            Topology::RouteReflector,
+            Topology::L2Planes,
+            Topology::AsPerRackL3Spine,
+        ] {
+            let mut s = spec(t, Encap::None, StoreKind::Sqlite, 4);
+            let plain = resources(&s);
+            assert!(!plain.contains("tabby.dev/bfd"), "{plain}");
+            s.bfd = true;
+            let y = resources(&s);
+            let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+            let mut bgp = 0;
+            for d in &docs {
+                let bfd = d.metadata.annotations.get("tabby.dev/bfd");
+                match d.kind() {
+                    tabby_api::Kind::BGPConfiguration | tabby_api::Kind::BGPPeer => {
+                        bgp += 1;
+                        assert_eq!(bfd.map(String::as_str), Some("on"), "{t}: {y}");
+                    }
+                    _ => assert_eq!(bfd, None, "{t}: {y}"),
+                }
+            }
+            assert!(bgp >= 2 || t == Topology::Mesh, "{t}: {y}");
+        }
     }
 
     #[test]
