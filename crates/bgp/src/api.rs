@@ -263,22 +263,57 @@ pub struct PeerConfig {
     /// unless the options say `multihop`.
     #[serde(default, with = "bfd_setting", skip_serializing_if = "Option::is_none")]
     pub bfd: Option<tabby_bfd::SessionOpts>,
+    /// With `bfd`: hold the session until BFD is Up (RFC 5882 section
+    /// 4.3). `false` (`no-wait` in the text form) starts it at once and only
+    /// takes it down when BFD fails: for peers that start BFD only once the
+    /// BGP session is up, such as FRR towards a directly connected iBGP peer.
+    #[serde(default = "default_true")]
+    pub bfd_wait: bool,
+}
+
+/// A parsed BFD setting: the session options and whether BGP waits for BFD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BfdSetting {
+    /// The BFD session's options.
+    pub opts: tabby_bfd::SessionOpts,
+    /// Hold BGP until BFD is Up ([`PeerConfig::bfd_wait`]).
+    pub wait: bool,
+}
+
+impl PeerConfig {
+    /// Sets (or clears) BFD from a parsed setting.
+    pub fn set_bfd(&mut self, setting: Option<BfdSetting>) {
+        self.bfd_wait = setting.as_ref().is_none_or(|s| s.wait);
+        self.bfd = setting.map(|s| s.opts);
+    }
 }
 
 /// Parses a BFD setting as the `tabby.dev/bfd` annotation and `bfd` in
 /// tabby-bgpd's configuration carry it: `on` (or `true`) for the defaults,
 /// 300 ms x 3; `off` (or `false`) for none; or comma-separated options:
 /// `interval=300ms,multiplier=3`, `min-tx=`, `min-rx=`, `passive`,
-/// `multihop`, `auth=sha1,key-id=1,key=...`.
-pub fn parse_bfd(text: &str) -> Result<Option<tabby_bfd::SessionOpts>, String> {
-    match text.trim() {
-        "on" | "true" => Ok(Some(tabby_bfd::SessionOpts::default())),
-        "off" | "false" => Ok(None),
-        t => t
-            .parse::<tabby_bfd::SessionOpts>()
-            .map(Some)
-            .map_err(|e| e.to_string()),
+/// `multihop`, `auth=sha1,key-id=1,key=...`; and `no-wait` (with `on` or
+/// options: `on,no-wait`) for [`PeerConfig::bfd_wait`] off.
+pub fn parse_bfd(text: &str) -> Result<Option<BfdSetting>, String> {
+    let mut wait = true;
+    let mut on = false;
+    let mut rest = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item {
+            "no-wait" => wait = false,
+            "on" | "true" => on = true,
+            "off" | "false" => return Ok(None),
+            other => rest.push(other),
+        }
     }
+    if !on && rest.is_empty() {
+        return Err("empty: use \"on\" or options".into());
+    }
+    let opts = rest
+        .join(",")
+        .parse::<tabby_bfd::SessionOpts>()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(BfdSetting { opts, wait }))
 }
 
 mod bfd_setting {
@@ -301,8 +336,13 @@ mod bfd_setting {
         match Option::<Setting>::deserialize(d)? {
             None | Some(Setting::Flag(false)) => Ok(None),
             Some(Setting::Flag(true)) => Ok(Some(SessionOpts::default())),
-            Some(Setting::Text(t)) => super::parse_bfd(&t)
-                .map_err(|e| serde::de::Error::custom(format!("bfd: {t:?}: {e}"))),
+            Some(Setting::Text(t)) => match super::parse_bfd(&t) {
+                Err(e) => Err(serde::de::Error::custom(format!("bfd: {t:?}: {e}"))),
+                Ok(Some(s)) if !s.wait => Err(serde::de::Error::custom(format!(
+                    "bfd: {t:?}: no-wait is written `bfdWait: false` beside `bfd` here"
+                ))),
+                Ok(s) => Ok(s.map(|s| s.opts)),
+            },
             Some(Setting::Opts(o)) => o
                 .validate()
                 .map(|()| Some(o))
@@ -371,6 +411,7 @@ impl PeerConfig {
             enforce_first_as: true,
             extended_messages: false,
             bfd: None,
+            bfd_wait: true,
         }
     }
 
@@ -471,12 +512,13 @@ impl PeerConfig {
                 }
                 annotations::TRANSIT => self.transit = parse(key, value, "true or false")?,
                 annotations::BFD => {
-                    self.bfd = parse_bfd(value).map_err(|e| ApiError::Invalid {
+                    let s = parse_bfd(value).map_err(|e| ApiError::Invalid {
                         field: format!("metadata.annotations[{key}]"),
                         reason: format!(
                             "{value:?} is not \"on\" or BFD options such as \"interval=300ms,multiplier=3\": {e}"
                         ),
-                    })?
+                    })?;
+                    self.set_bfd(s);
                 }
                 _ => {}
             }
@@ -889,11 +931,22 @@ mod tests {
     fn bfd_setting_forms() {
         let ms = Duration::from_millis;
         let d = parse_bfd("on").unwrap().unwrap();
-        assert_eq!((d.desired_min_tx, d.detect_mult), (ms(300), 3));
+        assert_eq!(
+            (d.opts.desired_min_tx, d.opts.detect_mult, d.wait),
+            (ms(300), 3, true)
+        );
         assert_eq!(parse_bfd("off").unwrap(), None);
+        let n = parse_bfd("on, no-wait").unwrap().unwrap();
+        assert_eq!(
+            (n.opts.clone(), n.wait),
+            (tabby_bfd::SessionOpts::default(), false)
+        );
+        assert!(parse_bfd("").is_err());
+        assert!(parse_bfd("no-wait").is_err());
         let o = parse_bfd("interval=100ms,multiplier=5,min-rx=200ms")
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .opts;
         assert_eq!(
             (o.desired_min_tx, o.required_min_rx, o.detect_mult),
             (ms(100), ms(200), 5)
@@ -917,11 +970,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bfd") && e.contains("desiredMinTx"), "{e}");
+        let p: PeerConfig = serde_json::from_str(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"bfd":true,"bfdWait":false}"#,
+        )
+        .unwrap();
+        assert!(p.bfd.is_some() && !p.bfd_wait);
+        let e = serde_json::from_str::<PeerConfig>(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"bfd":"on,no-wait"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bfdWait"), "{e}");
         // The annotation.
         let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
         p.apply_annotations([(annotations::BFD, "interval=300ms,multiplier=3")])
             .unwrap();
         assert_eq!(p.bfd, Some(tabby_bfd::SessionOpts::default()));
+        assert!(p.bfd_wait);
+        p.apply_annotations([(annotations::BFD, "on,no-wait")])
+            .unwrap();
+        assert!(p.bfd.is_some() && !p.bfd_wait);
         let e = p
             .apply_annotations([(annotations::BFD, "sometimes")])
             .unwrap_err()

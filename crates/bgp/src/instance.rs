@@ -311,6 +311,7 @@ fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig, restart: RestartState) ->
             .map(|k| std::time::Duration::from_secs(u64::from(k))),
         prefix_limit_restart: cfg.prefix_limit_restart(),
         bfd: cfg.bfd.is_some(),
+        bfd_wait: cfg.bfd_wait,
     }
 }
 

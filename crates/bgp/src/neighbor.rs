@@ -172,9 +172,13 @@ pub mod fsm {
         pub keepalive: Option<Duration>,
         /// Back-off after closing the session for too many prefixes.
         pub prefix_limit_restart: Duration,
-        /// BFD protects this neighbor (RFC 5882): no session while BFD is
-        /// not Up, and BFD going down takes the session down.
+        /// BFD protects this neighbor (RFC 5882): BFD going down takes the
+        /// session down, and (with `bfd_wait`) no session while BFD is not Up.
         pub bfd: bool,
+        /// With `bfd`: wait for BFD to be Up before starting the session.
+        /// Off for peers that only run BFD once BGP is up (FRR picks single
+        /// or multihop BFD for an iBGP peer from the established session).
+        pub bfd_wait: bool,
     }
 
     /// Hold time used in OpenSent before the peer's OPEN arrives
@@ -222,9 +226,10 @@ pub mod fsm {
             }
         }
 
-        /// True while BFD keeps this neighbor Idle (configured, not Up).
+        /// True while BFD keeps this neighbor Idle (configured, waited
+        /// for, not Up).
         pub fn held_by_bfd(&self) -> bool {
-            self.config.bfd && !self.bfd_up
+            self.config.bfd && self.config.bfd_wait && !self.bfd_up
         }
 
         /// Current state.
@@ -609,6 +614,7 @@ pub mod fsm {
                 keepalive: None,
                 prefix_limit_restart: Duration::from_secs(60),
                 bfd: false,
+                bfd_wait: true,
             }
         }
 
@@ -1215,6 +1221,27 @@ pub mod fsm {
             f.handle(Event::TimerExpired(Timer::IdleHold));
             assert_eq!(f.state(), State::Idle);
             f.handle(Event::BfdUp);
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        #[test]
+        fn bfd_without_wait_starts_at_once_but_still_drops_on_failure() {
+            let mut f = Fsm::new(FsmConfig {
+                bfd_wait: false,
+                ..bfd_cfg()
+            });
+            assert!(!f.held_by_bfd());
+            assert!(f.handle(Event::ManualStart).contains(&Action::Connect));
+            f.handle(Event::TcpConnectionConfirmed);
+            f.handle(Event::OpenReceived(peer_open(65001, 9, [198, 18, 0, 2])));
+            f.handle(Event::KeepaliveReceived);
+            assert_eq!(f.state(), State::Established, "BFD never Up");
+            f.handle(Event::BfdUp);
+            let a = f.handle(Event::BfdDown);
+            assert_eq!(f.state(), State::Idle);
+            assert!(matches!(&a[0], Action::SendNotification(n) if n.subcode == 10));
+            // Back after the ordinary back-off, BFD or not.
+            f.handle(Event::TimerExpired(Timer::IdleHold));
             assert_eq!(f.state(), State::Connect);
         }
 

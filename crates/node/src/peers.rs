@@ -739,7 +739,7 @@ pub fn derive(inputs: &PeerInputs<'_>) -> Result<DerivedBgp, PeerError> {
                 let mut pc = ctx.base(&t, LABEL_MESH, None);
                 pc.password.clone_from(&password);
                 pc.graceful_restart_time = restart;
-                pc.bfd.clone_from(&mesh_bfd);
+                pc.set_bfd(mesh_bfd.clone());
                 candidates.push((pc, Origin::Mesh(n.name.to_string())));
             }
         }

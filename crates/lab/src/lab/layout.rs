@@ -750,7 +750,8 @@ pub const BFD_ANNOTATION: &str = "tabby.dev/bfd: \"on\"";
 fn with_bfd(yaml: &str) -> String {
     yaml.split_inclusive("---\n")
         .map(|doc| {
-            if doc.contains("kind: BGPConfiguration\n") || doc.contains("kind: BGPPeer\n") {
+            let bgp = doc.contains("kind: BGPConfiguration\n") || doc.contains("kind: BGPPeer\n");
+            if bgp && !doc.contains("tabby.dev/bfd") {
                 doc.replacen(
                     "metadata: {name: ",
                     &format!("metadata: {{annotations: {{{BFD_ANNOTATION}}}, name: "),
@@ -1048,6 +1049,27 @@ mod tests {
             }
             assert!(bgp >= 2 || t == Topology::Mesh, "{t}: {y}");
         }
+        // FRR ToRs of iBGP racks: the nodes do not wait for BFD (FRR starts it
+        // single hop only once BGP is up).
+        let mut s = spec(
+            Topology::AsPerRackL3Spine,
+            Encap::None,
+            StoreKind::Sqlite,
+            4,
+        );
+        s.bfd = true;
+        s.router = crate::lab::spec::RouterKind::Frr;
+        let y = resources(&s);
+        assert!(
+            y.contains("annotations: {tabby.dev/bfd: \"on,no-wait\"}, name: rack-r1-tor"),
+            "{y}"
+        );
+        s.topology = Topology::AsPerServer;
+        let y = resources(&s);
+        assert!(
+            y.contains("annotations: {tabby.dev/bfd: \"on\"}, name: rack-r1-tor"),
+            "{y}"
+        );
     }
 
     #[test]
