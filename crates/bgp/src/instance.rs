@@ -387,10 +387,10 @@ impl Instance {
                         // for a failure (graceful restart keeps working).
                         match self.bfd_tx.take() {
                             Some(tx) => {
-                                if let Err(e) = tx.send(BfdCommand::Shutdown(done)) {
-                                    if let BfdCommand::Shutdown(done) = e.0 {
-                                        let _ = done.send(());
-                                    }
+                                if let Err(e) = tx.send(BfdCommand::Shutdown(done))
+                                    && let BfdCommand::Shutdown(done) = e.0
+                                {
+                                    let _ = done.send(());
                                 }
                             }
                             None => {
