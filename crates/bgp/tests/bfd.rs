@@ -242,3 +242,59 @@ fn bfd_two_tabby_speakers_link_down() {
     }
     tb.wait_route("100.64.1.0/24", serde_json::json!(["198.18.0.1"]));
 }
+
+/// A planned restart (SIGTERM) of a `tabby-bgpd` with BFD: its sessions go
+/// AdminDown, which RFC 5882 section 3.2 says is not a failure, so the other
+/// `tabby-bgpd` does not count a BFD failure and keeps the restarting peer's
+/// routes for the graceful restart. (BIRD 2.0.12 does take a peer's AdminDown
+/// for a failure; BIRD 3 does not.)
+#[test]
+fn bfd_admin_down_on_a_planned_restart_keeps_graceful_restart() {
+    require_root();
+    let tn = TestNet::new();
+    let a = tn.netns("a").unwrap();
+    let b = tn.netns("b").unwrap();
+    tn.veth(
+        End::new(&a, "eth0", &["198.18.0.1/24"]),
+        End::new(&b, "eth0", &["198.18.0.2/24"]),
+    )
+    .unwrap();
+    let ta = Tabby::start(&a, &tabby_config("198.18.0.1", 64512, "198.18.0.2", 64513));
+    let mut cb = tabby_config("198.18.0.2", 64513, "198.18.0.1", 64512);
+    cb.push_str("originate:\n  - prefix: 100.64.2.0/24\n");
+    let mut tb = Tabby::start(&b, &cb);
+    peer_event(&ta, 0, "198.18.0.2", WAIT, |v| {
+        established(v) && v["bfd"]["state"] == "Up"
+    })
+    .unwrap_or_else(|| panic!("never Established\n{}", ta.log()));
+    ta.wait_route("100.64.2.0/24", serde_json::json!(["198.18.0.2"]));
+    let m = mark(&ta);
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &tb.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = tb.child.wait();
+    let (down, _) = peer_event(&ta, m, "198.18.0.2", Duration::from_secs(5), |v| {
+        v["bfd"]["state"] == "AdminDown" || v["bfd"]["state"] == "Down"
+    })
+    .unwrap_or_else(|| panic!("BFD never left Up\n{}", ta.log()));
+    assert_eq!(
+        down["bfd"]["downs"], 0,
+        "AdminDown counted as a failure: {down}"
+    );
+    // Past the detection time: the routes are kept (stale) for the restart.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ta.latest("100.64.2.0/24"),
+        Some(serde_json::json!(["198.18.0.2"])),
+        "routes flushed on a planned restart\n{}",
+        ta.log()
+    );
+    assert!(
+        !ta.log().contains("BFD session down: taking"),
+        "{}",
+        ta.log()
+    );
+}
