@@ -10,12 +10,14 @@
 #
 #   bench/lab/run.sh                       # mesh 10/25/50, RR 50/100, l2-planes 20
 #   SIZES="mesh:10 route-reflector:20" PLANES_NODES=0 bench/lab/run.sh
+#   BFD=1 SIZES=route-reflector:100 PLANES_NODES=0 bench/lab/run.sh   # every lab `up --bfd`
 #
 # Knobs (environment): SIZES (topology:nodes ...), PODS (per node, default 1),
 # MATRIX (for labs of more than SAMPLE_ABOVE nodes, default 50: sample:K, full or none;
 # default full: every pair, also at 100 nodes), PLANES_NODES (hosts of
 # the l2-planes lab, 0 to skip; default 20), PLANES (default 2), TIMEOUT (s, per wait),
-# IDLE (s of CPU sampling of all agents once a lab is up, default 20; 0 to skip).
+# IDLE (s of CPU sampling of all agents once a lab is up, default 20; 0 to skip),
+# BFD (1: every lab with `--bfd`, BFD 300 ms x 3 on every session; default 0).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
@@ -27,6 +29,8 @@ planes_nodes="${PLANES_NODES:-20}"
 planes="${PLANES:-2}"
 timeout="${TIMEOUT:-180}"
 idle="${IDLE:-20}"
+bfd=()
+[[ "${BFD:-0}" == 1 ]] && bfd=(--bfd)
 [[ "$(id -u)" == 0 ]] || { echo "run as root (network namespaces)" >&2; exit 1; }
 cd "$root"
 cargo build --release -p tabbyctl -p tabby-node -p tabby-cni --bins >&2
@@ -83,7 +87,7 @@ run_up() { # name topology nodes [extra up args...]
   local t0; t0="$(now)"
   local ok=yes
   "$ctl" lab --name "$name" up --topology "$topo" --nodes "$n" --pods-per-node "$pods" \
-    --matrix "$m" --timeout "$timeout" "$@" >"$out/$name.up.txt" 2>"$out/$name.up.err" || ok=no
+    --matrix "$m" --timeout "$timeout" "${bfd[@]}" "$@" >"$out/$name.up.txt" 2>"$out/$name.up.err" || ok=no
   local wall; wall="$(since "$t0")"
   local verdict reach
   verdict="$(grep -q '^planner check: ok' "$out/$name.up.txt" && echo ok || echo FAILED)"
@@ -115,7 +119,7 @@ rr_fail="$(tr ' ' '\n' <<<"$sizes" | grep '^route-reflector:' | tail -1 || true)
 for s in $sizes; do
   topo="${s%%:*}" n="${s##*:}"
   short="$(tr -d -c 'a-z' <<<"${topo//route-reflector/rr}")"
-  name="bl${short}${n}"
+  name="bl${short}${n}${bfd:+bfd}"
   if run_up "$name" "$topo" "$n" && [[ "$s" == "$rr_fail" ]]; then
     run_fail "$name" rr1
   fi
@@ -129,7 +133,7 @@ if (( planes_nodes > 0 )); then
 fi
 
 echo
-echo "Lab builds (\`$ctl lab up --topology T --nodes N --pods-per-node $pods --matrix M\`; times in s since \`up\` started; lab/planner totals over every device):"
+echo "Lab builds (\`$ctl lab up --topology T --nodes N --pods-per-node $pods --matrix M${bfd:+ --bfd}\`; times in s since \`up\` started; lab/planner totals over every device):"
 echo
 echo "| topology | nodes | pods/node | built (s) | converged (s) | up wall (s) | sessions lab/plan | block routes lab/plan | pod routes lab/plan | planner check | reachability | agents RSS | agents idle CPU (all, of one core, over ${idle} s) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"

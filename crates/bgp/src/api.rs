@@ -255,6 +255,100 @@ pub struct PeerConfig {
     /// UPDATEs may be up to 65535 bytes. Off by default, as in BIRD.
     #[serde(default)]
     pub extended_messages: bool,
+    /// Protect the session with BFD (RFC 5882): no session while the BFD
+    /// session with the peer is not Up, and the session drops as soon as
+    /// BFD detects a failure. In configuration files `bfd: true`, `bfd:
+    /// "on"` (300 ms x 3), `bfd: "interval=300ms,multiplier=3"` (see
+    /// [`parse_bfd`]) or the options as a map. Single hop (RFC 5881)
+    /// unless the options say `multihop`.
+    #[serde(default, with = "bfd_setting", skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<tabby_bfd::SessionOpts>,
+    /// With `bfd`: hold the session until BFD is Up (RFC 5882 section
+    /// 4.3). `false` (`no-wait` in the text form) starts it at once and only
+    /// takes it down when BFD fails: for peers that start BFD only once the
+    /// BGP session is up, such as FRR towards a directly connected iBGP peer.
+    #[serde(default = "default_true")]
+    pub bfd_wait: bool,
+}
+
+/// A parsed BFD setting: the session options and whether BGP waits for BFD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BfdSetting {
+    /// The BFD session's options.
+    pub opts: tabby_bfd::SessionOpts,
+    /// Hold BGP until BFD is Up ([`PeerConfig::bfd_wait`]).
+    pub wait: bool,
+}
+
+impl PeerConfig {
+    /// Sets (or clears) BFD from a parsed setting.
+    pub fn set_bfd(&mut self, setting: Option<BfdSetting>) {
+        self.bfd_wait = setting.as_ref().is_none_or(|s| s.wait);
+        self.bfd = setting.map(|s| s.opts);
+    }
+}
+
+/// Parses a BFD setting as the `tabby.dev/bfd` annotation and `bfd` in
+/// tabby-bgpd's configuration carry it: `on` (or `true`) for the defaults,
+/// 300 ms x 3; `off` (or `false`) for none; or comma-separated options:
+/// `interval=300ms,multiplier=3`, `min-tx=`, `min-rx=`, `passive`,
+/// `multihop`, `auth=sha1,key-id=1,key=...`; and `no-wait` (with `on` or
+/// options: `on,no-wait`) for [`PeerConfig::bfd_wait`] off.
+pub fn parse_bfd(text: &str) -> Result<Option<BfdSetting>, String> {
+    let mut wait = true;
+    let mut on = false;
+    let mut rest = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item {
+            "no-wait" => wait = false,
+            "on" | "true" => on = true,
+            "off" | "false" => return Ok(None),
+            other => rest.push(other),
+        }
+    }
+    if !on && rest.is_empty() {
+        return Err("empty: use \"on\" or options".into());
+    }
+    let opts = rest
+        .join(",")
+        .parse::<tabby_bfd::SessionOpts>()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(BfdSetting { opts, wait }))
+}
+
+mod bfd_setting {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tabby_bfd::SessionOpts;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Flag(bool),
+        Text(String),
+        Opts(SessionOpts),
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<SessionOpts>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SessionOpts>, D::Error> {
+        match Option::<Setting>::deserialize(d)? {
+            None | Some(Setting::Flag(false)) => Ok(None),
+            Some(Setting::Flag(true)) => Ok(Some(SessionOpts::default())),
+            Some(Setting::Text(t)) => match super::parse_bfd(&t) {
+                Err(e) => Err(serde::de::Error::custom(format!("bfd: {t:?}: {e}"))),
+                Ok(Some(s)) if !s.wait => Err(serde::de::Error::custom(format!(
+                    "bfd: {t:?}: no-wait is written `bfdWait: false` beside `bfd` here"
+                ))),
+                Ok(s) => Ok(s.map(|s| s.opts)),
+            },
+            Some(Setting::Opts(o)) => o
+                .validate()
+                .map(|()| Some(o))
+                .map_err(|e| serde::de::Error::custom(format!("bfd: {e}"))),
+        }
+    }
 }
 
 /// BGPPeer annotations the node agent maps onto [`PeerConfig`]: Calico's
@@ -269,6 +363,10 @@ pub mod annotations {
     pub const MAX_STALE_SECS: &str = "bgp.tabby.dev/max-stale-secs";
     /// [`super::PeerConfig::transit`]: `"true"` or `"false"`.
     pub const TRANSIT: &str = "bgp.tabby.dev/transit";
+    /// [`super::PeerConfig::bfd`]: `"on"`, `"interval=300ms,multiplier=3"`
+    /// (see [`super::parse_bfd`]). On a BGPPeer it applies to that peer's
+    /// sessions, on the `default` BGPConfiguration to the node-to-node mesh.
+    pub const BFD: &str = "tabby.dev/bfd";
 }
 
 /// Address family names in configuration.
@@ -312,6 +410,8 @@ impl PeerConfig {
             transit: false,
             enforce_first_as: true,
             extended_messages: false,
+            bfd: None,
+            bfd_wait: true,
         }
     }
 
@@ -411,6 +511,15 @@ impl PeerConfig {
                     self.max_stale_secs = Some(parse(key, value, "a number of seconds")?)
                 }
                 annotations::TRANSIT => self.transit = parse(key, value, "true or false")?,
+                annotations::BFD => {
+                    let s = parse_bfd(value).map_err(|e| ApiError::Invalid {
+                        field: format!("metadata.annotations[{key}]"),
+                        reason: format!(
+                            "{value:?} is not \"on\" or BFD options such as \"interval=300ms,multiplier=3\": {e}"
+                        ),
+                    })?;
+                    self.set_bfd(s);
+                }
                 _ => {}
             }
         }
@@ -513,6 +622,43 @@ pub struct PeerStatus {
     pub since: u64,
     /// Last error or extra information.
     pub info: String,
+    /// The BFD session protecting this peer, if configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdPeerStatus>,
+}
+
+/// The BFD side of a peer, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdPeerStatus {
+    /// `Up`, `Down`, `Init` or `AdminDown`; `Down` until BFD reported.
+    pub state: String,
+    /// Configured Desired Min TX, microseconds.
+    pub desired_min_tx_us: u64,
+    /// Configured Required Min RX, microseconds.
+    pub required_min_rx_us: u64,
+    /// Configured Detect Mult.
+    pub detect_mult: u8,
+    /// Multihop (RFC 5883) rather than single hop.
+    pub multihop: bool,
+    /// Times BFD left Up while protecting this peer.
+    pub downs: u64,
+    /// Why BFD cannot run for this peer (e.g. UDP 3784 cannot be bound).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl BfdPeerStatus {
+    /// `300ms/300ms x3`: the configured intervals (tx/rx) and multiplier.
+    pub fn intervals(&self) -> String {
+        let f = |us: u64| tabby_bfd::api::format_interval(Duration::from_micros(us));
+        format!(
+            "{}/{} x{}",
+            f(self.desired_min_tx_us),
+            f(self.required_min_rx_us),
+            self.detect_mult
+        )
+    }
 }
 
 /// Path attributes of originated prefixes.
@@ -779,6 +925,89 @@ mod tests {
         q.apply_annotations([(annotations::MAX_PREFIXES_RESTART_SECS, "0")])
             .unwrap();
         assert!(q.validate().is_err(), "a 0 s wait is refused by validate");
+    }
+
+    #[test]
+    fn bfd_setting_forms() {
+        let ms = Duration::from_millis;
+        let d = parse_bfd("on").unwrap().unwrap();
+        assert_eq!(
+            (d.opts.desired_min_tx, d.opts.detect_mult, d.wait),
+            (ms(300), 3, true)
+        );
+        assert_eq!(parse_bfd("off").unwrap(), None);
+        let n = parse_bfd("on, no-wait").unwrap().unwrap();
+        assert_eq!(
+            (n.opts.clone(), n.wait),
+            (tabby_bfd::SessionOpts::default(), false)
+        );
+        assert!(parse_bfd("").is_err());
+        assert!(parse_bfd("no-wait").is_err());
+        let o = parse_bfd("interval=100ms,multiplier=5,min-rx=200ms")
+            .unwrap()
+            .unwrap()
+            .opts;
+        assert_eq!(
+            (o.desired_min_tx, o.required_min_rx, o.detect_mult),
+            (ms(100), ms(200), 5)
+        );
+        // The configuration file: a flag, the text form or a map.
+        for (json, want) in [
+            (r#"true"#, Some(ms(300))),
+            (r#"false"#, None),
+            (r#""interval=50ms""#, Some(ms(50))),
+            (r#"{"desiredMinTx":"20ms","detectMult":4}"#, Some(ms(20))),
+        ] {
+            let p: PeerConfig = serde_json::from_str(&format!(
+                r#"{{"address":"198.18.0.2","remoteAs":65001,"bfd":{json}}}"#
+            ))
+            .unwrap();
+            assert_eq!(p.bfd.map(|o| o.desired_min_tx), want, "{json}");
+        }
+        let e = serde_json::from_str::<PeerConfig>(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"bfd":"interval=1ms"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bfd") && e.contains("desiredMinTx"), "{e}");
+        let p: PeerConfig = serde_json::from_str(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"bfd":true,"bfdWait":false}"#,
+        )
+        .unwrap();
+        assert!(p.bfd.is_some() && !p.bfd_wait);
+        let e = serde_json::from_str::<PeerConfig>(
+            r#"{"address":"198.18.0.2","remoteAs":65001,"bfd":"on,no-wait"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bfdWait"), "{e}");
+        // The annotation.
+        let mut p = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 65001);
+        p.apply_annotations([(annotations::BFD, "interval=300ms,multiplier=3")])
+            .unwrap();
+        assert_eq!(p.bfd, Some(tabby_bfd::SessionOpts::default()));
+        assert!(p.bfd_wait);
+        p.apply_annotations([(annotations::BFD, "on,no-wait")])
+            .unwrap();
+        assert!(p.bfd.is_some() && !p.bfd_wait);
+        let e = p
+            .apply_annotations([(annotations::BFD, "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("metadata.annotations[tabby.dev/bfd]") && e.contains("sometimes"),
+            "{e}"
+        );
+        let s = BfdPeerStatus {
+            state: "Up".into(),
+            desired_min_tx_us: 300_000,
+            required_min_rx_us: 1_000_000,
+            detect_mult: 3,
+            multihop: false,
+            downs: 0,
+            error: String::new(),
+        };
+        assert_eq!(s.intervals(), "300ms/1s x3");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! peer may cost is bounded here: a prefix limit per family, only the
 //! negotiated families accepted, output held back (as a [`Backlog`]) while
 //! its send queue is full, ROUTE-REFRESH coalesced, and a capped stale time
-//! for a restarting peer.
+//! for a restarting peer. Peers configured with BFD are coupled to it as
+//! RFC 5882 says: held Idle until their BFD session is Up, dropped when it
+//! fails.
 
 use crate::api::{
-    ApiError, BgpHandle, InstanceConfig, PeerConfig, PeerStatus, Request, RestartState,
+    ApiError, BfdPeerStatus, BgpHandle, InstanceConfig, PeerConfig, PeerStatus, Request,
+    RestartState,
 };
 use crate::backlog::{Backlog, Step};
 use crate::neighbor::fsm::{
@@ -25,7 +28,9 @@ use crate::packet::message::{
 use crate::packet::{DecodeCxt, EncodeCxt};
 use crate::policy::{self, Direction, LocalInfo, PeerInfo, RouteSource};
 use crate::rib::{BestPathChange, OutUpdate, Rib, Route, family_of};
-use crate::tasks::{self, IoEvent, SEND_QUEUE_HIGH, SEND_QUEUE_LOW, SendState, SocketOptions};
+use crate::tasks::{
+    self, BfdCommand, IoEvent, SEND_QUEUE_HIGH, SEND_QUEUE_LOW, SendState, SocketOptions,
+};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -118,6 +123,8 @@ struct Peer {
     family_warned: bool,
     since: u64,
     info: String,
+    /// The BFD session protecting the peer, when configured.
+    bfd: Option<BfdPeerStatus>,
 }
 
 impl Peer {
@@ -137,6 +144,7 @@ impl Peer {
             state: self.fsm.state().as_str().to_string(),
             since: self.since,
             info: self.info.clone(),
+            bfd: self.bfd.clone(),
         }
     }
 
@@ -203,6 +211,8 @@ struct Instance {
     /// Peers with owed output (a ROUTE-REFRESH, prefixes held back) to
     /// produce once pending input is read.
     work_due: std::collections::BTreeSet<IpAddr>,
+    /// The BFD client, started with the first peer that asks for BFD.
+    bfd_tx: Option<mpsc::UnboundedSender<BfdCommand>>,
 }
 
 /// Starts a speaker: binds the listener (if configured) and spawns the
@@ -245,6 +255,7 @@ pub async fn start(config: InstanceConfig) -> Result<BgpHandle, ApiError> {
         restart: RestartState::default(),
         work_due: Default::default(),
         stopping: false,
+        bfd_tx: None,
     };
     tokio::spawn(inst.run(req_rx, io_rx));
     Ok(BgpHandle {
@@ -299,6 +310,8 @@ fn fsm_config(inst: &InstanceConfig, cfg: &PeerConfig, restart: RestartState) ->
             .keepalive_secs
             .map(|k| std::time::Duration::from_secs(u64::from(k))),
         prefix_limit_restart: cfg.prefix_limit_restart(),
+        bfd: cfg.bfd.is_some(),
+        bfd_wait: cfg.bfd_wait,
     }
 }
 
@@ -370,7 +383,20 @@ impl Instance {
                         // Dropping the peers closes their sockets; queued
                         // messages are still flushed by the writers.
                         self.peers.clear();
-                        let _ = done.send(());
+                        // BFD goes AdminDown, which peers must not take
+                        // for a failure (graceful restart keeps working).
+                        match self.bfd_tx.take() {
+                            Some(tx) => {
+                                if let Err(e) = tx.send(BfdCommand::Shutdown(done))
+                                    && let BfdCommand::Shutdown(done) = e.0
+                                {
+                                    let _ = done.send(());
+                                }
+                            }
+                            None => {
+                                let _ = done.send(());
+                            }
+                        }
                         return;
                     }
                     Some(r) => {
@@ -472,6 +498,7 @@ impl Instance {
             Request::RemovePeer(addr, reply) => {
                 let r = if self.peers.contains_key(&addr) {
                     self.remove_peer(addr, CeaseSubcode::PeerDeconfigured);
+                    self.bfd_set(addr, None, None);
                     Ok(())
                 } else {
                     Err(ApiError::NoSuchPeer(addr))
@@ -524,6 +551,18 @@ impl Instance {
         }
         let fsm = Fsm::new(fsm_config(&self.config, &cfg, self.restart));
         let addr = cfg.address;
+        // A peer configured again keeps its BFD session (and finds it Up);
+        // one configured without BFD now loses it.
+        self.bfd_set(addr, cfg.source_address, cfg.bfd.clone());
+        let bfd = cfg.bfd.as_ref().map(|o| BfdPeerStatus {
+            state: tabby_bfd::State::Down.as_str().to_string(),
+            desired_min_tx_us: o.desired_min_tx.as_micros() as u64,
+            required_min_rx_us: o.required_min_rx.as_micros() as u64,
+            detect_mult: o.detect_mult,
+            multihop: o.multihop.is_some(),
+            downs: 0,
+            error: String::new(),
+        });
         tracing::info!(peer = %addr, remote_as = cfg.remote_as, "adding peer");
         self.peers.insert(
             addr,
@@ -544,10 +583,77 @@ impl Instance {
                 family_warned: false,
                 since: now(),
                 info: String::new(),
+                bfd,
             },
         );
         self.fsm_event(addr, Event::ManualStart);
         Ok(())
+    }
+
+    /// Tells the BFD client what `addr` needs (starting the client the
+    /// first time a peer needs BFD).
+    fn bfd_set(
+        &mut self,
+        peer: IpAddr,
+        local: Option<IpAddr>,
+        opts: Option<tabby_bfd::SessionOpts>,
+    ) {
+        if self.bfd_tx.is_none() {
+            if opts.is_none() {
+                return;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks::spawn_bfd_client(rx, self.io_tx.clone());
+            self.bfd_tx = Some(tx);
+        }
+        if let Some(tx) = &self.bfd_tx {
+            let _ = tx.send(BfdCommand::Set { peer, local, opts });
+        }
+    }
+
+    /// A BFD session's state changed (or was reported as it is): RFC 5882
+    /// coupling. Up lets the session start; a failure takes it down at
+    /// once; AdminDown only stops a new session from starting.
+    fn bfd_state(
+        &mut self,
+        addr: IpAddr,
+        old: tabby_bfd::State,
+        new: tabby_bfd::State,
+        failure: bool,
+        diag: tabby_bfd::Diag,
+    ) {
+        use tabby_bfd::State as Bfd;
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let Some(b) = p.bfd.as_mut() else {
+            return;
+        };
+        let changed = b.state != new.as_str() || !b.error.is_empty();
+        b.state = new.as_str().to_string();
+        b.error.clear();
+        let ev = if new == Bfd::Up {
+            Some(Event::BfdUp)
+        } else if failure {
+            b.downs += 1;
+            tracing::warn!(peer = %addr, %diag, "BFD session down: taking the BGP session down");
+            p.info = format!("BFD session down: {diag}");
+            Some(Event::BfdDown)
+        } else if old == Bfd::Up {
+            tracing::info!(peer = %addr, from = old.as_str(), to = new.as_str(), "BFD session shut down on purpose: the BGP session stays");
+            Some(Event::BfdAdminDown)
+        } else {
+            None
+        };
+        if changed {
+            tracing::info!(peer = %addr, from = old.as_str(), to = new.as_str(), "BFD state change");
+        }
+        if let Some(ev) = ev {
+            self.fsm_event(addr, ev);
+        }
+        if changed && let Some(p) = self.peers.get(&addr) {
+            let _ = self.peers_tx.send(p.status());
+        }
     }
 
     /// Applies a change of policy-only settings without resetting the
@@ -650,6 +756,23 @@ impl Instance {
 
     fn handle_io(&mut self, ev: IoEvent) {
         match ev {
+            IoEvent::BfdState {
+                peer,
+                old,
+                new,
+                failure,
+                diag,
+            } => self.bfd_state(peer, old, new, failure, diag),
+            IoEvent::BfdError { peer, error } => {
+                tracing::warn!(%peer, %error, "BFD cannot protect this peer: no BGP session until it can");
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && let Some(b) = p.bfd.as_mut()
+                {
+                    b.error.clone_from(&error);
+                    p.info = format!("BFD: {error}");
+                    let _ = self.peers_tx.send(p.status());
+                }
+            }
             IoEvent::Accepted(stream, remote) => self.accepted(stream, remote),
             IoEvent::Connected {
                 peer,

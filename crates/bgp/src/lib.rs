@@ -18,3 +18,5 @@ pub mod tasks;
 pub use api::{BgpHandle, InstanceConfig, PeerConfig, PeerStatus, RestartState};
 pub use instance::start;
 pub use rib::BestPathChange;
+/// BFD, which peers may be protected by (`PeerConfig::bfd`).
+pub use tabby_bfd as bfd;

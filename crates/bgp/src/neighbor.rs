@@ -1,6 +1,8 @@
 //! A BGP neighbor: its session state machine (`fsm`, RFC 4271 section 8),
 //! connection collision resolution (section 6.8) and the graceful restart
-//! helper's timing (`restart`, RFC 4724). Everything here is deterministic
+//! helper's timing (`restart`, RFC 4724), and the coupling to BFD
+//! (RFC 5882): a neighbor protected by BFD stays Idle until its BFD session
+//! is Up and drops at once when it fails. Everything here is deterministic
 //! and free of I/O: events in, actions out.
 
 pub mod fsm {
@@ -98,6 +100,17 @@ pub mod fsm {
         /// Nothing we queued could be written for the send hold time: the
         /// peer stopped reading (RFC 9687). Close and free what is queued.
         SendHoldTimerExpired,
+        /// The neighbor's BFD session is Up: a neighbor held Idle for want
+        /// of it starts now. Ignored without [`FsmConfig::bfd`].
+        BfdUp,
+        /// The neighbor's BFD session failed (left Up for a reason other
+        /// than the peer's AdminDown): the session drops at once with
+        /// Cease / BFD Down (RFC 9384) and stays Idle until [`Event::BfdUp`].
+        BfdDown,
+        /// The BFD session left Up because it was shut down on purpose
+        /// (either side's AdminDown): RFC 5882 section 3.2 says the BGP
+        /// session stays, but a new one waits for BFD to be Up again.
+        BfdAdminDown,
     }
 
     /// Outputs of the FSM, executed in order by the I/O layer.
@@ -159,6 +172,13 @@ pub mod fsm {
         pub keepalive: Option<Duration>,
         /// Back-off after closing the session for too many prefixes.
         pub prefix_limit_restart: Duration,
+        /// BFD protects this neighbor (RFC 5882): BFD going down takes the
+        /// session down, and (with `bfd_wait`) no session while BFD is not Up.
+        pub bfd: bool,
+        /// With `bfd`: wait for BFD to be Up before starting the session.
+        /// Off for peers that only run BFD once BGP is up (FRR picks single
+        /// or multihop BFD for an iBGP peer from the established session).
+        pub bfd_wait: bool,
     }
 
     /// Hold time used in OpenSent before the peer's OPEN arrives
@@ -189,6 +209,8 @@ pub mod fsm {
         session: Option<SessionInfo>,
         /// Peer identifier learned from its OPEN on the current connection.
         peer_router_id: Option<Ipv4Addr>,
+        /// The last BFD state reported: Up or not.
+        bfd_up: bool,
     }
 
     impl Fsm {
@@ -200,7 +222,14 @@ pub mod fsm {
                 enabled: false,
                 session: None,
                 peer_router_id: None,
+                bfd_up: false,
             }
+        }
+
+        /// True while BFD keeps this neighbor Idle (configured, waited
+        /// for, not Up).
+        pub fn held_by_bfd(&self) -> bool {
+            self.config.bfd && self.config.bfd_wait && !self.bfd_up
         }
 
         /// Current state.
@@ -228,6 +257,11 @@ pub mod fsm {
         }
 
         fn start(&mut self, out: &mut Vec<Action>) {
+            // RFC 5882 section 4.3: with BFD, wait for it before connecting
+            // (and, staying Idle, refuse the peer's connections).
+            if self.held_by_bfd() {
+                return;
+            }
             out.push(Action::StartTimer(
                 Timer::ConnectRetry,
                 self.config.connect_retry,
@@ -321,6 +355,28 @@ pub mod fsm {
             let mut out = Vec::new();
             let cease = |sub: CeaseSubcode| NotificationMsg::new(ErrorCode::Cease, sub as u8);
             match (self.state, event) {
+                (_, Event::BfdUp | Event::BfdDown | Event::BfdAdminDown) if !self.config.bfd => {}
+                (_, Event::BfdUp) => {
+                    self.bfd_up = true;
+                    if self.state == Idle && self.enabled {
+                        out.push(Action::StopTimer(Timer::IdleHold));
+                        self.start(&mut out);
+                    }
+                }
+                (_, Event::BfdAdminDown) => self.bfd_up = false,
+                (Idle, Event::BfdDown) => self.bfd_up = false,
+                (Connect | Active, Event::BfdDown) => {
+                    self.bfd_up = false;
+                    self.drop_session(None, "BFD session down".into(), &mut out);
+                }
+                (_, Event::BfdDown) => {
+                    self.bfd_up = false;
+                    self.drop_session(
+                        Some(cease(CeaseSubcode::BfdDown)),
+                        "BFD session down".into(),
+                        &mut out,
+                    );
+                }
                 (Idle, Event::ManualStart) => {
                     self.enabled = true;
                     out.push(Action::StopTimer(Timer::IdleHold));
@@ -557,6 +613,8 @@ pub mod fsm {
                 ],
                 keepalive: None,
                 prefix_limit_restart: Duration::from_secs(60),
+                bfd: false,
+                bfd_wait: true,
             }
         }
 
@@ -1051,6 +1109,152 @@ pub mod fsm {
                 if n.code == ErrorCode::SendHoldTimerExpired && n.code.to_u8() == 8));
             assert!(a.contains(&Action::Disconnect));
             assert!(a.contains(&Action::StartTimer(Timer::IdleHold, secs(3))));
+        }
+
+        fn bfd_cfg() -> FsmConfig {
+            FsmConfig {
+                bfd: true,
+                ..cfg(false)
+            }
+        }
+
+        #[test]
+        fn bfd_holds_the_neighbor_idle_until_up() {
+            let mut f = Fsm::new(bfd_cfg());
+            assert!(f.held_by_bfd());
+            let a = f.handle(Event::ManualStart);
+            assert_eq!(f.state(), State::Idle, "{a:?}");
+            assert!(!a.contains(&Action::Connect));
+            // The peer's connection is refused while held.
+            assert_eq!(
+                f.handle(Event::TcpConnectionConfirmed),
+                vec![Action::Disconnect]
+            );
+            // The back-off expiring does not start it either.
+            assert!(f.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
+            assert_eq!(f.state(), State::Idle);
+            // BFD Up: connect at once.
+            let a = f.handle(Event::BfdUp);
+            assert_eq!(f.state(), State::Connect);
+            assert!(a.contains(&Action::Connect));
+            assert!(!f.held_by_bfd());
+        }
+
+        #[test]
+        fn bfd_up_before_start_lets_it_start() {
+            let mut f = Fsm::new(bfd_cfg());
+            assert!(f.handle(Event::BfdUp).is_empty(), "not enabled yet");
+            assert_eq!(f.state(), State::Idle);
+            f.handle(Event::ManualStart);
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        /// Drives a BFD-protected FSM to Established.
+        fn established_with_bfd() -> Fsm {
+            let mut f = Fsm::new(bfd_cfg());
+            f.handle(Event::ManualStart);
+            f.handle(Event::BfdUp);
+            f.handle(Event::TcpConnectionConfirmed);
+            f.handle(Event::OpenReceived(peer_open(65001, 9, [198, 18, 0, 2])));
+            f.handle(Event::KeepaliveReceived);
+            assert_eq!(f.state(), State::Established);
+            f
+        }
+
+        #[test]
+        fn bfd_down_drops_the_session_with_cease_and_waits_for_up() {
+            let mut f = established_with_bfd();
+            let a = f.handle(Event::BfdDown);
+            assert_eq!(f.state(), State::Idle);
+            let Action::SendNotification(n) = &a[0] else {
+                panic!("{a:?}")
+            };
+            assert_eq!((n.code, n.subcode), (ErrorCode::Cease, 10));
+            assert!(a.contains(&Action::Disconnect));
+            assert!(
+                a.iter()
+                    .any(|x| matches!(x, Action::SessionDown(r) if r.contains("BFD")))
+            );
+            // Not back after the ordinary back-off while BFD is down...
+            assert!(f.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
+            assert_eq!(f.state(), State::Idle);
+            // ...but as soon as it is Up again.
+            let a = f.handle(Event::BfdUp);
+            assert!(a.contains(&Action::Connect));
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        #[test]
+        fn bfd_down_in_every_state() {
+            use State::*;
+            // Before the OPEN exchange: no NOTIFICATION, just Idle.
+            for ev in [
+                &[][..],
+                &[Event::TcpConnectionFails][..],
+                &[Event::TcpConnectionConfirmed][..],
+            ] {
+                let mut f = Fsm::new(bfd_cfg());
+                f.handle(Event::ManualStart);
+                f.handle(Event::BfdUp);
+                for e in ev {
+                    f.handle(e.clone());
+                }
+                let from = f.state();
+                let a = f.handle(Event::BfdDown);
+                assert_eq!(f.state(), Idle, "{from:?}");
+                let notified = a.iter().any(|x| matches!(x, Action::SendNotification(_)));
+                assert_eq!(notified, from == OpenSent, "{from:?}: {a:?}");
+                assert!(!a.iter().any(|x| matches!(x, Action::SessionDown(_))));
+            }
+            // Idle: nothing to do.
+            let mut f = Fsm::new(bfd_cfg());
+            assert!(f.handle(Event::BfdDown).is_empty());
+        }
+
+        #[test]
+        fn bfd_admin_down_keeps_the_session() {
+            let mut f = established_with_bfd();
+            assert!(f.handle(Event::BfdAdminDown).is_empty());
+            assert_eq!(f.state(), State::Established);
+            // A later loss of the session waits for BFD to be Up again.
+            f.handle(Event::TcpConnectionFails);
+            f.handle(Event::TimerExpired(Timer::IdleHold));
+            assert_eq!(f.state(), State::Idle);
+            f.handle(Event::BfdUp);
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        #[test]
+        fn bfd_without_wait_starts_at_once_but_still_drops_on_failure() {
+            let mut f = Fsm::new(FsmConfig {
+                bfd_wait: false,
+                ..bfd_cfg()
+            });
+            assert!(!f.held_by_bfd());
+            assert!(f.handle(Event::ManualStart).contains(&Action::Connect));
+            f.handle(Event::TcpConnectionConfirmed);
+            f.handle(Event::OpenReceived(peer_open(65001, 9, [198, 18, 0, 2])));
+            f.handle(Event::KeepaliveReceived);
+            assert_eq!(f.state(), State::Established, "BFD never Up");
+            f.handle(Event::BfdUp);
+            let a = f.handle(Event::BfdDown);
+            assert_eq!(f.state(), State::Idle);
+            assert!(matches!(&a[0], Action::SendNotification(n) if n.subcode == 10));
+            // Back after the ordinary back-off, BFD or not.
+            f.handle(Event::TimerExpired(Timer::IdleHold));
+            assert_eq!(f.state(), State::Connect);
+        }
+
+        #[test]
+        fn bfd_events_are_ignored_without_bfd() {
+            let mut f = established(false);
+            for ev in [Event::BfdDown, Event::BfdAdminDown, Event::BfdUp] {
+                assert!(f.handle(ev).is_empty());
+                assert_eq!(f.state(), State::Established);
+            }
+            let mut f = Fsm::new(cfg(false));
+            f.handle(Event::ManualStart);
+            assert_eq!(f.state(), State::Connect, "no BFD, no wait");
         }
 
         #[test]

@@ -2,10 +2,14 @@
 //! instance's single event loop through one channel:
 //!
 //! ```text
-//!  tcp_listener ─┐   connect ─┐   reader(peer) ─┐   timer(peer, t) ─┐
-//!                └────────────┴─────────────────┴───────────────────┴─> instance
+//!  tcp_listener ─┐   connect ─┐   reader(peer) ─┐   timer(peer, t) ─┐   bfd ─┐
+//!                └────────────┴─────────────────┴───────────────────┴────────┴─> instance
 //!  instance ─> writer(peer) ─> TCP
+//!  instance ─> bfd client ─> tabby-bfd instance (UDP 3784/4784)
 //! ```
+//! The BFD client starts a `tabby-bfd` instance when the first peer asks
+//! for BFD, keeps one session per such peer and reports their state
+//! changes back as [`IoEvent::BfdState`].
 //! Socket options (source address, TCP MD5, TTL, GTSM) are applied here.
 //! What is queued for a writer is counted in bytes ([`SendState`]): the
 //! instance stops producing output for a peer above [`SEND_QUEUE_HIGH`] and
@@ -25,7 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Inputs from the I/O tasks to the instance.
@@ -100,6 +104,182 @@ pub enum IoEvent {
         /// Generation, to ignore timers restarted since.
         generation: u64,
     },
+    /// The BFD session with a peer changed state, or was just configured
+    /// (then `old == new`).
+    BfdState {
+        /// Peer address.
+        peer: IpAddr,
+        /// State before.
+        old: tabby_bfd::State,
+        /// State now.
+        new: tabby_bfd::State,
+        /// A failure a client must act on (RFC 5882: not the peer's
+        /// AdminDown).
+        failure: bool,
+        /// The local diagnostic.
+        diag: tabby_bfd::Diag,
+    },
+    /// The BFD session with a peer cannot run.
+    BfdError {
+        /// Peer address.
+        peer: IpAddr,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What the instance asks of its BFD client.
+#[derive(Debug)]
+pub enum BfdCommand {
+    /// Protect `peer` with a BFD session of these options, bound to
+    /// `local`; `None` removes it.
+    Set {
+        /// Peer address.
+        peer: IpAddr,
+        /// Local address.
+        local: Option<IpAddr>,
+        /// Options, or no session.
+        opts: Option<tabby_bfd::SessionOpts>,
+    },
+    /// Take every session AdminDown (so peers do not see a failure), stop,
+    /// and say so on `done`.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Starts a BFD instance: single hop and multihop, IPv6 as well where the
+/// host has it.
+async fn start_bfd() -> Result<tabby_bfd::BfdHandle, tabby_bfd::ApiError> {
+    let mut cfg = tabby_bfd::InstanceConfig {
+        single_hop: true,
+        multihop: true,
+        ipv6: true,
+    };
+    match tabby_bfd::start(cfg.clone()).await {
+        Ok(h) => Ok(h),
+        Err(_) => {
+            cfg.ipv6 = false;
+            tabby_bfd::start(cfg).await
+        }
+    }
+}
+
+/// Spawns the speaker's BFD client: it applies [`BfdCommand`]s in order
+/// (so a peer removed and added again ends with a session) and forwards
+/// every session's state changes to the instance.
+pub fn spawn_bfd_client(
+    mut cmds: mpsc::UnboundedReceiver<BfdCommand>,
+    io: mpsc::Sender<IoEvent>,
+) -> JoinHandle<()> {
+    use std::collections::HashMap;
+    use tabby_bfd::SessionOpts;
+    tokio::spawn(async move {
+        let mut handle: Option<tabby_bfd::BfdHandle> = None;
+        let mut forwarder: Option<JoinHandle<()>> = None;
+        let mut have: HashMap<IpAddr, (Option<IpAddr>, SessionOpts)> = HashMap::new();
+        let error = |peer, error: String| IoEvent::BfdError { peer, error };
+        let done = loop {
+            let Some(cmd) = cmds.recv().await else {
+                break None;
+            };
+            let (peer, local, opts) = match cmd {
+                BfdCommand::Shutdown(done) => break Some(done),
+                BfdCommand::Set { peer, local, opts } => (peer, local, opts),
+            };
+            let Some(opts) = opts else {
+                if have.remove(&peer).is_some()
+                    && let Some(h) = &handle
+                    && let Err(e) = h.remove_session(peer).await
+                {
+                    tracing::warn!(%peer, error = %e, "removing the BFD session failed");
+                }
+                continue;
+            };
+            if handle.is_none() {
+                match start_bfd().await {
+                    Ok(h) => {
+                        // Subscribed before any session exists: no change is missed.
+                        let mut rx = h.subscribe();
+                        let io = io.clone();
+                        forwarder = Some(tokio::spawn(async move {
+                            use tokio::sync::broadcast::error::RecvError;
+                            loop {
+                                let c = match rx.recv().await {
+                                    Ok(c) => c,
+                                    Err(RecvError::Lagged(n)) => {
+                                        tracing::warn!(missed = n, "BFD state changes lost");
+                                        continue;
+                                    }
+                                    Err(RecvError::Closed) => return,
+                                };
+                                let ev = IoEvent::BfdState {
+                                    peer: c.peer,
+                                    old: c.old,
+                                    new: c.new,
+                                    failure: c.is_failure(),
+                                    diag: c.diag,
+                                };
+                                if io.send(ev).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }));
+                        handle = Some(h);
+                    }
+                    Err(e) => {
+                        let _ = io.send(error(peer, format!("cannot start: {e}"))).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(h) = &handle else { continue };
+            let r = match have.get(&peer) {
+                Some((l, o)) if *l == local && *o == opts => Ok(()),
+                Some((l, o)) if *l == local && o.multihop == opts.multihop => {
+                    h.update_session(peer, opts.clone()).await
+                }
+                Some(_) => {
+                    let _ = h.remove_session(peer).await;
+                    h.add_session(peer, local, opts.clone()).await
+                }
+                None => h.add_session(peer, local, opts.clone()).await,
+            };
+            match r {
+                Ok(()) => {
+                    have.insert(peer, (local, opts));
+                    // The state now: a peer configured again finds its
+                    // session already Up.
+                    let now = h
+                        .sessions()
+                        .await
+                        .ok()
+                        .and_then(|all| all.into_iter().find(|s| s.peer == peer));
+                    if let Some(s) = now {
+                        let ev = IoEvent::BfdState {
+                            peer,
+                            old: s.state,
+                            new: s.state,
+                            failure: false,
+                            diag: s.diag,
+                        };
+                        let _ = io.send(ev).await;
+                    }
+                }
+                Err(e) => {
+                    have.remove(&peer);
+                    let _ = io.send(error(peer, e.to_string())).await;
+                }
+            }
+        };
+        if let Some(h) = handle {
+            let _ = h.shutdown().await;
+        }
+        if let Some(f) = forwarder {
+            f.abort();
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    })
 }
 
 /// Socket options of one peer's connections.

@@ -103,6 +103,11 @@ struct UpArgs {
     /// Pods on each workload node.
     #[arg(long, default_value_t = 2)]
     pods_per_node: u32,
+    /// BFD (300 ms x 3) on every BGP session: the nodes' (annotation
+    /// `tabby.dev/bfd: "on"` on the BGPConfiguration and every BGPPeer) and the
+    /// ToR and spine routers' (BIRD `bfd on`, FRR bfdd).
+    #[arg(long)]
+    bfd: bool,
     /// Datastore the lab runs: sqlite (a file in the state dir, the default) or etcd
     /// (from PATH, in its own namespace on the fabric). A TABBY_STORE URL in the
     /// environment is not the lab's and is ignored.
@@ -281,6 +286,7 @@ async fn up(args: &LabArgs, a: &UpArgs, out: &mut dyn Write) -> anyhow::Result<(
         spec.router = r.parse::<RouterKind>()?;
     }
     spec.pods_per_node = a.pods_per_node;
+    spec.bfd = a.bfd;
     spec.store = store_kind(a.store.as_deref())?;
     spec.encap = match a.encap {
         EncapArg::None => Encap::None,

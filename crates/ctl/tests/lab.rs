@@ -484,3 +484,73 @@ fn route_reflector_medium_lab_in_bounded_time() {
         t.elapsed()
     );
 }
+
+/// `BGP converged X s` from a `fail` report, in seconds.
+fn converged_secs(out: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("BGP converged "))
+        .and_then(|l| l.split(" s ").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `BGP converged` line:\n{out}"))
+}
+
+/// `tabbyctl node status` of lab node `node`, through its control socket.
+fn node_status(lab: &Lab, node: &str) -> String {
+    let socket = lab.dir().join(format!("{node}.ctl"));
+    let out = std::process::Command::new(CTL)
+        .args(["node", "status", "--socket"])
+        .arg(&socket)
+        .env("TABBY_CONFIG", "/nonexistent/tabbyctl.yaml")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "node status {node}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `lab up --bfd`: every session protected by BFD (300 ms x 3); a dead reflector
+/// is noticed in the detection time (0.9 s), not the hold time (9 s).
+#[test]
+fn route_reflector_failover_with_bfd() {
+    let lab = Lab::new("bfd");
+    let out = lab.up(&["--topology", "route-reflector", "--nodes", "4", "--bfd"]);
+    assert!(out.contains("topology route-reflector with BFD"), "{out}");
+    let status = node_status(&lab, "n1");
+    for rr in ["198.18.0.1", "198.18.0.2"] {
+        let row = format!("| {rr}   | Up        | 300ms/300ms x3 | 0     |");
+        assert!(status.contains(&row), "{row:?} missing:\n{status}");
+    }
+    let (ping, log) = lab.start_ping("n1-1", "n2-1");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = lab.ok(&["fail", "rr1"]);
+    let secs = converged_secs(&out);
+    eprintln!("lab fail rr1 with BFD: BGP converged in {secs} s");
+    // Detection 0.9 s plus the report's polling; without BFD it is 9 s and more.
+    assert!(secs < 3.0, "{out}");
+    assert!(
+        out.contains("every remaining pod pair reachable: 12 of 12"),
+        "{out}"
+    );
+    let (sent, received) = stop_ping(ping, &log);
+    assert!(sent - received <= 5, "{} of {sent} lost", sent - received);
+    let status = node_status(&lab, "n1");
+    assert!(
+        status.contains("| 198.18.0.1   | Down      | 300ms/300ms x3 | 1     |"),
+        "{status}"
+    );
+    assert!(
+        status.contains("| 198.18.0.2   | Up        | 300ms/300ms x3 | 0     |"),
+        "{status}"
+    );
+    let out = lab.ok(&["heal"]);
+    assert!(
+        out.contains("every session Established and every route as planned"),
+        "{out}"
+    );
+    let status = node_status(&lab, "n1");
+    assert!(
+        status.contains("| 198.18.0.1   | Up        | 300ms/300ms x3 | 1     |"),
+        "{status}"
+    );
+    let pids = lab.pids();
+    lab.down_and_check_gone(&pids);
+}

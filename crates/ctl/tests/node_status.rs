@@ -31,6 +31,7 @@ fn report(since: u64) -> StatusReport {
                 state: "Established".into(),
                 since,
                 info: String::new(),
+                bfd: None,
             },
             PeerRow {
                 address: "198.18.0.3".parse().unwrap(),
@@ -38,6 +39,7 @@ fn report(since: u64) -> StatusReport {
                 state: "Active".into(),
                 since,
                 info: "connect: Connection refused (os error 111)".into(),
+                bfd: None,
             },
         ],
         routes_installed: 4,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use tabby_bgp::api::{ApiError, OriginAttrs, PeerStatus, RestartState};
+use tabby_bgp::api::{ApiError, BfdPeerStatus, OriginAttrs, PeerStatus, RestartState};
 use tabby_bgp::{BestPathChange, BgpHandle, InstanceConfig, PeerConfig};
 use tabby_dataplane::tc::TrafficControl;
 use tabby_dataplane::{Netlink, Sysctl};
@@ -197,10 +197,11 @@ impl FakeBgp {
         for p in peers {
             let _ = self.peer_events.send(PeerStatus {
                 address: p.address,
-                type_label: p.type_label,
+                type_label: p.type_label.clone(),
                 state: if up { "Established" } else { "Active" }.to_string(),
                 since: 0,
                 info: String::new(),
+                bfd: fake_bfd(&p, up),
             });
         }
     }
@@ -237,6 +238,19 @@ impl FakeBgp {
         st.calls += 1;
         Ok(st)
     }
+}
+
+/// What a fake peer reports of BFD: Up with the session, Down without.
+fn fake_bfd(p: &PeerConfig, up: bool) -> Option<BfdPeerStatus> {
+    p.bfd.as_ref().map(|o| BfdPeerStatus {
+        state: if up { "Up" } else { "Down" }.to_string(),
+        desired_min_tx_us: o.desired_min_tx.as_micros() as u64,
+        required_min_rx_us: o.required_min_rx.as_micros() as u64,
+        detect_mult: o.detect_mult,
+        multihop: o.multihop.is_some(),
+        downs: 0,
+        error: String::new(),
+    })
 }
 
 #[async_trait]
@@ -306,6 +320,7 @@ impl Speaker for FakeBgp {
                 state: state.to_string(),
                 since: 0,
                 info: String::new(),
+                bfd: fake_bfd(p, st.established),
             })
             .collect())
     }

@@ -165,6 +165,8 @@ pub struct Agent {
     have_snapshot: bool,
     started: Instant,
     all_up_since: Option<Instant>,
+    /// BFD failures per peer as the speaker last counted them.
+    bfd_downs: std::collections::HashMap<IpAddr, u64>,
     grace_was: bool,
     store_down_since: Option<Instant>,
     last_register: Option<Instant>,
@@ -221,6 +223,7 @@ impl Agent {
             have_snapshot: false,
             started: Instant::now(),
             all_up_since: None,
+            bfd_downs: Default::default(),
             grace_was: cfg.bgp,
             store_down_since: None,
             last_register: None,
@@ -1125,6 +1128,7 @@ impl Agent {
             node_name: &self.cfg.node_name,
             nodes: &nodes,
             bgp_config: self.view.bgp_config(),
+            bgp_config_annotations: self.view.bgp_config_annotations(),
             node_bgp_config: self.view.bgp_config_named(&node_cfg),
             peers: &peers,
             filters: &filters,
@@ -1236,6 +1240,29 @@ impl Agent {
         if self.all_up_since.is_none() && up == peers.len() {
             self.all_up_since = Some(Instant::now());
         }
+        // BFD: Up or not per peer, and failures since the last report (the
+        // speaker counts per peer; a peer configured again starts over).
+        let m = &self.shared.metrics;
+        m.set_bfd_sessions(
+            peers
+                .iter()
+                .filter_map(|p| p.bfd.as_ref().map(|b| (p.address, b.state == "Up"))),
+        );
+        let mut downs = std::collections::HashMap::new();
+        let mut new = 0;
+        for p in peers {
+            if let Some(b) = &p.bfd {
+                let last = self.bfd_downs.get(&p.address).copied().unwrap_or(0);
+                new += if b.downs >= last {
+                    b.downs - last
+                } else {
+                    b.downs
+                };
+                downs.insert(p.address, b.downs);
+            }
+        }
+        m.add_bfd_downs(new);
+        self.bfd_downs = downs;
     }
 
     /// Forgets the dead speaker: the next pass starts a new one with every peer

@@ -2,7 +2,9 @@
 //! updates ([`Metrics`], [`Health`]) and a minimal HTTP/1.1 server ([`serve`]) for
 //! `GET /metrics` (text exposition format 0.0.4), `/liveness` and `/readiness`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +41,10 @@ pub struct Metrics {
     resource_problems: AtomicU64,
     /// Times the BGP speaker was found dead and restarted.
     bgp_restarts: AtomicU64,
+    /// BFD sessions protecting BGP peers: Up or not, by peer.
+    bfd_sessions: Mutex<BTreeMap<IpAddr, bool>>,
+    /// BFD sessions seen failing (leaving Up other than by AdminDown).
+    bfd_downs: AtomicU64,
 }
 
 impl Metrics {
@@ -113,6 +119,18 @@ impl Metrics {
     /// Counts a restart of a dead BGP speaker.
     pub fn inc_bgp_restarts(&self) {
         self.bgp_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The BFD sessions protecting BGP peers, each Up or not (replaces the
+    /// previous set).
+    pub fn set_bfd_sessions(&self, sessions: impl IntoIterator<Item = (IpAddr, bool)>) {
+        let mut m = self.bfd_sessions.lock().unwrap_or_else(|p| p.into_inner());
+        *m = sessions.into_iter().collect();
+    }
+
+    /// Counts BFD sessions seen failing.
+    pub fn add_bfd_downs(&self, n: u64) {
+        self.bfd_downs.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Established BGP sessions (as last set).
@@ -216,6 +234,27 @@ impl Metrics {
             "Times the BGP speaker was found dead and started again.",
             "counter",
             load(&self.bgp_restarts),
+        );
+
+        let name = "tabby_bfd_session_up";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Whether the BFD session protecting a BGP peer is Up (1) or not (0).\n# TYPE {name} gauge"
+        );
+        for (peer, up) in self
+            .bfd_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(s, "{name}{{peer=\"{peer}\"}} {}", u8::from(*up));
+        }
+        gauge(
+            &mut s,
+            "tabby_bfd_down_events_total",
+            "BFD sessions protecting BGP peers seen failing (each takes its BGP session down).",
+            "counter",
+            load(&self.bfd_downs),
         );
 
         let name = "tabby_reconcile_duration_seconds";
@@ -509,6 +548,29 @@ mod tests {
             assert!(s.contains(&format!("\n{name} {value}\n")), "{name}\n{s}");
         }
         assert!(s.ends_with('\n'));
+    }
+
+    #[test]
+    fn bfd_sessions_by_peer_and_down_events() {
+        let m = Metrics::new();
+        let s = m.render();
+        assert!(s.contains("# TYPE tabby_bfd_session_up gauge\n"), "{s}");
+        assert!(s.contains("\ntabby_bfd_down_events_total 0\n"), "{s}");
+        m.set_bfd_sessions([
+            ("198.18.0.3".parse().unwrap(), false),
+            ("198.18.0.2".parse().unwrap(), true),
+        ]);
+        m.add_bfd_downs(2);
+        let s = m.render();
+        assert!(
+            s.contains(
+                "tabby_bfd_session_up{peer=\"198.18.0.2\"} 1\ntabby_bfd_session_up{peer=\"198.18.0.3\"} 0\n"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("\ntabby_bfd_down_events_total 2\n"), "{s}");
+        m.set_bfd_sessions([]);
+        assert!(!m.render().contains("tabby_bfd_session_up{"));
     }
 
     #[test]

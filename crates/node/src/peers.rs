@@ -41,6 +41,9 @@ pub struct PeerInputs<'a> {
     pub nodes: &'a [&'a Resource],
     /// The BGPConfiguration named `default`, if any.
     pub bgp_config: Option<&'a BGPConfigurationSpec>,
+    /// The annotations of that BGPConfiguration: `tabby.dev/bfd` there
+    /// turns BFD on for the node-to-node mesh.
+    pub bgp_config_annotations: Option<&'a BTreeMap<String, String>>,
     /// The BGPConfiguration named `node.<this node>`, if any (its `listenPort`
     /// overrides the global one, as in Calico).
     pub node_bgp_config: Option<&'a BGPConfigurationSpec>,
@@ -495,7 +498,8 @@ impl<'n> Ctx<'_, 'n> {
             Err(()) => return false,
         }
         // Tabby's extensions ride on annotations so manifests stay Calico's:
-        // bgp.tabby.dev/{max-prefixes,max-prefixes-restart-secs,max-stale-secs,transit}.
+        // bgp.tabby.dev/{max-prefixes,max-prefixes-restart-secs,max-stale-secs,transit}
+        // and tabby.dev/bfd.
         let peers = self.inputs.peers;
         if let Some(r) = peers
             .iter()
@@ -698,7 +702,21 @@ pub fn derive(inputs: &PeerInputs<'_>) -> Result<DerivedBgp, PeerError> {
     } else {
         Err(())
     };
-    if let Ok(password) = mesh_password {
+    // BFD for the mesh: the `tabby.dev/bfd` annotation of the default
+    // BGPConfiguration; a bad value means no mesh sessions, reported.
+    let mesh_bfd = match inputs
+        .bgp_config_annotations
+        .and_then(|a| a.get(tabby_bgp::api::annotations::BFD))
+    {
+        None => Ok(None),
+        Some(v) => tabby_bgp::api::parse_bfd(v).map_err(|e| {
+            ctx.warn(format!(
+                "BGPConfiguration \"default\": metadata.annotations[{}]: {v:?} is not \"on\" or BFD options such as \"interval=300ms,multiplier=3\": {e}; no node-to-node mesh sessions until it is fixed",
+                tabby_bgp::api::annotations::BFD
+            ))
+        }),
+    };
+    if let (Ok(password), Ok(mesh_bfd)) = (mesh_password, mesh_bfd) {
         let restart = ctx.restart_time(
             "BGPConfiguration \"default\"",
             "spec.nodeMeshMaxRestartTime",
@@ -721,6 +739,7 @@ pub fn derive(inputs: &PeerInputs<'_>) -> Result<DerivedBgp, PeerError> {
                 let mut pc = ctx.base(&t, LABEL_MESH, None);
                 pc.password.clone_from(&password);
                 pc.graceful_restart_time = restart;
+                pc.set_bfd(mesh_bfd.clone());
                 candidates.push((pc, Origin::Mesh(n.name.to_string())));
             }
         }
@@ -997,6 +1016,11 @@ mod tests {
                 node_name: node,
                 nodes: &nodes,
                 bgp_config: self.config("default"),
+                bgp_config_annotations: self
+                    .configs
+                    .iter()
+                    .find(|r| r.name() == "default")
+                    .map(|r| &r.metadata.annotations),
                 node_bgp_config: self.config(&format!("node.{node}")),
                 peers: &peers,
                 filters: &filters,
@@ -1047,6 +1071,101 @@ mod tests {
                 .to_string(),
         ]
         .concat()
+    }
+
+    /// A document with annotations.
+    fn annotated(kind: &str, name: &str, annotations: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec: {spec}\n"
+        )
+    }
+
+    #[test]
+    fn bfd_annotations_on_the_mesh_and_bgppeers() {
+        use std::time::Duration;
+        let nodes = [
+            node("n1", "rack: a", "ipv4Address: 10.0.0.1/24"),
+            node("n2", "rack: b", "ipv4Address: 10.0.0.2/24"),
+        ]
+        .concat();
+        let tor = |bfd: &str| {
+            annotated(
+                "BGPPeer",
+                "tor",
+                &format!("tabby.dev/bfd: \"{bfd}\""),
+                "{peerIP: 10.0.0.254, asNumber: 65100}",
+            )
+        };
+        let plain = doc("BGPPeer", "other", "{peerIP: 10.0.0.253, asNumber: 65100}");
+        // The default BGPConfiguration's annotation: the mesh; a BGPPeer's:
+        // that peer only.
+        let w = world(
+            &[
+                annotated(
+                    "BGPConfiguration",
+                    "default",
+                    "tabby.dev/bfd: \"on\"",
+                    "{asNumber: 65000}",
+                ),
+                nodes.clone(),
+                tor("interval=100ms,multiplier=5,min-rx=200ms"),
+                plain.clone(),
+            ]
+            .concat(),
+        );
+        let d = w.derive("n1");
+        assert_eq!(d.warnings, Vec::<String>::new());
+        assert_eq!(
+            peer(&d, "10.0.0.2").bfd,
+            Some(tabby_bgp::bfd::SessionOpts::default()),
+            "mesh: on = 300ms x3"
+        );
+        let t = peer(&d, "10.0.0.254").bfd.clone().expect("tor has BFD");
+        assert_eq!(
+            (t.desired_min_tx, t.required_min_rx, t.detect_mult),
+            (Duration::from_millis(100), Duration::from_millis(200), 5)
+        );
+        assert_eq!(peer(&d, "10.0.0.253").bfd, None);
+        // Without the BGPConfiguration annotation the mesh has no BFD.
+        let w = world(
+            &[
+                doc("BGPConfiguration", "default", "{asNumber: 65000}"),
+                nodes.clone(),
+                tor("on"),
+            ]
+            .concat(),
+        );
+        let d = w.derive("n1");
+        assert_eq!(peer(&d, "10.0.0.2").bfd, None);
+        assert!(peer(&d, "10.0.0.254").bfd.is_some());
+        // Bad values: no session, a problem naming the annotation.
+        let w = world(
+            &[
+                annotated(
+                    "BGPConfiguration",
+                    "default",
+                    "tabby.dev/bfd: \"fast\"",
+                    "{asNumber: 65000}",
+                ),
+                nodes,
+                tor("interval=1ms"),
+                plain,
+            ]
+            .concat(),
+        );
+        let d = w.derive("n1");
+        assert_eq!(addrs(&d), ["10.0.0.253"], "only the peer without BFD");
+        let problems = d.warnings.join("\n");
+        assert!(
+            problems.contains("BGPConfiguration \"default\": metadata.annotations[tabby.dev/bfd]")
+                && problems.contains("\"fast\""),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("BGPPeer \"tor\": metadata.annotations[tabby.dev/bfd]")
+                && problems.contains("desiredMinTx"),
+            "{problems}"
+        );
     }
 
     #[test]

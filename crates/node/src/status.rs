@@ -1,6 +1,7 @@
 //! `tabbyctl node status`: the agent answers on a Unix control socket with a
 //! [`StatusReport`] (one JSON line per `status\n` request), and [`render_table`]
-//! prints it in `calicoctl node status`'s layout (BIRD's state words, go-pretty boxes).
+//! prints it in `calicoctl node status`'s layout (BIRD's state words, go-pretty boxes),
+//! with a BFD section after the BGP tables when some peer is protected by BFD.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,23 @@ pub struct PeerRow {
     pub since: u64,
     /// Last error or extra information from the speaker.
     pub info: String,
+    /// The BFD session protecting this peer, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdRow>,
+}
+
+/// The BFD side of one peer as reported.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BfdRow {
+    /// `Up`, `Down`, `Init` or `AdminDown`.
+    pub state: String,
+    /// Configured intervals: `300ms/300ms x3` (min TX / min RX x multiplier).
+    pub intervals: String,
+    /// Times BFD failed while protecting this peer.
+    pub downs: u64,
+    /// Why BFD cannot run for this peer, if it cannot.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
 }
 
 impl PeerRow {
@@ -57,6 +75,12 @@ impl PeerRow {
             state: s.state.clone(),
             since: s.since,
             info: s.info.clone(),
+            bfd: s.bfd.as_ref().map(|b| BfdRow {
+                state: b.state.clone(),
+                intervals: b.intervals(),
+                downs: b.downs,
+                error: b.error.clone(),
+            }),
         }
     }
 
@@ -150,6 +174,32 @@ pub fn render_table_at(r: &StatusReport, now_unix: u64) -> String {
                 &rows,
             ));
         }
+    }
+    let bfd: Vec<Vec<String>> = r
+        .peers
+        .iter()
+        .filter_map(|p| {
+            p.bfd.as_ref().map(|b| {
+                let state = if b.error.is_empty() {
+                    b.state.clone()
+                } else {
+                    format!("{} ({})", b.state, b.error)
+                };
+                vec![
+                    p.address.to_string(),
+                    state,
+                    b.intervals.clone(),
+                    b.downs.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !bfd.is_empty() {
+        out.push_str("\nBFD status\n");
+        out.push_str(&box_table(
+            &["PEER ADDRESS", "BFD STATE", "INTERVALS", "DOWNS"],
+            &bfd,
+        ));
     }
     if !r.problems.is_empty() {
         out.push_str("\nProblems\n");
@@ -405,6 +455,7 @@ mod tests {
             state: state.into(),
             since: SAMPLE_SINCE,
             info: info.into(),
+            bfd: None,
         }
     }
 
@@ -437,6 +488,52 @@ No IPv6 peers found.
 ";
         let r = report(vec![row("172.17.8.102", "Established", "")]);
         assert_eq!(render_table_at(&r, SAMPLE_SINCE + 60), expected);
+    }
+
+    #[test]
+    fn bfd_section_after_the_bgp_tables() {
+        let mut up = row("198.18.0.2", "Established", "");
+        up.bfd = Some(BfdRow {
+            state: "Up".into(),
+            intervals: "300ms/300ms x3".into(),
+            downs: 0,
+            error: String::new(),
+        });
+        let mut down = row(
+            "198.18.0.3",
+            "Idle",
+            "BFD session down: control detection time expired",
+        );
+        down.bfd = Some(BfdRow {
+            state: "Down".into(),
+            intervals: "100ms/100ms x5".into(),
+            downs: 2,
+            error: String::new(),
+        });
+        let plain = row("198.18.0.4", "Established", "");
+        let r = report(vec![up, down, plain]);
+        let out = render_table_at(&r, SAMPLE_SINCE + 60);
+        let expected = "\
+BFD status
++--------------+-----------+----------------+-------+
+| PEER ADDRESS | BFD STATE |   INTERVALS    | DOWNS |
++--------------+-----------+----------------+-------+
+| 198.18.0.2   | Up        | 300ms/300ms x3 | 0     |
+| 198.18.0.3   | Down      | 100ms/100ms x5 | 2     |
++--------------+-----------+----------------+-------+
+";
+        assert!(out.ends_with(expected), "{out}");
+        assert!(
+            out.contains("| 198.18.0.3   | node-to-node mesh | start | 23:30:04 | Idle BFD session down: control detection time expired |"),
+            "{out}"
+        );
+        // Without BFD anywhere, no section (calicoctl's layout as it is).
+        let r = report(vec![row("198.18.0.2", "Established", "")]);
+        assert!(!render_table_at(&r, SAMPLE_SINCE).contains("BFD"));
+        // The report carries it through JSON.
+        let r = report(vec![row("198.18.0.2", "Established", "")]);
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(!j.contains("bfd"), "{j}");
     }
 
     #[test]
@@ -523,6 +620,7 @@ IPv6 BGP status
             state: "OpenSent".into(),
             since: 5,
             info: "x".into(),
+            bfd: None,
         };
         let r = PeerRow::from_status(&s);
         assert_eq!(

@@ -662,6 +662,13 @@ impl View {
         self.bgp_config_named("default")
     }
 
+    /// The annotations of the `default` BGPConfiguration.
+    pub fn bgp_config_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.bgp_configs
+            .get("default")
+            .map(|r| &r.metadata.annotations)
+    }
+
     /// This node's workload endpoints, by key.
     pub fn local_workloads(&self) -> impl Iterator<Item = &Resource> {
         self.local_weps.values()

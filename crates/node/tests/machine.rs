@@ -785,3 +785,109 @@ async fn bgppeer_annotations_and_the_restart_bits_reach_the_speaker() {
         rig.agent.problems()
     );
 }
+
+#[tokio::test]
+async fn bfd_annotations_reach_the_speaker_and_show_in_status_and_metrics() {
+    let mut rig = Rig::new(|c| c.bgp = true);
+    rig.snapshot("Never");
+    let mut cfg = resource(
+        "BGPConfiguration",
+        "default",
+        None,
+        json!({"asNumber": 64512}),
+        json!({}),
+    );
+    cfg["metadata"]["annotations"] = json!({"tabby.dev/bfd": "on"});
+    rig.put(&cfg);
+    let mut tor = resource(
+        "BGPPeer",
+        "tor",
+        None,
+        json!({"peerIP": "198.18.0.200", "asNumber": 65100}),
+        json!({}),
+    );
+    tor["metadata"]["annotations"] = json!({"tabby.dev/bfd": "interval=100ms,multiplier=5"});
+    rig.put(&tor);
+    let pass = rig.agent.execute().await;
+    assert!(pass.errors.is_empty(), "{:?}", pass.errors);
+    let peers = rig.bgp.peers();
+    let bfd_of = |a: &str| {
+        peers[&a.parse::<IpAddr>().unwrap()]
+            .bfd
+            .as_ref()
+            .map(|o| (o.desired_min_tx, o.detect_mult))
+    };
+    let ms = Duration::from_millis;
+    assert_eq!(bfd_of("198.18.0.2"), Some((ms(300), 3)), "mesh: on");
+    assert_eq!(bfd_of("198.18.0.3"), Some((ms(300), 3)), "mesh: on");
+    assert_eq!(bfd_of("198.18.0.200"), Some((ms(100), 5)));
+    // Status: a BFD row per protected peer, with its state and intervals.
+    rig.bgp.set_established(true);
+    *rig.shared.bgp.lock().unwrap() = rig.agent.speaker();
+    let report = rig.shared.report().await;
+    let tor_row = report
+        .peers
+        .iter()
+        .find(|p| p.address.to_string() == "198.18.0.200")
+        .unwrap();
+    let b = tor_row.bfd.as_ref().expect("BFD row");
+    assert_eq!(
+        (b.state.as_str(), b.intervals.as_str()),
+        ("Up", "100ms/100ms x5")
+    );
+    let table = tabby_node::status::render_table(&report);
+    assert!(table.contains("BFD status"), "{table}");
+    // Metrics: Up per peer, and failures counted as the speaker reports them.
+    let status = |addr: &str, state: &str, downs: u64| tabby_bgp::PeerStatus {
+        address: addr.parse().unwrap(),
+        type_label: "global".into(),
+        state: "Established".into(),
+        since: 0,
+        info: String::new(),
+        bfd: Some(tabby_bgp::api::BfdPeerStatus {
+            state: state.into(),
+            desired_min_tx_us: 100_000,
+            required_min_rx_us: 100_000,
+            detect_mult: 5,
+            multihop: false,
+            downs,
+            error: String::new(),
+        }),
+    };
+    rig.agent
+        .step(Input::Peers(vec![status("198.18.0.200", "Up", 0)]));
+    let m = rig.shared.metrics.render();
+    assert!(
+        m.contains("tabby_bfd_session_up{peer=\"198.18.0.200\"} 1\n"),
+        "{m}"
+    );
+    assert!(m.contains("\ntabby_bfd_down_events_total 0\n"), "{m}");
+    rig.agent
+        .step(Input::Peers(vec![status("198.18.0.200", "Down", 2)]));
+    // The same report again counts nothing more.
+    rig.agent
+        .step(Input::Peers(vec![status("198.18.0.200", "Down", 2)]));
+    let m = rig.shared.metrics.render();
+    assert!(
+        m.contains("tabby_bfd_session_up{peer=\"198.18.0.200\"} 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("\ntabby_bfd_down_events_total 2\n"), "{m}");
+    // A bad value: no session with the peer, a problem naming the annotation.
+    tor["metadata"]["annotations"] = json!({"tabby.dev/bfd": "sometimes"});
+    rig.put(&tor);
+    rig.agent.execute().await;
+    assert!(
+        !rig.bgp
+            .peers()
+            .contains_key(&"198.18.0.200".parse::<IpAddr>().unwrap())
+    );
+    assert!(
+        rig.agent
+            .problems()
+            .iter()
+            .any(|p| p.contains("tabby.dev/bfd") && p.contains("sometimes")),
+        "{:?}",
+        rig.agent.problems()
+    );
+}

@@ -167,6 +167,7 @@ fn sample_report() -> StatusReport {
                 state: "Established".into(),
                 since: 1_700_000_000,
                 info: String::new(),
+                bfd: None,
             },
             PeerRow {
                 address: "2001:db8::2".parse().unwrap(),
@@ -174,6 +175,7 @@ fn sample_report() -> StatusReport {
                 state: "Active".into(),
                 since: 1_700_000_100,
                 info: "connect: Connection refused (os error 111)".into(),
+                bfd: None,
             },
         ],
         routes_installed: 9,

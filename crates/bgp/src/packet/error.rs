@@ -155,6 +155,8 @@ pub enum CeaseSubcode {
     ConnectionCollisionResolution = 7,
     /// Out of resources.
     OutOfResources = 8,
+    /// The BFD session protecting the BGP session went down (RFC 9384).
+    BfdDown = 10,
 }
 
 /// A message that cannot be accepted at all: the session must be reset with the

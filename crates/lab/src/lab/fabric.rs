@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::layout::{Bridge, Leg, Node};
-use super::spec::{ASN, LabSpec, Topology};
+use super::spec::{ASN, LabSpec, RouterKind, Topology};
 use crate::plan::Role;
 
 /// The spine routers' AS (shared: a ToR's routes re-advertised by another ToR loop).
@@ -132,6 +132,8 @@ pub struct FabricRouter {
     pub originate_default: bool,
     /// Its BGP neighbours.
     pub neighbors: Vec<Neighbor>,
+    /// BFD on every session ([`LabSpec::bfd`]).
+    pub bfd: bool,
 }
 
 /// A point-to-point veth between a ToR and a spine router.
@@ -318,6 +320,7 @@ pub fn layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> FabricLayout {
             originate_default: false,
             neighbors,
             name,
+            bfd: spec.bfd,
         });
     }
     for s in 1..=spines {
@@ -343,6 +346,7 @@ pub fn layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> FabricLayout {
             originate_default: t == Topology::DownwardDefault,
             neighbors,
             name,
+            bfd: spec.bfd,
         });
     }
     FabricLayout {
@@ -358,12 +362,21 @@ pub fn layout(spec: &LabSpec, ns: &dyn Fn(&str) -> String) -> FabricLayout {
 pub fn resources(spec: &LabSpec) -> String {
     let mut y = String::new();
     for r in 1..=spec.racks {
-        let tor_asn = asns(spec.topology, 0, r).1;
+        let (node_asn, tor_asn) = asns(spec.topology, 1, r);
+        // FRR runs BFD to an iBGP peer as multihop until a BGP session shows the
+        // peer is directly connected: the nodes must not wait for BFD first.
+        let bfd = match (spec.bfd, spec.router) {
+            (false, _) => String::new(),
+            (true, RouterKind::Frr) if node_asn == tor_asn => {
+                "annotations: {tabby.dev/bfd: \"on,no-wait\"}, ".to_string()
+            }
+            (true, _) => "annotations: {tabby.dev/bfd: \"on\"}, ".to_string(),
+        };
         y.push_str(&format!(
             "---
 apiVersion: projectcalico.org/v3
 kind: BGPPeer
-metadata: {{name: rack-r{r}-tor}}
+metadata: {{{bfd}name: rack-r{r}-tor}}
 spec: {{nodeSelector: \"rack == 'r{r}'\", peerIP: \"{}\", asNumber: {tor_asn}}}
 ",
             tor_addr(r)

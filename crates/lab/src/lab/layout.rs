@@ -530,7 +530,7 @@ impl Layout {
             "--bgp-connect-retry",
             "1",
             "--resync-secs",
-            "5",
+            "30",
             "--bgp-hold-time",
             &BGP_HOLD_TIME.to_string(),
         ]
@@ -736,7 +736,32 @@ spec: {{node: rr{k}, peerIP: \"{}\", asNumber: {ASN}, reversePeering: Manual}}
         }
     }
     y.push_str(&fabric_peers);
+    if spec.bfd {
+        y = with_bfd(&y);
+    }
     y
+}
+
+/// The annotation turning BFD on, 300 ms x 3 (`lab up --bfd`).
+pub const BFD_ANNOTATION: &str = "tabby.dev/bfd: \"on\"";
+
+/// `resources` with BFD on every BGP session: the annotation on the
+/// BGPConfiguration (the mesh) and on every BGPPeer.
+fn with_bfd(yaml: &str) -> String {
+    yaml.split_inclusive("---\n")
+        .map(|doc| {
+            let bgp = doc.contains("kind: BGPConfiguration\n") || doc.contains("kind: BGPPeer\n");
+            if bgp && !doc.contains("tabby.dev/bfd") {
+                doc.replacen(
+                    "metadata: {name: ",
+                    &format!("metadata: {{annotations: {{{BFD_ANNOTATION}}}, name: "),
+                    1,
+                )
+            } else {
+                doc.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The planner's question for this lab: the workload nodes (dedicated reflectors are
@@ -995,6 +1020,56 @@ mod tests {
         assert!(y.contains("peerSelector: route-reflector == 'true'"), "{y}");
         let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
         assert_eq!(docs.len(), 3);
+    }
+
+    #[test]
+    fn bfd_annotates_the_bgp_configuration_and_every_bgppeer() {
+        for t in [
+            Topology::Mesh,
+            Topology::RouteReflector,
+            Topology::L2Planes,
+            Topology::AsPerRackL3Spine,
+        ] {
+            let mut s = spec(t, Encap::None, StoreKind::Sqlite, 4);
+            let plain = resources(&s);
+            assert!(!plain.contains("tabby.dev/bfd"), "{plain}");
+            s.bfd = true;
+            let y = resources(&s);
+            let docs = tabby_api::load::parse_documents(&y, "lab.yaml").unwrap();
+            let mut bgp = 0;
+            for d in &docs {
+                let bfd = d.metadata.annotations.get("tabby.dev/bfd");
+                match d.kind() {
+                    tabby_api::Kind::BGPConfiguration | tabby_api::Kind::BGPPeer => {
+                        bgp += 1;
+                        assert_eq!(bfd.map(String::as_str), Some("on"), "{t}: {y}");
+                    }
+                    _ => assert_eq!(bfd, None, "{t}: {y}"),
+                }
+            }
+            assert!(bgp >= 2 || t == Topology::Mesh, "{t}: {y}");
+        }
+        // FRR ToRs of iBGP racks: the nodes do not wait for BFD (FRR starts it
+        // single hop only once BGP is up).
+        let mut s = spec(
+            Topology::AsPerRackL3Spine,
+            Encap::None,
+            StoreKind::Sqlite,
+            4,
+        );
+        s.bfd = true;
+        s.router = crate::lab::spec::RouterKind::Frr;
+        let y = resources(&s);
+        assert!(
+            y.contains("annotations: {tabby.dev/bfd: \"on,no-wait\"}, name: rack-r1-tor"),
+            "{y}"
+        );
+        s.topology = Topology::AsPerServer;
+        let y = resources(&s);
+        assert!(
+            y.contains("annotations: {tabby.dev/bfd: \"on\"}, name: rack-r1-tor"),
+            "{y}"
+        );
     }
 
     #[test]

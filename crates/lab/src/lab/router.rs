@@ -11,7 +11,9 @@
 //! lab dir only root may read). Pitfalls handled: FRR's `bgp ebgp-requires-policy`
 //! (off here) and `bgp default ipv4-unicast` (off, every neighbour activated), BIRD's
 //! need for explicit import and export on every channel, next-hop-self on ToRs for
-//! routes learned over eBGP only.
+//! routes learned over eBGP only. With BFD ([`FabricRouter::bfd`]): BIRD's
+//! `protocol bfd` and `bfd on` on every session; FRR's `bfdd` (between zebra and
+//! bgpd) with profile `tabby` and `neighbor X bfd profile tabby`; 300 ms x 3 both.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,12 @@ pub fn kernel_proto(kind: RouterKind) -> &'static str {
         RouterKind::Frr => "bgp",
     }
 }
+
+/// BFD timers of the routers with BFD: min RX = min TX, milliseconds, and the
+/// multiplier (as Tabby's `tabby.dev/bfd: "on"`).
+pub const BFD_INTERVAL_MS: u32 = 300;
+/// See [`BFD_INTERVAL_MS`].
+pub const BFD_MULTIPLIER: u8 = 3;
 
 fn keepalive() -> u16 {
     (BGP_HOLD_TIME / 3).max(1)
@@ -65,6 +73,12 @@ filter no_default {{ if net = 0.0.0.0/0 then reject; accept; }}
     if r.originate_default {
         c.push_str("\nprotocol static default_route {\n  ipv4;\n  route 0.0.0.0/0 blackhole;\n}\n");
     }
+    if r.bfd {
+        let _ = write!(
+            c,
+            "\nprotocol bfd {{\n  interface \"*\" {{ min rx interval {BFD_INTERVAL_MS} ms; min tx interval {BFD_INTERVAL_MS} ms; multiplier {BFD_MULTIPLIER}; }};\n}}\n"
+        );
+    }
     for n in &r.neighbors {
         let export = match n.export {
             Export::All => "all".to_string(),
@@ -91,6 +105,9 @@ protocol bgp {} {{
         if n.rr_client {
             c.push_str("  rr client;\n");
         }
+        if r.bfd {
+            c.push_str("  bfd on;\n");
+        }
         let _ = writeln!(
             c,
             "  ipv4 {{\n    import all;\n    export {export};{}\n  }};\n}}",
@@ -107,6 +124,14 @@ protocol bgp {} {{
 /// FRR's `zebra.conf` for `r`.
 pub fn zebra_config(r: &FabricRouter) -> String {
     format!("hostname {}\n", r.name)
+}
+
+/// FRR's `bfdd.conf` for `r`: profile `tabby`, which bgpd's sessions use.
+pub fn bfdd_config(r: &FabricRouter) -> String {
+    format!(
+        "hostname {}\nbfd\n profile tabby\n  receive-interval {BFD_INTERVAL_MS}\n  transmit-interval {BFD_INTERVAL_MS}\n  detect-multiplier {BFD_MULTIPLIER}\n !\nexit\n",
+        r.name
+    )
 }
 
 /// FRR's `bgpd.conf` for `r`.
@@ -148,6 +173,9 @@ router bgp {}
             n.local,
             a = n.address
         );
+        if r.bfd {
+            let _ = writeln!(c, " neighbor {} bfd profile tabby", n.address);
+        }
     }
     c.push_str(" address-family ipv4 unicast\n");
     for n in &r.neighbors {
@@ -192,10 +220,16 @@ pub struct Daemon {
 pub fn config_files(kind: RouterKind, r: &FabricRouter, dir: &Path) -> Vec<(PathBuf, String)> {
     match kind {
         RouterKind::Bird => vec![(dir.join("bird.conf"), bird_config(r))],
-        RouterKind::Frr => vec![
-            (dir.join("zebra.conf"), zebra_config(r)),
-            (dir.join("bgpd.conf"), bgpd_config(r)),
-        ],
+        RouterKind::Frr => {
+            let mut v = vec![
+                (dir.join("zebra.conf"), zebra_config(r)),
+                (dir.join("bgpd.conf"), bgpd_config(r)),
+            ];
+            if r.bfd {
+                v.push((dir.join("bfdd.conf"), bfdd_config(r)));
+            }
+            v
+        }
     }
 }
 
@@ -216,31 +250,45 @@ pub fn daemons(kind: RouterKind, r: &FabricRouter, dir: &Path, bird: &Path) -> V
                 p("bird.pid"),
             ],
         }],
-        RouterKind::Frr => ["zebra", "bgpd"]
-            .into_iter()
-            .map(|d| Daemon {
-                what: format!("{d} {}", r.name),
-                program: Path::new(FRR_DIR).join(d),
-                args: vec![
-                    "-f".into(),
-                    p(&format!("{d}.conf")),
-                    "-i".into(),
-                    p(&format!("{d}.pid")),
-                    "-z".into(),
-                    p("zserv.api"),
-                    "--vty_socket".into(),
-                    dir.display().to_string(),
-                    "-u".into(),
-                    "root".into(),
-                    "-g".into(),
-                    "frrvty".into(),
-                    "-P".into(),
-                    "0".into(),
-                    "--log".into(),
-                    "stdout".into(),
-                ],
-            })
-            .collect(),
+        RouterKind::Frr => {
+            let names: &[&str] = if r.bfd {
+                &["zebra", "bfdd", "bgpd"]
+            } else {
+                &["zebra", "bgpd"]
+            };
+            names
+                .iter()
+                .map(|&d| {
+                    let mut args = vec![
+                        "-f".into(),
+                        p(&format!("{d}.conf")),
+                        "-i".into(),
+                        p(&format!("{d}.pid")),
+                        "-z".into(),
+                        p("zserv.api"),
+                        "--vty_socket".into(),
+                        dir.display().to_string(),
+                        "-u".into(),
+                        "root".into(),
+                        "-g".into(),
+                        "frrvty".into(),
+                        "-P".into(),
+                        "0".into(),
+                        "--log".into(),
+                        "stdout".into(),
+                    ];
+                    if d == "bfdd" {
+                        // Its control socket in the router's dir, not /var/run/frr.
+                        args.extend(["--bfdctl".into(), p("bfdd.sock")]);
+                    }
+                    Daemon {
+                        what: format!("{d} {}", r.name),
+                        program: Path::new(FRR_DIR).join(d),
+                        args,
+                    }
+                })
+                .collect()
+        }
     }
 }
 
@@ -516,6 +564,61 @@ mod tests {
             Path::new("/usr/sbin/bird"),
         );
         assert_eq!(d[0].args[..3], ["-f", "-c", "/s/tor2/bird.conf"]);
+    }
+
+    #[test]
+    fn bfd_on_every_router_session() {
+        let mut s = LabSpec::new("r1", Path::new("/run/tl"));
+        s.topology = Topology::AsPerRackL3Spine;
+        s.nodes = 4;
+        s.bfd = true;
+        let r = fabric::layout(&s, &|x| format!("tl-r1-{x}")).routers;
+        let c = bird_config(&r[0]);
+        assert!(
+            c.contains("protocol bfd {\n  interface \"*\" { min rx interval 300 ms; min tx interval 300 ms; multiplier 3; };\n}"),
+            "{c}"
+        );
+        let sessions = c.matches("protocol bgp ").count();
+        assert_eq!(c.matches("  bfd on;\n").count(), sessions, "{c}");
+        let b = bgpd_config(&r[0]);
+        for n in &r[0].neighbors {
+            assert!(
+                b.contains(&format!(" neighbor {} bfd profile tabby\n", n.address)),
+                "{b}"
+            );
+        }
+        let files = config_files(RouterKind::Frr, &r[0], Path::new("/s/tor1"));
+        let bfdd = &files
+            .iter()
+            .find(|(p, _)| p.ends_with("bfdd.conf"))
+            .unwrap()
+            .1;
+        assert!(
+            bfdd.contains(" profile tabby\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n"),
+            "{bfdd}"
+        );
+        let d = daemons(
+            RouterKind::Frr,
+            &r[0],
+            Path::new("/s/tor1"),
+            Path::new("bird"),
+        );
+        let names: Vec<&str> = d.iter().map(|d| d.what.as_str()).collect();
+        assert_eq!(names, ["zebra tor1", "bfdd tor1", "bgpd tor1"]);
+        assert!(
+            d[1].args
+                .windows(2)
+                .any(|w| w == ["--bfdctl", "/s/tor1/bfdd.sock"])
+        );
+        // Without --bfd: none of it.
+        s.bfd = false;
+        let r = fabric::layout(&s, &|x| format!("tl-r1-{x}")).routers;
+        assert!(!bird_config(&r[0]).contains("bfd"));
+        assert!(!bgpd_config(&r[0]).contains("bfd"));
+        assert_eq!(
+            daemons(RouterKind::Frr, &r[0], Path::new("/s"), Path::new("b")).len(),
+            2
+        );
     }
 
     #[test]

@@ -283,6 +283,10 @@ pub struct LabSpec {
     pub spines: u32,
     /// The daemon of the ToR and spine routers.
     pub router: RouterKind,
+    /// BFD (300 ms x 3) on every BGP session: the nodes' (annotation
+    /// `tabby.dev/bfd` on the BGPConfiguration and every BGPPeer) and the
+    /// routers' (BIRD `bfd on`, FRR bfdd with `neighbor X bfd`).
+    pub bfd: bool,
 }
 
 impl LabSpec {
@@ -304,6 +308,7 @@ impl LabSpec {
             racks: DEFAULT_RACKS,
             spines: DEFAULT_SPINES,
             router: RouterKind::Bird,
+            bfd: false,
         }
     }
 

@@ -712,9 +712,10 @@ impl Builder<'_> {
             }
         };
         let mut out = format!(
-            "Lab {:?}: topology {}, encap {}, store {} ({}), {}, {}; state in {}\n\n",
+            "Lab {:?}: topology {}{}, encap {}, store {} ({}), {}, {}; state in {}\n\n",
             spec.name,
             spec.topology,
+            if spec.bfd { " with BFD" } else { "" },
             spec.encap,
             spec.store,
             self.layout.store_url,

@@ -192,6 +192,14 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path) -> Result<String> {
             );
         }
     }
+    if cfg.uses_bfd() {
+        let (rx, tx, m) = cfg.bfd_timers;
+        let opts = format!("min rx interval {rx} ms; min tx interval {tx} ms; multiplier {m};");
+        let _ = writeln!(
+            s,
+            "protocol bfd {{ interface \"*\" {{ {opts} }}; multihop {{ {opts} }}; }}"
+        );
+    }
     for (i, n) in cfg.neighbors.iter().enumerate() {
         let _ = writeln!(s, "protocol bgp n{i} {{");
         s.push_str("  local");
@@ -221,6 +229,9 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path) -> Result<String> {
         }
         if let Some(ttl) = n.multihop {
             let _ = writeln!(s, "  multihop {ttl};");
+        }
+        if n.bfd {
+            s.push_str("  bfd on;\n");
         }
         let _ = writeln!(
             s,

@@ -3,7 +3,9 @@
 //! with `vtysh --vty_socket <dir> -d bgpd -c '... json'`.
 //!
 //! bgpd runs as root with `-S` (skip user switch); zebra has no `-S`, so it
-//! runs as user `frr`, which is in the `frrvty` group FRR insists on.
+//! runs as user `frr`, which is in the `frrvty` group FRR insists on. With
+//! BFD on some neighbor, `bfdd` runs too (bgpd reaches it through zebra),
+//! its timers in profile `tabby`.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -24,6 +26,7 @@ use crate::wait::wait_until;
 
 const BGPD: &str = "/usr/lib/frr/bgpd";
 const ZEBRA: &str = "/usr/lib/frr/zebra";
+const BFDD: &str = "/usr/lib/frr/bfdd";
 
 /// A running FRR bgpd (with zebra if `export_to_kernel`).
 pub struct Frr {
@@ -32,6 +35,7 @@ pub struct Frr {
     dir: tempfile::TempDir,
     bgpd: Option<Process>,
     zebra: Option<Process>,
+    bfdd: Option<Process>,
 }
 
 impl Frr {
@@ -45,12 +49,15 @@ impl Frr {
         super::write_file(&d.join("bgpd.conf"), &render_config(cfg, d, ns.name()))?;
         super::write_file(&d.join("zebra.conf"), &format!("hostname {}\n", ns.name()))?;
         set_mode(&d.join("zebra.conf"), 0o644)?;
+        super::write_file(&d.join("bfdd.conf"), &render_bfdd(cfg, d, ns.name()))?;
+        set_mode(&d.join("bfdd.conf"), 0o644)?;
         let mut f = Frr {
             ns: ns.clone(),
             cfg: cfg.clone(),
             dir,
             bgpd: None,
             zebra: None,
+            bfdd: None,
         };
         f.launch()?;
         Ok(f)
@@ -64,7 +71,7 @@ impl Frr {
         let d = self.dir.path().to_path_buf();
         let vty = d.display().to_string();
         let zsock = self.path("zserv.api");
-        if self.cfg.export_to_kernel {
+        if self.cfg.export_to_kernel || self.cfg.uses_bfd() {
             let _ = std::fs::remove_file(d.join("zebra.vty"));
             let (conf, pid) = (self.path("zebra.conf"), self.path("zebra.pid"));
             let mut z = Process::spawn(
@@ -96,6 +103,44 @@ impl Frr {
             }
             self.zebra = Some(z);
         }
+        if self.cfg.uses_bfd() {
+            let _ = std::fs::remove_file(d.join("bfdd.vty"));
+            let (conf, pid, ctl) = (
+                self.path("bfdd.conf"),
+                self.path("bfdd.pid"),
+                self.path("bfdd.sock"),
+            );
+            let mut p = Process::spawn(
+                &self.ns,
+                &[
+                    BFDD,
+                    "-f",
+                    &conf,
+                    "-i",
+                    &pid,
+                    "-z",
+                    &zsock,
+                    "--vty_socket",
+                    &vty,
+                    "-u",
+                    "frr",
+                    "-g",
+                    "frr",
+                    "-P",
+                    "0",
+                    "--bfdctl",
+                    &ctl,
+                ],
+                &d.join("bfdd.out"),
+            )?;
+            if !wait_until(STARTUP, || {
+                !p.is_running() || self.vtysh_daemon("bfdd", &["show version"]).is_ok()
+            }) || !p.is_running()
+            {
+                return Err(p.died());
+            }
+            self.bfdd = Some(p);
+        }
         let _ = std::fs::remove_file(d.join("bgpd.vty"));
         let (conf, pid, port) = (
             self.path("bgpd.conf"),
@@ -119,7 +164,10 @@ impl Frr {
             &port,
         ];
         if !self.cfg.export_to_kernel {
-            argv.extend(["-Z", "-n"]);
+            argv.push("-n");
+            if !self.cfg.uses_bfd() {
+                argv.push("-Z");
+            }
         }
         let mut b = Process::spawn(&self.ns, &argv, &d.join("bgpd.out"))?;
         if !wait_until(STARTUP, || {
@@ -130,6 +178,15 @@ impl Frr {
         }
         self.bgpd = Some(b);
         Ok(())
+    }
+
+    /// BFD sessions as bfdd shows them (`show bfd peers json`).
+    pub fn bfd_peers(&self) -> Result<Value> {
+        let out = self.vtysh_daemon("bfdd", &["show bfd peers json"])?;
+        serde_json::from_str(&out).map_err(|e| Error::Parse {
+            cmd: "show bfd peers json".into(),
+            reason: e.to_string(),
+        })
     }
 
     /// Runs vtysh commands against bgpd (each string is one `-c`).
@@ -166,7 +223,10 @@ impl Frr {
 
     fn stop_all(&mut self, graceful: bool) -> Result<()> {
         let mut errors = Vec::new();
-        for p in [self.bgpd.take(), self.zebra.take()].into_iter().flatten() {
+        for p in [self.bgpd.take(), self.bfdd.take(), self.zebra.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut p = p;
             let r = if graceful {
                 p.stop(Duration::from_secs(5))
@@ -306,6 +366,9 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path, hostname: &str) -> String {
             let _ = writeln!(s, " neighbor {a} update-source {l}");
         }
         let _ = writeln!(s, " neighbor {a} timers connect {CONNECT_RETRY}");
+        if n.bfd {
+            let _ = writeln!(s, " neighbor {a} bfd profile tabby");
+        }
         // The traditional profile delays eBGP updates by 30 s; tests want them now.
         let _ = writeln!(s, " neighbor {a} advertisement-interval 0");
     }
@@ -337,6 +400,15 @@ pub fn render_config(cfg: &BgpConfig, dir: &Path, hostname: &str) -> String {
     }
     s.push_str("!\n");
     s
+}
+
+/// bfdd's config text: profile `tabby` with [`BgpConfig::bfd_timers`].
+pub fn render_bfdd(cfg: &BgpConfig, dir: &Path, hostname: &str) -> String {
+    let (rx, tx, m) = cfg.bfd_timers;
+    format!(
+        "hostname {hostname}\nlog file {}/bfdd.log\n!\nbfd\n profile tabby\n  receive-interval {rx}\n  transmit-interval {tx}\n  detect-multiplier {m}\n !\n!\n",
+        dir.display()
+    )
 }
 
 /// Route-map giving an originated prefix its attributes.

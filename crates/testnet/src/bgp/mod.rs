@@ -62,6 +62,9 @@ pub struct Neighbor {
     pub multihop: Option<u8>,
     /// Families to negotiate; empty means the family of `address`.
     pub families: Vec<Afi>,
+    /// Protect the session with BFD (BIRD `bfd on`, FRR `neighbor X bfd`),
+    /// with the timers of [`BgpConfig::bfd_timers`].
+    pub bfd: bool,
 }
 
 impl Neighbor {
@@ -78,7 +81,13 @@ impl Neighbor {
             next_hop_self: false,
             multihop: None,
             families: Vec::new(),
+            bfd: false,
         }
+    }
+    /// Protects the session with BFD.
+    pub fn bfd(mut self) -> Self {
+        self.bfd = true;
+        self
     }
     /// Sets the peer port.
     pub fn port(mut self, port: u16) -> Self {
@@ -210,6 +219,8 @@ pub struct BgpConfig {
     pub hold_time: Option<u16>,
     /// Route-reflector cluster id for `rr_client` neighbors; the router id when None.
     pub cluster_id: Option<Ipv4Addr>,
+    /// BFD timers of neighbors with `bfd`: min RX ms, min TX ms, multiplier.
+    pub bfd_timers: (u32, u32, u8),
 }
 
 impl BgpConfig {
@@ -225,7 +236,17 @@ impl BgpConfig {
             export_to_kernel: false,
             hold_time: None,
             cluster_id: None,
+            bfd_timers: (300, 300, 3),
         }
+    }
+    /// Sets the BFD timers (min RX ms, min TX ms, multiplier).
+    pub fn bfd_timers(mut self, min_rx_ms: u32, min_tx_ms: u32, multiplier: u8) -> Self {
+        self.bfd_timers = (min_rx_ms, min_tx_ms, multiplier);
+        self
+    }
+    /// True when some neighbor uses BFD.
+    pub fn uses_bfd(&self) -> bool {
+        self.neighbors.iter().any(|n| n.bfd)
     }
     /// Adds a neighbor.
     pub fn neighbor(mut self, n: Neighbor) -> Self {
