@@ -131,6 +131,9 @@ pub struct Pass {
     pub errors: Vec<String>,
 }
 
+/// Keys of a snapshot decoded and applied together.
+const SNAPSHOT_PART: usize = 4096;
+
 /// The agent: its view of the store, what it wants and what it applied.
 pub struct Agent {
     cfg: AgentConfig,
@@ -286,19 +289,37 @@ impl Agent {
     pub fn step(&mut self, input: Input) {
         match input {
             Input::Snapshot { kvs, revision } => {
-                let changes = self.view.apply_snapshot(&kvs, revision);
-                self.shared.metrics.add_store_events(changes.len() as u64);
-                // The policy side of a snapshot goes in at once (one compile).
+                let mut changes = self.view.snapshot_gone(&kvs);
+                let mut events = 0;
+                // The snapshot is decoded a part at a time and each part dropped
+                // once applied: at cluster scale the whole of it decoded at once
+                // (hundreds of MB) would set the agent's RSS. The policy side of a
+                // part goes in with one compile.
                 let mut puts = Vec::new();
-                for c in changes {
-                    match c {
-                        Change::PolicyPut(r) if self.cfg.policy => puts.push(r),
-                        other => self.on_change(other),
+                let mut kvs = kvs.into_iter();
+                loop {
+                    let part: Vec<_> = kvs.by_ref().take(SNAPSHOT_PART).collect();
+                    if part.is_empty() && changes.is_empty() {
+                        break;
+                    }
+                    for kv in &part {
+                        changes.extend(self.view.snapshot_put(kv));
+                    }
+                    drop(part);
+                    events += changes.len();
+                    for c in changes.drain(..) {
+                        match c {
+                            Change::PolicyPut(r) if self.cfg.policy => puts.push(r),
+                            other => self.on_change(other),
+                        }
+                    }
+                    if !puts.is_empty() {
+                        self.policy.put_all(puts.iter().map(|r| &**r));
+                        puts.clear();
                     }
                 }
-                if !puts.is_empty() {
-                    self.policy.put_all(puts.iter().map(|r| &**r));
-                }
+                self.view.snapshot_done(revision);
+                self.shared.metrics.add_store_events(events as u64);
                 self.have_snapshot = true;
                 self.store_up();
             }

@@ -231,6 +231,19 @@ impl View {
     /// deleted, keys whose revision differs are (re)applied. After a compaction this
     /// turns the new snapshot into just the changes missed.
     pub fn apply_snapshot(&mut self, kvs: &[KeyValue], revision: Revision) -> Vec<Change> {
+        let mut out = self.snapshot_gone(kvs);
+        for kv in kvs {
+            out.extend(self.snapshot_put(kv));
+        }
+        self.revision = self.revision.max(revision);
+        out
+    }
+
+    /// The first half of [`View::apply_snapshot`]: deletes the keys the view holds
+    /// that `kvs` lacks. Then each key goes through [`View::snapshot_put`] (so a
+    /// caller can decode and drop the snapshot a part at a time) and the revision
+    /// is raised with [`View::snapshot_done`].
+    pub fn snapshot_gone(&mut self, kvs: &[KeyValue]) -> Vec<Change> {
         let mut out = Vec::new();
         let present: BTreeSet<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
         let gone: Vec<String> = self
@@ -242,13 +255,21 @@ impl View {
         for key in gone {
             out.extend(self.delete(&key));
         }
-        for kv in kvs {
-            if self.revs.get(kv.key.as_str()) != Some(&kv.mod_revision) {
-                out.extend(self.put(kv));
-            }
-        }
-        self.revision = self.revision.max(revision);
         out
+    }
+
+    /// One key of a snapshot: applied if the view lacks this revision of it.
+    pub fn snapshot_put(&mut self, kv: &KeyValue) -> Vec<Change> {
+        if self.revs.get(kv.key.as_str()) != Some(&kv.mod_revision) {
+            self.put(kv)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The end of a snapshot read at `revision`.
+    pub fn snapshot_done(&mut self, revision: Revision) {
+        self.revision = self.revision.max(revision);
     }
 
     /// Applies one watch event.
