@@ -139,9 +139,10 @@ pub struct NetConf {
     /// The previous plugin's result (chaining, CHECK, DEL).
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
-    /// GC: attachments still in use.
+    /// GC: attachments still in use. `None` (the key is missing) is not an empty
+    /// list: GC refuses it rather than collecting everything.
     #[serde(rename = "cni.dev/valid-attachments", default)]
-    pub valid_attachments: Vec<Attachment>,
+    pub valid_attachments: Option<Vec<Attachment>>,
     /// Anything else (kept for delegation).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -224,6 +225,18 @@ impl NetConf {
             "sqlite://{}",
             tabby_store::url::DEFAULT_SQLITE_PATH
         ))
+    }
+
+    /// GC's valid attachments; an error naming the key when it is missing.
+    pub fn gc_attachments(&self) -> Result<&[Attachment], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "GC needs \"cni.dev/valid-attachments\" in the configuration: without the \
+                 list of attachments in use every attachment would look stale (send [] to \
+                 collect them all)",
+            )
+        })
     }
 
     /// The node name: `nodename`, else the first line of the nodename file, else
@@ -313,6 +326,12 @@ mod tests {
             br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"abc","ifname":"eth0"}]}"#,
         )
         .unwrap();
-        assert_eq!(c.valid_attachments[0].container_id, "abc");
+        assert_eq!(c.gc_attachments().unwrap()[0].container_id, "abc");
+        let (c, _) = NetConf::parse(br#"{"name":"n","cni.dev/valid-attachments":[]}"#).unwrap();
+        assert!(c.gc_attachments().unwrap().is_empty());
+        let (c, _) = NetConf::parse(br#"{"name":"n"}"#).unwrap();
+        let e = c.gc_attachments().unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("cni.dev/valid-attachments"), "{e}");
     }
 }

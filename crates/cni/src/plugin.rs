@@ -534,14 +534,14 @@ pub async fn status(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), Cni
 /// GC: the IPAM plugin's, then this node's stale endpoints of this network.
 pub async fn gc(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     conf.require_main()?;
+    let attachments = conf.gc_attachments()?;
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
     let mut errors = Vec::new();
     if let Err(e) = run_ipam(env, conf, Command::Gc, &stdin).await {
         errors.push(e);
     }
     let node = conf.node_name()?;
-    let valid: BTreeSet<(&str, &str)> = conf
-        .valid_attachments
+    let valid: BTreeSet<(&str, &str)> = attachments
         .iter()
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
