@@ -1,6 +1,7 @@
 //! The network configuration on stdin: the spec's fields plus Calico's (`ipam`
 //! with `assign_ipv4`/`ipv4_pools`, `nodename`, `mtu`, `datastore_type`,
-//! `etcd_endpoints`, `container_settings`) and Tabby's `datastore` URL.
+//! `etcd_endpoints` with `etcd_ca_cert_file`/`etcd_cert_file`/`etcd_key_file` for
+//! https endpoints, `container_settings`) and Tabby's `datastore` URL.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,6 +125,15 @@ pub struct NetConf {
     /// Calico's comma-separated etcd endpoints.
     #[serde(default)]
     pub etcd_endpoints: Option<String>,
+    /// PEM CA bundle that signed the etcd servers' certificates (https endpoints).
+    #[serde(default)]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// PEM client certificate for etcd, with [`NetConf::etcd_key_file`].
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of [`NetConf::etcd_cert_file`].
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
     /// Log level (`debug`, `info`, `warning`, `error`).
     #[serde(default)]
     pub log_level: Option<String>,
@@ -207,16 +217,30 @@ impl NetConf {
             }
         }
         if let Some(eps) = &self.etcd_endpoints {
-            let hosts: Vec<&str> = eps
+            let eps: Vec<&str> = eps
                 .split(',')
-                .map(|e| {
-                    e.trim()
-                        .trim_start_matches("http://")
-                        .trim_start_matches("https://")
-                })
+                .map(str::trim)
                 .filter(|e| !e.is_empty())
                 .collect();
-            return Ok(format!("etcd://{}", hosts.join(",")));
+            let tls = eps.iter().filter(|e| e.starts_with("https://")).count();
+            if tls != 0 && tls != eps.len() {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "etcd_endpoints mixes https:// and plain endpoints ({}); use https:// for all of them",
+                        eps.join(",")
+                    ),
+                ));
+            }
+            let hosts: Vec<&str> = eps
+                .iter()
+                .map(|e| {
+                    e.trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                })
+                .collect();
+            let scheme = if tls > 0 { "etcds" } else { "etcd" };
+            return Ok(format!("{scheme}://{}", hosts.join(",")));
         }
         if let Some(u) = env_override.filter(|u| !u.is_empty()) {
             return Ok(u);
@@ -225,6 +249,42 @@ impl NetConf {
             "sqlite://{}",
             tabby_store::url::DEFAULT_SQLITE_PATH
         ))
+    }
+
+    /// Checks the etcd TLS settings against the URL's scheme, naming the
+    /// configuration keys (`etcd_ca_cert_file`, ...). `env_ca` says whether the
+    /// CA comes from the environment instead (`TABBY_ETCD_CA_CERT_FILE`).
+    pub fn check_etcd_tls(&self, tls: bool, env_ca: bool) -> Result<(), CniError> {
+        let bad = |m: String| Err(CniError::new(code::INVALID_CONFIG, m));
+        let files = [
+            ("etcd_ca_cert_file", &self.etcd_ca_cert_file),
+            ("etcd_cert_file", &self.etcd_cert_file),
+            ("etcd_key_file", &self.etcd_key_file),
+        ];
+        if !tls && let Some((key, _)) = files.iter().find(|(_, v)| v.is_some()) {
+            return bad(format!(
+                "{key} is set but the etcd endpoints are plain (http:// or etcd://); use https:// endpoints (or an etcds:// datastore URL)"
+            ));
+        }
+        match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(_), None) => return bad("etcd_cert_file is set without etcd_key_file".into()),
+            (None, Some(_)) => return bad("etcd_key_file is set without etcd_cert_file".into()),
+            _ => {}
+        }
+        if tls && self.etcd_ca_cert_file.is_none() && !env_ca {
+            return bad(
+                "the etcd endpoints use TLS (https://) but no etcd_ca_cert_file names the CA that signed the etcd servers"
+                    .into(),
+            );
+        }
+        for (key, v) in files {
+            if let Some(p) = v
+                && !p.is_file()
+            {
+                return bad(format!("{key}: {} is not a readable file", p.display()));
+            }
+        }
+        Ok(())
     }
 
     /// GC's valid attachments; an error naming the key when it is missing.
@@ -318,6 +378,43 @@ mod tests {
         assert!(c.require_main().unwrap_err().msg.contains("tabby-ipam"));
         let (c, _) = NetConf::parse(br#"{"name":"n","datastore_type":"kubernetes"}"#).unwrap();
         assert_eq!(c.datastore_url(None).unwrap_err().code, 2);
+    }
+
+    #[test]
+    fn etcd_tls() {
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"https://198.18.0.1:2379, https://198.18.0.2:2379"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.datastore_url(None).unwrap(),
+            "etcds://198.18.0.1:2379,198.18.0.2:2379"
+        );
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("etcd_ca_cert_file"), "{e}");
+        c.check_etcd_tls(true, true).unwrap();
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"https://198.18.0.1:2379,http://198.18.0.2:2379"}"#,
+        )
+        .unwrap();
+        assert!(c.datastore_url(None).unwrap_err().msg.contains("mixes"));
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"http://198.18.0.1:2379","etcd_ca_cert_file":"/etc/hosts"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.datastore_url(None).unwrap(), "etcd://198.18.0.1:2379");
+        let e = c.check_etcd_tls(false, false).unwrap_err();
+        assert!(e.msg.contains("etcd_ca_cert_file is set"), "{e}");
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_ca_cert_file":"/etc/hosts","etcd_cert_file":"/etc/hosts"}"#,
+        )
+        .unwrap();
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("without etcd_key_file"), "{e}");
+        let (c, _) =
+            NetConf::parse(br#"{"name":"n","etcd_ca_cert_file":"/nonexistent/ca.pem"}"#).unwrap();
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]
