@@ -61,7 +61,7 @@ fn repeated_add_finishes_what_is_missing() {
     // The veth itself went: it is made again, with the same address.
     n.ns.ip(&["link", "del", &hif]).unwrap();
     let again = c.add(&n, &p, &conf).ok();
-    assert_eq!(result_ips(&again), [ip.clone()]);
+    assert_eq!(result_ips(&again), [ip]);
     c.check(&n, &p, &conf, &again).ok();
     assert_eq!(c.store_counts(), (1, 1, 1));
     c.del(&n, &p, &conf).ok();
@@ -105,7 +105,7 @@ fn failed_add_releases_only_its_own_allocation() {
     });
     assert_eq!(
         held.iter().map(|a| format!("{a}/32")).collect::<Vec<_>>(),
-        [live_ip.clone()]
+        std::slice::from_ref(&live_ip)
     );
 
     // Once the names are free, ADD completes both with what they hold.
