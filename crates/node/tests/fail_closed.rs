@@ -49,10 +49,10 @@ fn wait_for(what: &str, c: &Cluster, timeout: Duration, mut f: impl FnMut() -> b
     }
 }
 
-fn forward_rules(c: &Cluster) -> String {
+fn forward_rules(c: &Cluster, family: &str) -> String {
     c.nodes[0]
         .ns
-        .output(&["nft", "list", "chain", "ip", "tabby", "forward"])
+        .output(&["nft", "list", "chain", family, "tabby", "forward"])
         .unwrap_or_default()
 }
 
@@ -74,12 +74,14 @@ async fn an_interface_no_endpoint_names_is_cut_off_until_it_is_named() {
         || reaches(&c.workloads[known].ns, HOST),
     );
     assert!(reaches(&c.nodes[0].ns, &known_ip));
-    let rules = forward_rules(&c);
-    assert!(
-        rules.contains("iifname \"cali*\" iifname != @workload-interfaces drop")
-            && rules.contains("oifname \"cali*\" oifname != @workload-interfaces drop"),
-        "{rules}"
-    );
+    for family in ["ip", "ip6"] {
+        let rules = forward_rules(&c, family);
+        assert!(
+            rules.contains("iifname \"cali*\" iifname != @workload-interfaces drop")
+                && rules.contains("oifname \"cali*\" oifname != @workload-interfaces drop"),
+            "{family}: {rules}"
+        );
+    }
 
     // The unnamed interface: no pod, no host, either way.
     let s = &c.workloads[stranger].ns;
