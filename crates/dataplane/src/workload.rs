@@ -471,6 +471,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ensure_completes_existing_wiring_and_sets_up_missing() {
+        let w = FakeWorld::new();
+        let (h, hs) = (w.netlink("host"), w.sysctl("host"));
+        let (c, cs) = (w.netlink("/run/netns/pod"), w.sysctl("/run/netns/pod"));
+        let s = spec();
+        // Nothing there: a plain setup.
+        let (first, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(!resumed);
+        // Everything there: nothing changes, the same links are reported.
+        let (again, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(resumed);
+        assert_eq!(again, first);
+        assert!(check(&h, &c, &s).await.unwrap().is_empty());
+        // A host route gone: put back, the veth kept.
+        h.del_route(&host_routes(&s, first.host_index)[0])
+            .await
+            .unwrap();
+        let (again, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(resumed);
+        assert_eq!(again, first);
+        assert!(check(&h, &c, &s).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn collisions() {
         let w = FakeWorld::new();
         let (h, hs) = (w.netlink("host"), w.sysctl("host"));
