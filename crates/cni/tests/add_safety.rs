@@ -136,3 +136,39 @@ fn tabby_ipam_alone_gives_a_handle_the_same_address() {
     c.exec(&n, "tabby-ipam", "DEL", Some(&p), &conf).ok();
     assert_eq!(c.store_counts(), (0, 0, 0));
 }
+
+#[test]
+fn failed_repeat_add_keeps_a_running_pods_address_with_another_ipam() {
+    // With an exec'd IPAM plugin (host-local) `tabby` cannot tell which addresses
+    // a call allocated: once the attachment has an endpoint, a failed ADD keeps
+    // them all (its DEL would release by container ID, the pod's own address too).
+    let c = Cluster::new();
+    let n = c.node("a");
+    let data = c.dir.join("host-local");
+    let mut conf = c.conf(&n);
+    // Debian's host-local speaks up to 1.0.0.
+    conf["cniVersion"] = "1.0.0".into();
+    conf["ipam"] = serde_json::json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "100.64.5.0/24"}]],
+        "dataDir": data.display().to_string(),
+    });
+    let p = c.pod("hl", "default");
+    let r = c.add(&n, &p, &conf).ok();
+    let ip = result_ips(&r)[0].clone();
+    let addr = ip.split('/').next().unwrap().to_owned();
+    let held = data.join(harness::NETWORK).join(&addr);
+    assert!(held.exists(), "{}", held.display());
+
+    // host-local refuses a second allocation for the container, so the repeated
+    // ADD fails in IPAM; its rollback must not free the running pod's address.
+    let (_, msg) = c.add(&n, &p, &conf).err();
+    assert!(msg.contains("host-local"), "{msg}");
+    assert!(held.exists(), "the running pod's address was released");
+    assert_eq!(c.store_counts().2, 1);
+    c.check(&n, &p, &conf, &r).ok();
+
+    c.del(&n, &p, &conf).ok();
+    assert!(!held.exists());
+    c.assert_clean(&[&n]);
+}
