@@ -13,6 +13,8 @@
 #   -r FILE      prevResult (JSON) merged into the config (check, del, chained plugins)
 #   -P PLUGIN    plugin to run (default tabby; e.g. tabby-ipam, bridge)
 #   -H NETNS     run the plugin inside this host namespace (default: the current one)
+#   -V JSON      gc: cni.dev/valid-attachments, e.g. '[{"containerID":"c1","ifname":"eth0"}]'
+#                (GC refuses a config without it; '[]' collects every attachment)
 #   --rm         on del, also delete the pod namespace afterwards
 #
 # CNI_PATH defaults to target/debug (or $CARGO_TARGET_DIR/debug) and /usr/lib/cni.
@@ -23,7 +25,7 @@
 #   sudo scripts/cni-exec.sh -c /tmp/net.json -p pod1 -k default/pod1 --rm del
 set -euo pipefail
 
-conf="" netns="" ifname="eth0" cid="" k8s="" extra="" prev="" plugin="tabby" hostns="" rm=0
+conf="" netns="" ifname="eth0" cid="" k8s="" extra="" prev="" plugin="tabby" hostns="" rm=0 valid=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -c) conf="$2"; shift 2 ;;
@@ -35,8 +37,9 @@ while [[ $# -gt 0 ]]; do
     -r) prev="$2"; shift 2 ;;
     -P) plugin="$2"; shift 2 ;;
     -H) hostns="$2"; shift 2 ;;
+    -V) valid="$2"; shift 2 ;;
     --rm) rm=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "cni-exec.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -72,6 +75,9 @@ export CNI_ARGS="$args"
 input="$(if [[ -n "$conf" ]]; then cat "$conf"; elif [[ "$cmd" != VERSION ]]; then cat; else echo '{}'; fi)"
 if [[ -n "$prev" ]]; then
   input="$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["prevResult"]=json.load(open(sys.argv[2])); print(json.dumps(c))' "$input" "$prev")"
+fi
+if [[ -n "$valid" ]]; then
+  input="$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["cni.dev/valid-attachments"]=json.loads(sys.argv[2]); print(json.dumps(c))' "$input" "$valid")"
 fi
 
 run=("$bin")

@@ -27,8 +27,8 @@ trap cleanup EXIT
 ip netns add "$node"
 ip -n "$node" link set lo up
 
-echo "| store | parallel | samples | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms |"
-echo "|---|---|---|---|---|---|---|"
+echo "| store | parallel | samples | ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | CPU ms per ADD | CPU ms per DEL |"
+echo "|---|---|---|---|---|---|---|---|---|"
 ip netns exec "$node" "$bins/examples/cni_bench" "sqlite://$work/store.db" "$bins" "$parallel" "$rounds"
 
 if command -v etcd >/dev/null; then

@@ -46,6 +46,20 @@ fn plugin(
     Ok(took)
 }
 
+/// CPU time (user + system) of this process's waited-for children so far, in ms
+/// (`/proc/self/stat` fields 16 and 17, in clock ticks of 10 ms).
+fn children_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // rest[0] is field 3 (state): cutime is field 16, cstime field 17.
+    (f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) as f64 * 10.0
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -93,6 +107,7 @@ fn main() -> Result<()> {
         "ipam": {"type": "tabby-ipam"},
     }))?;
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    let (mut add_cpu, mut del_cpu) = (0.0, 0.0);
     for round in 0..rounds {
         let names: Vec<String> = (0..parallel)
             .map(|i| format!("tbench-{}-{round}-{i}", std::process::id()))
@@ -107,6 +122,7 @@ fn main() -> Result<()> {
             }
         }
         for cmd in ["ADD", "DEL"] {
+            let cpu0 = children_cpu_ms();
             let times: Vec<Result<Duration>> = std::thread::scope(|s| {
                 let hs: Vec<_> = names
                     .iter()
@@ -117,6 +133,12 @@ fn main() -> Result<()> {
                     .collect();
                 hs.into_iter().map(|h| h.join().expect("thread")).collect()
             });
+            let cpu = children_cpu_ms() - cpu0;
+            if cmd == "ADD" {
+                add_cpu += cpu;
+            } else {
+                del_cpu += cpu;
+            }
             for t in times {
                 let t = t?;
                 if cmd == "ADD" {
@@ -131,13 +153,16 @@ fn main() -> Result<()> {
         }
     }
     let kind = store_url.split(':').next().unwrap_or("?");
+    let n = adds.len().max(1) as f64;
     println!(
-        "| {kind} | {parallel} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {kind} | {parallel} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
         adds.len(),
         pct(&mut adds, 0.5),
         pct(&mut adds, 0.99),
         pct(&mut dels, 0.5),
-        pct(&mut dels, 0.99)
+        pct(&mut dels, 0.99),
+        add_cpu / n,
+        del_cpu / n
     );
     Ok(())
 }

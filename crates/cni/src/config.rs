@@ -1,6 +1,7 @@
 //! The network configuration on stdin: the spec's fields plus Calico's (`ipam`
 //! with `assign_ipv4`/`ipv4_pools`, `nodename`, `mtu`, `datastore_type`,
-//! `etcd_endpoints`, `container_settings`) and Tabby's `datastore` URL.
+//! `etcd_endpoints` with `etcd_ca_cert_file`/`etcd_cert_file`/`etcd_key_file` for
+//! https endpoints, `container_settings`) and Tabby's `datastore` URL.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,6 +125,15 @@ pub struct NetConf {
     /// Calico's comma-separated etcd endpoints.
     #[serde(default)]
     pub etcd_endpoints: Option<String>,
+    /// PEM CA bundle that signed the etcd servers' certificates (https endpoints).
+    #[serde(default)]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// PEM client certificate for etcd, with [`NetConf::etcd_key_file`].
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of [`NetConf::etcd_cert_file`].
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
     /// Log level (`debug`, `info`, `warning`, `error`).
     #[serde(default)]
     pub log_level: Option<String>,
@@ -139,9 +149,10 @@ pub struct NetConf {
     /// The previous plugin's result (chaining, CHECK, DEL).
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
-    /// GC: attachments still in use.
+    /// GC: attachments still in use. `None` (the key is missing) is not an empty
+    /// list: GC refuses it rather than collecting everything.
     #[serde(rename = "cni.dev/valid-attachments", default)]
-    pub valid_attachments: Vec<Attachment>,
+    pub valid_attachments: Option<Vec<Attachment>>,
     /// Anything else (kept for delegation).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -206,16 +217,30 @@ impl NetConf {
             }
         }
         if let Some(eps) = &self.etcd_endpoints {
-            let hosts: Vec<&str> = eps
+            let eps: Vec<&str> = eps
                 .split(',')
-                .map(|e| {
-                    e.trim()
-                        .trim_start_matches("http://")
-                        .trim_start_matches("https://")
-                })
+                .map(str::trim)
                 .filter(|e| !e.is_empty())
                 .collect();
-            return Ok(format!("etcd://{}", hosts.join(",")));
+            let tls = eps.iter().filter(|e| e.starts_with("https://")).count();
+            if tls != 0 && tls != eps.len() {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "etcd_endpoints mixes https:// and plain endpoints ({}); use https:// for all of them",
+                        eps.join(",")
+                    ),
+                ));
+            }
+            let hosts: Vec<&str> = eps
+                .iter()
+                .map(|e| {
+                    e.trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                })
+                .collect();
+            let scheme = if tls > 0 { "etcds" } else { "etcd" };
+            return Ok(format!("{scheme}://{}", hosts.join(",")));
         }
         if let Some(u) = env_override.filter(|u| !u.is_empty()) {
             return Ok(u);
@@ -224,6 +249,54 @@ impl NetConf {
             "sqlite://{}",
             tabby_store::url::DEFAULT_SQLITE_PATH
         ))
+    }
+
+    /// Checks the etcd TLS settings against the URL's scheme, naming the
+    /// configuration keys (`etcd_ca_cert_file`, ...). `env_ca` says whether the
+    /// CA comes from the environment instead (`TABBY_ETCD_CA_CERT_FILE`).
+    pub fn check_etcd_tls(&self, tls: bool, env_ca: bool) -> Result<(), CniError> {
+        let bad = |m: String| Err(CniError::new(code::INVALID_CONFIG, m));
+        let files = [
+            ("etcd_ca_cert_file", &self.etcd_ca_cert_file),
+            ("etcd_cert_file", &self.etcd_cert_file),
+            ("etcd_key_file", &self.etcd_key_file),
+        ];
+        if !tls && let Some((key, _)) = files.iter().find(|(_, v)| v.is_some()) {
+            return bad(format!(
+                "{key} is set but the etcd endpoints are plain (http:// or etcd://); use https:// endpoints (or an etcds:// datastore URL)"
+            ));
+        }
+        match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(_), None) => return bad("etcd_cert_file is set without etcd_key_file".into()),
+            (None, Some(_)) => return bad("etcd_key_file is set without etcd_cert_file".into()),
+            _ => {}
+        }
+        if tls && self.etcd_ca_cert_file.is_none() && !env_ca {
+            return bad(
+                "the etcd endpoints use TLS (https://) but no etcd_ca_cert_file names the CA that signed the etcd servers"
+                    .into(),
+            );
+        }
+        for (key, v) in files {
+            if let Some(p) = v
+                && !p.is_file()
+            {
+                return bad(format!("{key}: {} is not a readable file", p.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// GC's valid attachments; an error naming the key when it is missing.
+    pub fn gc_attachments(&self) -> Result<&[Attachment], CniError> {
+        self.valid_attachments.as_deref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "GC needs \"cni.dev/valid-attachments\" in the configuration: without the \
+                 list of attachments in use every attachment would look stale (send [] to \
+                 collect them all)",
+            )
+        })
     }
 
     /// The node name: `nodename`, else the first line of the nodename file, else
@@ -308,11 +381,54 @@ mod tests {
     }
 
     #[test]
+    fn etcd_tls() {
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"https://198.18.0.1:2379, https://198.18.0.2:2379"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.datastore_url(None).unwrap(),
+            "etcds://198.18.0.1:2379,198.18.0.2:2379"
+        );
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("etcd_ca_cert_file"), "{e}");
+        c.check_etcd_tls(true, true).unwrap();
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"https://198.18.0.1:2379,http://198.18.0.2:2379"}"#,
+        )
+        .unwrap();
+        assert!(c.datastore_url(None).unwrap_err().msg.contains("mixes"));
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_endpoints":"http://198.18.0.1:2379","etcd_ca_cert_file":"/etc/hosts"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.datastore_url(None).unwrap(), "etcd://198.18.0.1:2379");
+        let e = c.check_etcd_tls(false, false).unwrap_err();
+        assert!(e.msg.contains("etcd_ca_cert_file is set"), "{e}");
+        let (c, _) = NetConf::parse(
+            br#"{"name":"n","etcd_ca_cert_file":"/etc/hosts","etcd_cert_file":"/etc/hosts"}"#,
+        )
+        .unwrap();
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("without etcd_key_file"), "{e}");
+        let (c, _) =
+            NetConf::parse(br#"{"name":"n","etcd_ca_cert_file":"/nonexistent/ca.pem"}"#).unwrap();
+        let e = c.check_etcd_tls(true, false).unwrap_err();
+        assert!(e.msg.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
     fn gc_attachments() {
         let (c, _) = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"abc","ifname":"eth0"}]}"#,
         )
         .unwrap();
-        assert_eq!(c.valid_attachments[0].container_id, "abc");
+        assert_eq!(c.gc_attachments().unwrap()[0].container_id, "abc");
+        let (c, _) = NetConf::parse(br#"{"name":"n","cni.dev/valid-attachments":[]}"#).unwrap();
+        assert!(c.gc_attachments().unwrap().is_empty());
+        let (c, _) = NetConf::parse(br#"{"name":"n"}"#).unwrap();
+        let e = c.gc_attachments().unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("cni.dev/valid-attachments"), "{e}");
     }
 }

@@ -17,6 +17,9 @@ use crate::env::{ANNOTATION_IP_ADDRS, CniEnv, parse_list};
 use crate::spec::{CniError, CniResult, Command, IpConfig, code};
 use crate::store;
 
+/// Allocation attribute naming the CNI network (for GC).
+pub const ATTR_NETWORK: &str = "network";
+
 /// An IPAM error as a spec error with a message a user can act on.
 pub fn ipam_err(e: IpamError) -> CniError {
     let c = match &e {
@@ -90,6 +93,7 @@ pub async fn add(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
     let mut attrs = BTreeMap::new();
     attrs.insert("node".to_owned(), node.clone());
+    attrs.insert(ATTR_NETWORK.to_owned(), conf.name.clone());
     if let (Some(ns), Some(pod)) = (env.args.pod_namespace(), env.args.pod_name()) {
         attrs.insert("namespace".to_owned(), ns.to_owned());
         attrs.insert("pod".to_owned(), pod.to_owned());
@@ -232,10 +236,10 @@ pub async fn status(conf: &NetConf) -> Result<(), CniError> {
 /// GC: releases this node's allocations of this network whose container is not
 /// in `cni.dev/valid-attachments`. Returns the released handles.
 pub async fn gc(conf: &NetConf) -> Result<Vec<String>, CniError> {
+    let attachments = conf.gc_attachments()?;
     let node = conf.node_name()?;
     let ipam = ipam(conf).await?;
-    let valid: BTreeSet<&str> = conf
-        .valid_attachments
+    let valid: BTreeSet<&str> = attachments
         .iter()
         .map(|a| a.container_id.as_str())
         .collect();
@@ -250,6 +254,10 @@ pub async fn gc(conf: &NetConf) -> Result<Vec<String>, CniError> {
                 continue;
             };
             if a.attrs.get("node").map(String::as_str) != Some(node.as_str()) {
+                continue;
+            }
+            // The prefix alone is ambiguous when network names contain dots.
+            if a.attrs.get(ATTR_NETWORK).is_some_and(|n| n != &conf.name) {
                 continue;
             }
             if !valid.contains(cid) {

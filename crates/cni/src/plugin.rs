@@ -190,7 +190,37 @@ fn ipam_result(out: &[u8]) -> Result<CniResult, CniError> {
     CniResult::from_value(&v)
 }
 
-/// ADD.
+/// Whether `r` is the endpoint an earlier ADD of this attachment (container ID
+/// and interface) wrote.
+fn is_this_attachment(r: &Resource, env: &CniEnv) -> bool {
+    r.spec.as_workload_endpoint().is_some_and(|s| {
+        s.container_id.as_deref() == Some(env.container_id.as_str())
+            && s.endpoint.as_deref().is_none_or(|e| e == env.ifname)
+    })
+}
+
+/// Whether this container's IPAM handle holds addresses already (an earlier ADD
+/// allocated them). Known for `tabby-ipam` only; `None` for other IPAM plugins.
+async fn handle_held(
+    env: &CniEnv,
+    conf: &NetConf,
+    client: &Client,
+) -> Result<Option<bool>, CniError> {
+    if conf.ipam.plugin != "tabby-ipam" {
+        return Ok(None);
+    }
+    let h = tabby_ipam::handle::cni_handle(&conf.name, &env.container_id);
+    let held = tabby_client::ipam::ipam_for(client)
+        .ips_by_handle(&h)
+        .await
+        .map_err(crate::ipam_plugin::ipam_err)?;
+    Ok(Some(!held.is_empty()))
+}
+
+/// ADD. Safe to repeat for one attachment: the IPAM handle gives the same
+/// addresses, wiring an earlier call left is completed rather than refused, and
+/// an unchanged endpoint is not rewritten, so a repeat returns the same result.
+/// A failure releases the addresses only when this call allocated them.
 pub async fn add(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<CniResult, CniError> {
     conf.require_main()?;
     let node = conf.node_name()?;
@@ -204,6 +234,16 @@ pub async fn add(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<CniResult,
     }
     let client = store::client(conf).await?;
     let existing = read_endpoint(&client, &w).await?;
+    let live = existing
+        .as_ref()
+        .is_some_and(|r| is_this_attachment(r, env));
+    // Addresses this call did not allocate are never released by its rollback:
+    // with tabby-ipam, those the handle already held; with another IPAM plugin
+    // (which cannot tell), all of them once this attachment has an endpoint.
+    let releasable = match handle_held(env, conf, &client).await? {
+        Some(held) => !held,
+        None => !live,
+    };
     let mut annotations = existing
         .as_ref()
         .map(|r| r.metadata.annotations.clone())
@@ -214,6 +254,10 @@ pub async fn add(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<CniResult,
     let out = run_ipam(env, conf, Command::Add, &stdin_bytes).await?;
     let allocated = ipam_result(&out);
     let undo_ipam = || async {
+        if !releasable {
+            tracing::info!("ADD failed; the addresses predate it and are kept");
+            return;
+        }
         if let Err(e) = run_ipam(env, conf, Command::Del, &stdin_bytes).await {
             tracing::error!(error = %e, "releasing the addresses of a failed ADD");
         }
@@ -276,7 +320,7 @@ async fn wire_and_record(
         mtu,
         allow_ip_forwarding: conf.container_settings.allow_ip_forwarding,
     };
-    let wired = workload::setup(
+    let (wired, resumed) = workload::ensure(
         &host,
         &ProcSysctl::current(),
         &cont,
@@ -288,11 +332,16 @@ async fn wire_and_record(
     let cont_mac = format_mac(&wired.cont_mac);
     let r = endpoint_resource(existing, w, env, conf, node, &ips, &cont_mac);
     let written = match existing {
+        // A repeated ADD finds the endpoint as it would write it.
+        Some(e) if e.spec == r.spec && e.metadata == r.metadata => Ok(r),
         Some(_) => client.replace(r).await,
         None => client.create(r).await,
     };
     if let Err(e) = written {
-        let _ = workload::teardown(&host, Some(&cont), Some(&w.host_ifname), &env.ifname).await;
+        // Links this call did not create may carry a running pod.
+        if !resumed {
+            let _ = workload::teardown(&host, Some(&cont), Some(&w.host_ifname), &env.ifname).await;
+        }
         return Err(store_err(
             format!(
                 "writing WorkloadEndpoint {}/{}",
@@ -485,14 +534,14 @@ pub async fn status(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), Cni
 /// GC: the IPAM plugin's, then this node's stale endpoints of this network.
 pub async fn gc(env: &CniEnv, conf: &NetConf, raw: &Value) -> Result<(), CniError> {
     conf.require_main()?;
+    let attachments = conf.gc_attachments()?;
     let stdin = serde_json::to_vec(raw).unwrap_or_default();
     let mut errors = Vec::new();
     if let Err(e) = run_ipam(env, conf, Command::Gc, &stdin).await {
         errors.push(e);
     }
     let node = conf.node_name()?;
-    let valid: BTreeSet<(&str, &str)> = conf
-        .valid_attachments
+    let valid: BTreeSet<(&str, &str)> = attachments
         .iter()
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();

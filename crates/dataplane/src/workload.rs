@@ -162,7 +162,7 @@ pub async fn setup(
     }
     host.create_veth(&spec.host_ifname, &spec.cont_ifname, Some(&spec.netns))
         .await?;
-    match wire(host, host_sysctl, cont, cont_sysctl, spec).await {
+    match wire(host, host_sysctl, cont, cont_sysctl, spec, false).await {
         Ok(w) => Ok(w),
         Err(e) => {
             if let Ok(Some(l)) = host.link_by_name(&spec.host_ifname).await {
@@ -176,13 +176,47 @@ pub async fn setup(
     }
 }
 
+/// Brings a pod's wiring to `spec` when an earlier call for the same attachment
+/// got part of the way: if the pod end and the host end both exist as veths, what
+/// is missing (link settings, addresses, routes) is added and what is there is
+/// kept, and nothing is removed on failure (it may serve a running pod). Otherwise
+/// this is [`setup`]. The second value is true when existing links were reused.
+pub async fn ensure(
+    host: &dyn Netlink,
+    host_sysctl: &dyn Sysctl,
+    cont: &dyn Netlink,
+    cont_sysctl: &dyn Sysctl,
+    spec: &WorkloadSpec,
+) -> Result<(Wired, bool)> {
+    let is_veth = |l: &Option<crate::model::Link>| {
+        l.as_ref()
+            .is_some_and(|l| l.kind.as_deref() == Some("veth"))
+    };
+    let c = cont.link_by_name(&spec.cont_ifname).await?;
+    let h = host.link_by_name(&spec.host_ifname).await?;
+    if is_veth(&c) && is_veth(&h) {
+        let w = wire(host, host_sysctl, cont, cont_sysctl, spec, true).await?;
+        return Ok((w, true));
+    }
+    setup(host, host_sysctl, cont, cont_sysctl, spec)
+        .await
+        .map(|w| (w, false))
+}
+
+/// Configures the links [`setup`] created; with `resume`, addresses and routes
+/// that are already there are not errors.
 async fn wire(
     host: &dyn Netlink,
     host_sysctl: &dyn Sysctl,
     cont: &dyn Netlink,
     cont_sysctl: &dyn Sysctl,
     spec: &WorkloadSpec,
+    resume: bool,
 ) -> Result<Wired> {
+    let tolerate = |r: Result<()>| match r {
+        Err(e) if resume && e.is_exists() => Ok(()),
+        other => other,
+    };
     let missing = |n: &str, w: &str| Error::NotFound {
         what: format!("link {n} just created in {w}"),
     };
@@ -216,10 +250,10 @@ async fn wire(
     )
     .await?;
     for a in &spec.addresses {
-        cont.add_address(c.index, full(*a)).await?;
+        tolerate(cont.add_address(c.index, full(*a)).await)?;
     }
     for r in cont_routes(spec, c.index) {
-        cont.add_route(&r).await?;
+        tolerate(cont.add_route(&r).await)?;
     }
     for r in host_routes(spec, h.index) {
         match host.add_route(&r).await {
@@ -434,6 +468,30 @@ mod tests {
         teardown(&h, None, Some(&s.host_ifname), &s.cont_ifname)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn ensure_completes_existing_wiring_and_sets_up_missing() {
+        let w = FakeWorld::new();
+        let (h, hs) = (w.netlink("host"), w.sysctl("host"));
+        let (c, cs) = (w.netlink("/run/netns/pod"), w.sysctl("/run/netns/pod"));
+        let s = spec();
+        // Nothing there: a plain setup.
+        let (first, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(!resumed);
+        // Everything there: nothing changes, the same links are reported.
+        let (again, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(resumed);
+        assert_eq!(again, first);
+        assert!(check(&h, &c, &s).await.unwrap().is_empty());
+        // A host route gone: put back, the veth kept.
+        h.del_route(&host_routes(&s, first.host_index)[0])
+            .await
+            .unwrap();
+        let (again, resumed) = ensure(&h, &hs, &c, &cs, &s).await.unwrap();
+        assert!(resumed);
+        assert_eq!(again, first);
+        assert!(check(&h, &c, &s).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use tabby_selector::{Labels, Selector};
 
 use crate::model::{
     Endpoint, EndpointToHost, EntityMatch, Failsafe, Icmp, Model, NamedPort, NetworkSet, Policy,
-    PortSpec, Profile, Rule, Scope,
+    PortSpec, Profile, Rule, Scope, WorkloadPrefixes,
 };
 
 /// Traffic direction relative to the endpoint.
@@ -216,6 +216,8 @@ pub struct Compiled {
     /// The verdict for workload-to-host traffic after the workload's egress program
     /// allowed it.
     pub endpoint_to_host: EndpointToHost,
+    /// Workload interface prefixes: unknown workload interfaces are dropped.
+    pub workload_prefixes: WorkloadPrefixes,
 }
 
 fn order_cmp(a: Option<f64>, b: Option<f64>) -> Ordering {
@@ -809,6 +811,7 @@ fn compile_endpoints(model: &Model, local: impl Fn(&Endpoint) -> bool) -> Compil
         out: Compiled {
             failsafe: model.failsafe.clone(),
             endpoint_to_host: model.endpoint_to_host,
+            workload_prefixes: model.workload_prefixes.clone(),
             ..Compiled::default()
         },
         set_index: BTreeMap::new(),

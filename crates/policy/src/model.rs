@@ -274,6 +274,28 @@ pub struct Model {
     /// What happens to traffic from a local workload to the host itself once the
     /// workload's egress policy allowed it (`defaultEndpointToHostAction`).
     pub endpoint_to_host: EndpointToHost,
+    /// Workload interface prefixes (unknown ones are dropped).
+    pub workload_prefixes: WorkloadPrefixes,
+}
+
+/// Felix's `interfacePrefix`: host interfaces with one of these prefixes are
+/// workload interfaces. Traffic from or to one that no local WorkloadEndpoint
+/// names is dropped (Felix's "unknown interface" drop), so a pod is isolated
+/// until its rules are in place. Default `cali`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadPrefixes(pub Vec<String>);
+
+impl Default for WorkloadPrefixes {
+    fn default() -> Self {
+        WorkloadPrefixes(vec!["cali".to_string()])
+    }
+}
+
+impl WorkloadPrefixes {
+    /// From the FelixConfiguration's effective `interfacePrefix`.
+    pub fn from_felix(spec: &tabby_api::felix::FelixConfigurationSpec) -> WorkloadPrefixes {
+        WorkloadPrefixes(spec.effective_interface_prefixes())
+    }
 }
 
 /// Felix's `defaultEndpointToHostAction`: the verdict for traffic from a workload
@@ -633,7 +655,7 @@ pub(crate) enum Item {
     /// A Profile.
     Profile(Profile),
     /// The `default` FelixConfiguration.
-    Felix(Failsafe, EndpointToHost),
+    Felix(Failsafe, EndpointToHost, WorkloadPrefixes),
     /// A Tier.
     Tier(Tier),
     /// Anything else (other kinds, FelixConfigurations other than `default`).
@@ -819,6 +841,7 @@ pub(crate) fn convert(r: &Resource) -> Result<Item, PolicyError> {
             Ok(Item::Felix(
                 Failsafe::from_felix(&id, s)?,
                 EndpointToHost::from_felix(s),
+                WorkloadPrefixes::from_felix(s),
             ))
         } else {
             Ok(Item::Ignored)
@@ -873,9 +896,10 @@ impl Model {
                 Item::Profile(p) => {
                     m.profiles.insert(p.name.clone(), p);
                 }
-                Item::Felix(failsafe, endpoint_to_host) => {
+                Item::Felix(failsafe, endpoint_to_host, prefixes) => {
                     m.failsafe = failsafe;
                     m.endpoint_to_host = endpoint_to_host;
+                    m.workload_prefixes = prefixes;
                 }
                 Item::Tier(t) => {
                     m.tiers.insert(t.name.clone(), t);

@@ -53,7 +53,7 @@ use tabby_api::policy::{Action, TierAction};
 use crate::compile::{
     Compiled, Direction, EndpointProgram, IrEntity, IrPort, IrRule, Program, stable_hash,
 };
-use crate::model::{EndpointToHost, Failsafe, FailsafePort};
+use crate::model::{EndpointToHost, Failsafe, FailsafePort, WorkloadPrefixes};
 
 /// The table name in both families.
 pub const TABLE: &str = "tabby";
@@ -769,8 +769,13 @@ fn table(c: &Compiled, f: Family) -> Table {
                 names[&(e.group, Direction::Egress, true)].as_str(),
             ]
         });
-    b.chains
-        .extend(base_chains(f, all, c.endpoint_to_host, &c.failsafe));
+    b.chains.extend(base_chains(
+        f,
+        all,
+        c.endpoint_to_host,
+        &c.failsafe,
+        &c.workload_prefixes,
+    ));
     Table {
         family: f,
         sets: b.sets,
@@ -786,8 +791,30 @@ pub(crate) fn base_chains(
     all: Option<[&str; 2]>,
     endpoint_to_host: EndpointToHost,
     failsafe: &Failsafe,
+    prefixes: &WorkloadPrefixes,
 ) -> Vec<(String, Chain)> {
     let mut out: Vec<(String, Chain)> = Vec::new();
+    // Felix's "unknown interface" drop, ahead of everything (established flows
+    // too): a workload interface is known once its programs are in the maps.
+    let unknown = |key: &str| -> RuleList {
+        prefixes
+            .0
+            .iter()
+            .map(|p| {
+                (
+                    vec![
+                        meta_match(key, json!(format!("{p}*"))),
+                        json!({"match": {"op": "!=", "left": {"meta": {"key": key}},
+                            "right": format!("@{WORKLOAD_INTERFACES}")}}),
+                        json!({"drop": null}),
+                    ],
+                    Some("Unknown workload interface".to_string()),
+                )
+            })
+            .collect()
+    };
+    let mut forward = unknown("iifname");
+    forward.extend(unknown("oifname"));
     let mut chain = |name: &str, decl: Value, rules: RuleList| {
         out.push((
             name.to_string(),
@@ -800,10 +827,7 @@ pub(crate) fn base_chains(
             },
         ));
     };
-    chain(
-        "forward",
-        base_chain_decl(f, "forward", "forward"),
-        vec![
+    forward.extend([
             (ct_state(json!(["established", "related"]), "accept"), None),
             (ct_state(json!("invalid"), "drop"), None),
             (
@@ -818,8 +842,8 @@ pub(crate) fn base_chains(
                 ],
                 None,
             ),
-        ],
-    );
+    ]);
+    chain("forward", base_chain_decl(f, "forward", "forward"), forward);
     for (hook, key, map, target) in [
         (
             "input",
@@ -829,13 +853,14 @@ pub(crate) fn base_chains(
         ),
         ("output", "oifname", TO_HOST_ENDPOINT_MAP, all.map(|a| a[1])),
     ] {
-        let mut rules: RuleList = vec![
+        let mut rules: RuleList = unknown(key);
+        rules.extend([
             (ct_state(json!(["established", "related"]), "accept"), None),
             (
                 vec![meta_match(key, json!("lo")), json!({"accept": null})],
                 None,
             ),
-        ];
+        ]);
         if hook == "input" {
             rules.push((
                 vec![

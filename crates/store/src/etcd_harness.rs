@@ -582,7 +582,7 @@ fn log_tail(path: &Path) -> String {
 
 /// Makes a CA, a server certificate for IP 127.0.0.1 and a client certificate in `dir`
 /// with the `openssl` command (P-256 keys: quick to make, accepted by etcd and rustls).
-fn make_tls_files(dir: &Path) -> Result<TlsFiles, HarnessError> {
+pub fn make_tls_files(dir: &Path) -> Result<TlsFiles, HarnessError> {
     let files = TlsFiles {
         ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),

@@ -318,6 +318,46 @@ impl Cluster {
     }
 
     async fn add_workload_with(&mut self, node: usize, name: &str, v6: bool) -> usize {
+        let i = self.wire_workload(node, name, v6).await;
+        self.name_workload(i).await;
+        i
+    }
+
+    /// Adds a pod's veth and address (as [`Cluster::add_workload`]) without its
+    /// WorkloadEndpoint: an interface no endpoint names.
+    pub async fn add_unnamed_workload(&mut self, node: usize, name: &str) -> usize {
+        self.wire_workload(node, name, false).await
+    }
+
+    /// Writes the WorkloadEndpoint of workload `i` (made by
+    /// [`Cluster::add_unnamed_workload`]).
+    pub async fn name_workload(&self, i: usize) {
+        let w = &self.workloads[i];
+        let node_name = self.nodes[w.node].name.clone();
+        let name = w.name.clone();
+        let wep = WorkloadEndpointSpec {
+            orchestrator: Some("k8s".into()),
+            node: Some(node_name.clone()),
+            pod: Some(name.clone()),
+            endpoint: Some("eth0".into()),
+            ip_networks: std::iter::once(w.ip)
+                .chain(w.ip6)
+                .map(IpNet::from)
+                .collect(),
+            interface_name: Some(format!("cali{name}")),
+            // As the CNI plugin sets it: the namespace's allow-all profile.
+            profiles: vec!["kns.default".into()],
+            ..Default::default()
+        };
+        let r = Resource::with_spec(
+            &format!("{node_name}-k8s-{name}-eth0"),
+            Some("default"),
+            Spec::WorkloadEndpoint(Box::new(wep)),
+        );
+        self.client.create(r).await.unwrap();
+    }
+
+    async fn wire_workload(&mut self, node: usize, name: &str, v6: bool) -> usize {
         let node_name = self.nodes[node].name.clone();
         let ns = self.net.netns(&format!("p{name}")).unwrap();
         let ipam = tabby_client::ipam::ipam_for(&self.client);
@@ -347,23 +387,6 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let wep = WorkloadEndpointSpec {
-            orchestrator: Some("k8s".into()),
-            node: Some(node_name.clone()),
-            pod: Some(name.into()),
-            endpoint: Some("eth0".into()),
-            ip_networks: std::iter::once(ip).chain(ip6).map(IpNet::from).collect(),
-            interface_name: Some(spec.host_ifname.clone()),
-            // As the CNI plugin sets it: the namespace's allow-all profile.
-            profiles: vec!["kns.default".into()],
-            ..Default::default()
-        };
-        let r = Resource::with_spec(
-            &format!("{node_name}-k8s-{name}-eth0"),
-            Some("default"),
-            Spec::WorkloadEndpoint(Box::new(wep)),
-        );
-        self.client.create(r).await.unwrap();
         self.workloads.push(Workload {
             name: name.into(),
             node,

@@ -45,7 +45,7 @@ use crate::compile::{
 };
 use crate::model::{
     EndpointToHost, Failsafe, Item, NAMESPACE_LABEL_PREFIX, NamedPort, Policy, PolicyError,
-    Profile, Tier, convert, default_tier, namespace_profile,
+    Profile, Tier, WorkloadPrefixes, convert, default_tier, namespace_profile,
 };
 use crate::nft::{ALL_INTERFACES, Family, Ruleset};
 use render::{DIRECTIONS, FamilyState, LocalKey, UnitId, UnitPos, UnitSpec};
@@ -160,7 +160,7 @@ pub struct Engine {
     /// Policy keys by namespace (`None`: global).
     policy_ns: HashMap<Option<String>, BTreeSet<String>>,
     tiers: HashMap<String, Tier>,
-    felix: (Failsafe, EndpointToHost),
+    felix: (Failsafe, EndpointToHost, WorkloadPrefixes),
     locals: BTreeMap<LocalKey, Local>,
     local_of: HashMap<u32, LocalKey>,
     groups: Vec<Option<Group>>,
@@ -244,7 +244,11 @@ impl Engine {
     /// `spec.node` is `node`), with nothing in it yet. Its mark is the empty
     /// state: the first [`Engine::take_update`] adds everything.
     pub fn new(node: &str) -> Engine {
-        let felix = (Failsafe::default(), EndpointToHost::default());
+        let felix = (
+            Failsafe::default(),
+            EndpointToHost::default(),
+            WorkloadPrefixes::default(),
+        );
         let mut tiers = HashMap::new();
         let t = default_tier();
         tiers.insert(t.name.clone(), t);
@@ -256,8 +260,8 @@ impl Engine {
             policy_ns: HashMap::new(),
             tiers,
             fams: [
-                FamilyState::new(Family::Ipv4, felix.1, &felix.0),
-                FamilyState::new(Family::Ipv6, felix.1, &felix.0),
+                FamilyState::new(Family::Ipv4, felix.1, &felix.0, &felix.2),
+                FamilyState::new(Family::Ipv6, felix.1, &felix.0, &felix.2),
             ],
             felix,
             locals: BTreeMap::new(),
@@ -359,6 +363,7 @@ impl Engine {
         let mut out = Compiled {
             failsafe: self.felix.0.clone(),
             endpoint_to_host: self.felix.1,
+            workload_prefixes: self.felix.2.clone(),
             ..Compiled::default()
         };
         let mut numbers: HashMap<u32, (usize, Program, Program)> = HashMap::new();
@@ -599,8 +604,12 @@ impl Engine {
                     return;
                 }
                 self.felix = match item {
-                    Some(Item::Felix(failsafe, e2h)) => (failsafe, e2h),
-                    _ => (Failsafe::default(), EndpointToHost::default()),
+                    Some(Item::Felix(failsafe, e2h, prefixes)) => (failsafe, e2h, prefixes),
+                    _ => (
+                        Failsafe::default(),
+                        EndpointToHost::default(),
+                        WorkloadPrefixes::default(),
+                    ),
                 };
             }
             _ => {}
@@ -1316,7 +1325,7 @@ impl Engine {
             .get(ALL_INTERFACES)
             .and_then(|(_, g)| targets(fam, *g))
             .map(|[eg, ing]| [ing, eg]);
-        fam.set_base(all, felix.1, &felix.0);
+        fam.set_base(all, felix.1, &felix.0, &felix.2);
     }
 }
 

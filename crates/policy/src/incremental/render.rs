@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::sets::{Registry, SlotKind};
 use crate::compile::{Direction, Program};
-use crate::model::{EndpointToHost, Failsafe};
+use crate::model::{EndpointToHost, Failsafe, WorkloadPrefixes};
 use crate::nft::{
     ALL_INTERFACES, Chain, ChainChange, FROM_ENDPOINT_MAP, FROM_HOST_ENDPOINT_MAP, Family,
     NamedSet, SetChange, TO_ENDPOINT_MAP, TO_HOST_ENDPOINT_MAP, Table, WORKLOAD_INTERFACES,
@@ -185,7 +185,12 @@ const STATICS: [(&str, bool); 5] = [
 ];
 
 /// Inputs of the base chains.
-type BaseInputs = (Option<[String; 2]>, EndpointToHost, Failsafe);
+type BaseInputs = (
+    Option<[String; 2]>,
+    EndpointToHost,
+    Failsafe,
+    WorkloadPrefixes,
+);
 
 /// One family's rendered table.
 #[derive(Debug)]
@@ -205,7 +210,12 @@ pub(crate) struct FamilyState {
 impl FamilyState {
     /// The table with only the base chains and empty maps, all new since the
     /// (empty) mark.
-    pub(crate) fn new(f: Family, e2h: EndpointToHost, failsafe: &Failsafe) -> FamilyState {
+    pub(crate) fn new(
+        f: Family,
+        e2h: EndpointToHost,
+        failsafe: &Failsafe,
+        prefixes: &WorkloadPrefixes,
+    ) -> FamilyState {
         let mut s = FamilyState {
             f,
             chains: BTreeMap::new(),
@@ -220,7 +230,7 @@ impl FamilyState {
         for (name, map) in STATICS {
             s.journal.set_added(name, map, Vec::new, Vec::new);
         }
-        s.set_base(None, e2h, failsafe);
+        s.set_base(None, e2h, failsafe, prefixes);
         s
     }
 
@@ -253,13 +263,14 @@ impl FamilyState {
         all: Option<[String; 2]>,
         e2h: EndpointToHost,
         failsafe: &Failsafe,
+        prefixes: &WorkloadPrefixes,
     ) {
-        let inputs = (all, e2h, failsafe.clone());
+        let inputs = (all, e2h, failsafe.clone(), prefixes.clone());
         if self.base.as_ref() == Some(&inputs) {
             return;
         }
         let all_refs = inputs.0.as_ref().map(|[a, b]| [a.as_str(), b.as_str()]);
-        for (name, chain) in base_chains(self.f, all_refs, e2h, failsafe) {
+        for (name, chain) in base_chains(self.f, all_refs, e2h, failsafe, prefixes) {
             self.put_chain(&name, chain);
         }
         self.base = Some(inputs);
