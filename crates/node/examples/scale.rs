@@ -217,8 +217,10 @@ fn resources() -> Vec<Value> {
         let mut spec = spec;
         spec["tier"] = json!("platform");
         spec["order"] = json!(10 + k);
-        out.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
-            "metadata": {"name": format!("platform.g{k}")}, "spec": spec}));
+        out.push(
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": format!("platform.g{k}")}, "spec": spec}),
+        );
     }
     for n in 0..namespaces() {
         let ns = ns_name(n);
@@ -239,8 +241,10 @@ fn resources() -> Vec<Value> {
                         format!("kubernetes.io/metadata.name == '{}'", ns_name((n + 1) % namespaces())),
                         "ports": [443]}}]);
             }
-            out.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
-                "metadata": {"name": format!("allow-app-{k}"), "namespace": ns}, "spec": spec}));
+            out.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+                "metadata": {"name": format!("allow-app-{k}"), "namespace": ns}, "spec": spec}),
+            );
         }
     }
     out
@@ -248,10 +252,7 @@ fn resources() -> Vec<Value> {
 
 fn resource_key(v: &Value) -> String {
     let name = v["kind"].as_str().unwrap();
-    let kind = *Kind::all()
-        .iter()
-        .find(|k| k.name() == name)
-        .expect("kind");
+    let kind = *Kind::all().iter().find(|k| k.name() == name).expect("kind");
     tabby_client::key_of(
         kind,
         v["metadata"]["namespace"].as_str(),
@@ -308,10 +309,7 @@ async fn generate(store: &str, nodes: usize, endpoints: usize) -> Result<()> {
         ));
         let mut h = IpamHandle::new(format!("vxlan-tunnel-addr-{name}"));
         h.increment(&IpNet::V4(block(n)), 1);
-        writes.push((
-            keys::ipam_handle_key(&h.handle_id),
-            serde_json::to_vec(&h)?,
-        ));
+        writes.push((keys::ipam_handle_key(&h.handle_id), serde_json::to_vec(&h)?));
     }
     for i in 0..endpoints {
         let (node, ord) = (i % nodes, i / nodes + 1);
@@ -322,10 +320,7 @@ async fn generate(store: &str, nodes: usize, endpoints: usize) -> Result<()> {
         assign(&mut blocks[node], ord, &handle_id(i), &node_name(node));
         let mut h = IpamHandle::new(handle_id(i));
         h.increment(&IpNet::V4(block(node)), 1);
-        writes.push((
-            keys::ipam_handle_key(&h.handle_id),
-            serde_json::to_vec(&h)?,
-        ));
+        writes.push((keys::ipam_handle_key(&h.handle_id), serde_json::to_vec(&h)?));
     }
     for b in &blocks {
         writes.push((
@@ -375,7 +370,10 @@ impl Net {
     fn clean(prefix: &str, fabric: &str) {
         // The veths first: a deleted namespace's devices go away asynchronously,
         // and the next build would find their bridge ends still there.
-        if let Ok(out) = Command::new("ip").args(["-n", fabric, "-o", "link", "show"]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["-n", fabric, "-o", "link", "show"])
+            .output()
+        {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let name = line.split(':').nth(1).unwrap_or("").trim();
                 let name = name.split('@').next().unwrap_or("");
@@ -422,7 +420,9 @@ impl Net {
                 "eth0",
             ])?;
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-            sh(&["ip", "-n", &fab, "link", "set", &peer, "master", "br0", "up"])?;
+            sh(&[
+                "ip", "-n", &fab, "link", "set", &peer, "master", "br0", "up",
+            ])?;
         }
         Ok(net)
     }
@@ -741,7 +741,10 @@ async fn bench_one(a: &BenchArgs, label: &str, bin: &str) -> Result<Row> {
                 eprintln!("[{label}] {} converged in {:.1}s", ag.ns, startup[k]);
             }
             if let Ok(Some(st)) = ag.child.try_wait() {
-                bail!("[{label}] agent {k} exited: {st}; see {}/{label}-{k}/agent.log", a.work);
+                bail!(
+                    "[{label}] agent {k} exited: {st}; see {}/{label}-{k}/agent.log",
+                    a.work
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -809,10 +812,7 @@ async fn bench_one(a: &BenchArgs, label: &str, bin: &str) -> Result<Row> {
         startup,
         idle_cpu,
         rss,
-        churn: churn_rows
-            .into_iter()
-            .map(|(r, w, a, p)| (r, w, a, p))
-            .collect(),
+        churn: churn_rows,
         add_idle,
         add_churn,
         rss_after,
