@@ -11,7 +11,7 @@ PACKAGES=(
   # real peers and datastores the tests run against
   bird2 frr gobgpd etcd-server etcd-client containernetworking-plugins
   # tools the scripts use
-  jq sqlite3 curl ca-certificates
+  jq sqlite3 curl ca-certificates openssl
 )
 
 missing=()
