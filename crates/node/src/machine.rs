@@ -285,38 +285,43 @@ impl Agent {
 
     // ---- step: pure -------------------------------------------------------------
 
+    /// Changes from a part of a snapshot: the policy side goes in with one compile.
+    fn on_snapshot_changes(&mut self, changes: Vec<Change>) {
+        let mut puts = Vec::new();
+        for c in changes {
+            match c {
+                Change::PolicyPut(r) if self.cfg.policy => puts.push(r),
+                other => self.on_change(other),
+            }
+        }
+        if !puts.is_empty() {
+            self.policy.put_all(puts.iter().map(|r| &**r));
+        }
+    }
+
     /// Applies one input to the view and marks what it touches. No I/O.
     pub fn step(&mut self, input: Input) {
         match input {
             Input::Snapshot { kvs, revision } => {
-                let mut changes = self.view.snapshot_gone(&kvs);
-                let mut events = 0;
                 // The snapshot is decoded a part at a time and each part dropped
                 // once applied: at cluster scale the whole of it decoded at once
-                // (hundreds of MB) would set the agent's RSS. The policy side of a
-                // part goes in with one compile.
-                let mut puts = Vec::new();
+                // (hundreds of MB) would set the agent's RSS.
+                let gone = self.view.snapshot_gone(&kvs);
+                let mut events = gone.len();
+                self.on_snapshot_changes(gone);
                 let mut kvs = kvs.into_iter();
                 loop {
                     let part: Vec<_> = kvs.by_ref().take(SNAPSHOT_PART).collect();
-                    if part.is_empty() && changes.is_empty() {
+                    if part.is_empty() {
                         break;
                     }
-                    for kv in &part {
-                        changes.extend(self.view.snapshot_put(kv));
-                    }
+                    let changes: Vec<_> = part
+                        .iter()
+                        .flat_map(|kv| self.view.snapshot_put(kv))
+                        .collect();
                     drop(part);
                     events += changes.len();
-                    for c in changes.drain(..) {
-                        match c {
-                            Change::PolicyPut(r) if self.cfg.policy => puts.push(r),
-                            other => self.on_change(other),
-                        }
-                    }
-                    if !puts.is_empty() {
-                        self.policy.put_all(puts.iter().map(|r| &**r));
-                        puts.clear();
-                    }
+                    self.on_snapshot_changes(changes);
                 }
                 self.view.snapshot_done(revision);
                 self.shared.metrics.add_store_events(events as u64);

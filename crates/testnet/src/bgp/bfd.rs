@@ -273,40 +273,13 @@ impl BirdBfd {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let d = self.dir.path();
-        let _ = std::fs::remove_file(d.join("bird.ctl"));
-        let conf = d.join("bird.conf").display().to_string();
-        let pid = d.join("bird.pid").display().to_string();
-        let sock = self.sock();
-        let mut p = Process::spawn(
-            &self.ns,
-            &["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid],
-            &d.join("bird.out"),
-        )?;
-        let up = wait_until(STARTUP, || {
-            !p.is_running() || self.birdc(&["show", "status"]).is_ok()
-        });
-        if !up || !p.is_running() {
-            return Err(p.died());
-        }
-        self.proc = Some(p);
+        self.proc = Some(super::bird::launch(&self.ns, self.dir.path())?);
         Ok(())
     }
 
     /// Runs a `birdc` command.
     pub fn birdc(&self, args: &[&str]) -> Result<String> {
-        let out = cmd::run(Command::new("birdc").arg("-s").arg(self.sock()).args(args))?;
-        if let Some(l) = out
-            .lines()
-            .find(|l| l.contains("syntax error") || l.contains("Unknown command"))
-        {
-            return Err(Error::Command {
-                cmd: format!("birdc {}", args.join(" ")),
-                status: "error".into(),
-                stderr: l.into(),
-            });
-        }
-        Ok(out)
+        super::bird::birdc(&self.sock(), args)
     }
 
     /// BIRD's log, for failure messages.

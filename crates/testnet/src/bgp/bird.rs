@@ -49,42 +49,13 @@ impl Bird {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let d = self.dir.path();
-        let _ = std::fs::remove_file(d.join("bird.ctl"));
-        let conf = d.join("bird.conf").display().to_string();
-        let pid = d.join("bird.pid").display().to_string();
-        let sock = self.sock();
-        let mut p = Process::spawn(
-            &self.ns,
-            &["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid],
-            &d.join("bird.out"),
-        )?;
-        let up = wait_until(STARTUP, || {
-            !p.is_running() || self.birdc(&["show", "status"]).is_ok()
-        });
-        if !up || !p.is_running() {
-            let e = p.died();
-            return Err(e);
-        }
-        self.proc = Some(p);
+        self.proc = Some(launch(&self.ns, self.dir.path())?);
         Ok(())
     }
 
     /// Runs a `birdc` command (e.g. `["disable", "n0"]`) and returns its output.
     pub fn birdc(&self, args: &[&str]) -> Result<String> {
-        let out = cmd::run(Command::new("birdc").arg("-s").arg(self.sock()).args(args))?;
-        // birdc exits 0 even when the daemon answers with an error code (8xxx/9xxx).
-        if let Some(l) = out
-            .lines()
-            .find(|l| l.starts_with("syntax error") || l.contains("Unknown command"))
-        {
-            return Err(Error::Command {
-                cmd: format!("birdc {}", args.join(" ")),
-                status: "error".into(),
-                stderr: l.into(),
-            });
-        }
-        Ok(out)
+        birdc(&self.sock(), args)
     }
 
     /// BIRD's protocol name for neighbor `peer` (`n<index>`).
@@ -432,6 +403,44 @@ fn tuples(v: &str) -> Vec<Vec<String>> {
         .filter_map(|t| t.split_once(')').map(|(inner, _)| inner))
         .map(|inner| inner.split(',').map(|x| x.trim().to_string()).collect())
         .collect()
+}
+
+/// Starts BIRD in `ns` on `dir/bird.conf` (control socket `dir/bird.ctl`); returns
+/// once the socket answers.
+pub(super) fn launch(ns: &Netns, dir: &Path) -> Result<Process> {
+    let _ = std::fs::remove_file(dir.join("bird.ctl"));
+    let conf = dir.join("bird.conf").display().to_string();
+    let pid = dir.join("bird.pid").display().to_string();
+    let sock = dir.join("bird.ctl").display().to_string();
+    let mut p = Process::spawn(
+        ns,
+        &["bird", "-f", "-c", &conf, "-s", &sock, "-P", &pid],
+        &dir.join("bird.out"),
+    )?;
+    let up = wait_until(STARTUP, || {
+        !p.is_running() || birdc(&sock, &["show", "status"]).is_ok()
+    });
+    if !up || !p.is_running() {
+        return Err(p.died());
+    }
+    Ok(p)
+}
+
+/// Runs a `birdc` command against the control socket `sock`.
+pub(super) fn birdc(sock: &str, args: &[&str]) -> Result<String> {
+    let out = cmd::run(Command::new("birdc").arg("-s").arg(sock).args(args))?;
+    // birdc exits 0 even when the daemon answers with an error code (8xxx/9xxx).
+    if let Some(l) = out
+        .lines()
+        .find(|l| l.contains("syntax error") || l.contains("Unknown command"))
+    {
+        return Err(Error::Command {
+            cmd: format!("birdc {}", args.join(" ")),
+            status: "error".into(),
+            stderr: l.into(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
